@@ -1,0 +1,62 @@
+"""Pure-torch functions for the three-entropies ELBO of Gaussian VAEs (no Lightning import).
+
+Every function takes the package's vocabulary as keyword arguments (``enc_mean``, ``enc_logvar``,
+``dec_mean``, ``dec_logvar``, ``prior_logvar``, ``x``, ``posterior``, ``prior``, ``likelihood``)
+and ignores keys it does not need, so one step output feeds them all::
+
+    out = model.step(x)                      # a dict of the vocabulary
+    F.entropy_sum(**out), F.gaussian_elbo(**out)
+
+All values are nats per data point, computed in float32 or wider.
+"""
+
+from lightning_entropy_vae.functional._inputs import LOG_2PI_E, VOCABULARY
+from lightning_entropy_vae.functional.collapse import (
+    COLLAPSE_CRITERIA,
+    DEFAULT_THRESHOLDS,
+    collapsed_latents,
+    latent_entropy,
+    latent_kl,
+    latent_mean_variance,
+    posterior_collapse,
+)
+from lightning_entropy_vae.functional.elbo import gaussian_elbo, gaussian_kl, gaussian_log_likelihood
+from lightning_entropy_vae.functional.entropy import (
+    decoder_entropy,
+    encoder_entropy,
+    entropy_sum,
+    gaussian_entropy,
+    prior_entropy,
+)
+from lightning_entropy_vae.functional.model_selection import bic
+from lightning_entropy_vae.functional.stationary import (
+    optimal_decoder_variance,
+    optimal_prior_variance,
+    profiled_decoder_entropy,
+    profiled_entropy_sum,
+)
+
+__all__ = [
+    "COLLAPSE_CRITERIA",
+    "DEFAULT_THRESHOLDS",
+    "LOG_2PI_E",
+    "VOCABULARY",
+    "bic",
+    "collapsed_latents",
+    "decoder_entropy",
+    "encoder_entropy",
+    "entropy_sum",
+    "gaussian_elbo",
+    "gaussian_entropy",
+    "gaussian_kl",
+    "gaussian_log_likelihood",
+    "latent_entropy",
+    "latent_kl",
+    "latent_mean_variance",
+    "optimal_decoder_variance",
+    "optimal_prior_variance",
+    "posterior_collapse",
+    "prior_entropy",
+    "profiled_decoder_entropy",
+    "profiled_entropy_sum",
+]

@@ -1,0 +1,352 @@
+"""Input checking and canonical shapes for the shared vocabulary (private).
+
+Every public function and metric goes through these helpers, so a shape, dtype or missing-key
+error reads the same wherever it is raised. Nothing here synchronises with the device: checks
+look at shapes, dtypes and Python attributes only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.distributions import (
+    Distribution,
+    Independent,
+    LowRankMultivariateNormal,
+    MultivariateNormal,
+    Normal,
+)
+
+#: ``log(2 * pi * e)``: twice the entropy of a standard normal, in nats.
+LOG_2PI_E = math.log(2.0 * math.pi * math.e)
+#: ``log(2 * pi)``.
+LOG_2PI = math.log(2.0 * math.pi)
+
+#: The names every function, metric and callback understands.
+VOCABULARY = (
+    "enc_mean",
+    "enc_logvar",
+    "dec_mean",
+    "dec_logvar",
+    "prior_logvar",
+    "x",
+    "elbo",
+    "posterior",
+    "prior",
+    "likelihood",
+    "data_dim",
+    "dec_sq_residual",
+)
+
+_GAUSSIANS = (Normal, MultivariateNormal, LowRankMultivariateNormal)
+
+EXAMPLE_RETURN = (
+    '    return {"loss": loss, "x": x, "enc_mean": mu, "enc_logvar": logvar,\n'
+    '            "dec_mean": x_hat, "dec_logvar": self.dec_logvar,\n'
+    '            "elbo": elbo}  # elbo: (B,) per-sample ELBO, optional'
+)
+
+
+def missing_inputs_error(owner: str, needed: str, given: Mapping[str, Any] | None = None) -> ValueError:
+    """Build the error for missing vocabulary keys, with the ``return {...}`` a user should write.
+
+    ``given``: the keys the caller received (a metric's mapping); ``None`` when the caller is a function
+    whose missing argument was ``None``.
+    """
+    if given is None:
+        got = "None"
+    else:
+        got = ", ".join(f"`{k}`" for k in given) if given else "nothing"
+    return ValueError(
+        f"{owner} needs {needed}, but got {got}."
+        " Return the encoder and decoder statistics from your step, for example:\n" + EXAMPLE_RETURN
+    )
+
+
+def as_float_tensor(name: str, value: Any) -> Tensor:
+    """Check that ``value`` is a floating-point tensor and upcast it to at least float32.
+
+    float64 stays float64; float16/bfloat16 become float32 so that sums over many dimensions
+    keep their precision.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(value).__name__}.")
+    if not value.is_floating_point():
+        raise TypeError(f"Expected `{name}` to be a floating-point tensor, but got dtype {value.dtype}.")
+    if value.dtype in (torch.float16, torch.bfloat16):
+        return value.float()
+    return value
+
+
+def _shape(t: Tensor | torch.Size) -> tuple[int, ...]:
+    return tuple(t.shape if isinstance(t, Tensor) else t)
+
+
+def check_gaussian(name: str, dist: Any, role: str) -> Distribution:
+    """Accept Normal, Independent(Normal), MultivariateNormal and LowRankMultivariateNormal."""
+    base = dist.base_dist if isinstance(dist, Independent) else dist
+    if not isinstance(dist, Distribution):
+        raise TypeError(f"Expected `{name}` to be a torch.distributions.Distribution, but got {type(dist).__name__}.")
+    if not isinstance(base, _GAUSSIANS):
+        raise TypeError(
+            f"Expected a Gaussian `{name}` (Normal, Independent(Normal), MultivariateNormal or"
+            f" LowRankMultivariateNormal), but got {type(base).__name__}. The three-entropies result"
+            f" covers Gaussian {role}s only."
+        )
+    return dist
+
+
+def _dist_full_shape(dist: Distribution) -> tuple[int, ...]:
+    return _shape(dist.batch_shape) + _shape(dist.event_shape)
+
+
+def _sum_to(t: Tensor, ndim: int) -> Tensor:
+    """Sum all trailing dimensions beyond the first ``ndim``."""
+    return t.sum(dim=tuple(range(ndim, t.dim()))) if t.dim() > ndim else t
+
+
+# ----------------------------------------------------------------------------------------- encoder
+class Encoder(NamedTuple):
+    """Canonical encoder statistics: marginal means and log-variances (B, H), per-sample entropy."""
+
+    mean: Tensor | None
+    logvar: Tensor
+    entropy: Tensor | None  # (B,) only when the posterior is not diagonal
+
+
+def encoder(
+    enc_mean: Any = None,
+    enc_logvar: Any = None,
+    posterior: Any = None,
+    *,
+    owner: str,
+    given: Mapping[str, Any] | None = None,
+) -> Encoder:
+    """Resolve the encoder from tensors or a ``posterior`` distribution.
+
+    ``given``: the caller's inputs (a metric's merged mapping), named in a missing-key error.
+    """
+    if posterior is not None:
+        dist = check_gaussian("posterior", posterior, "encoder")
+        full = _dist_full_shape(dist)
+        if len(full) != 2:
+            raise ValueError(
+                f"Expected `posterior` with batch and event shape (B, H), but got {full}"
+                f" (batch_shape={tuple(dist.batch_shape)}, event_shape={tuple(dist.event_shape)})."
+            )
+        mean = as_float_tensor("posterior.mean", dist.mean)
+        logvar = as_float_tensor("posterior.variance", dist.variance).log()
+        diagonal = isinstance(dist.base_dist if isinstance(dist, Independent) else dist, Normal)
+        entropy = None if diagonal else _sum_to(as_float_tensor("posterior.entropy()", dist.entropy()), 1)
+        return Encoder(mean, logvar, entropy)
+    if enc_logvar is None:
+        raise missing_inputs_error(owner, "`enc_logvar` (or a `posterior` distribution)", given)
+    logvar = as_float_tensor("enc_logvar", enc_logvar)
+    if logvar.dim() != 2:
+        raise ValueError(f"Expected `enc_logvar` of shape (B, H), but got {_shape(logvar)}.")
+    mean = None
+    if enc_mean is not None:
+        mean = as_float_tensor("enc_mean", enc_mean)
+        if mean.shape != logvar.shape:
+            raise ValueError(
+                f"Expected `enc_logvar` of shape (B, H) matching `enc_mean` {_shape(mean)},"
+                f" but got {_shape(logvar)}."
+            )
+    return Encoder(mean, logvar, None)
+
+
+# ------------------------------------------------------------------------------------------- prior
+class Prior(NamedTuple):
+    """Canonical prior: marginal means and log-variances (H,) and the (joint) entropy."""
+
+    mean: Tensor | None  # None: zero mean
+    logvar: Tensor | None  # None: standard normal; (H,) or (B, H)
+    entropy: Tensor | float  # () or (B,)
+    dist: Distribution | None
+
+
+def prior(prior_logvar: Any = None, prior_dist: Any = None, *, latent_dim: int, batch: int | None = None) -> Prior:
+    """Resolve the prior; the default is the standard normal N(0, I) over ``latent_dim`` latents.
+
+    ``prior_logvar`` is ``(H,)``, or ``(B, H)`` when each sample carries the prior that was in effect
+    for it (the callback concatenates batches of a learnable prior this way). ``entropy`` is then ``(B,)``.
+    """
+    if prior_dist is not None:
+        dist = check_gaussian("prior", prior_dist, "prior")
+        full = _dist_full_shape(dist)
+        if full != (latent_dim,):
+            raise ValueError(f"Expected `prior` with batch and event shape (H,) = ({latent_dim},), but got {full}.")
+        mean = as_float_tensor("prior.mean", dist.mean)
+        logvar = as_float_tensor("prior.variance", dist.variance).log()
+        entropy = as_float_tensor("prior.entropy()", dist.entropy()).sum()
+        return Prior(mean, logvar, entropy, dist)
+    if prior_logvar is None:
+        return Prior(None, None, 0.5 * latent_dim * LOG_2PI_E, None)
+    logvar = as_float_tensor("prior_logvar", prior_logvar)
+    if logvar.dim() not in (1, 2) or logvar.shape[-1] != latent_dim or (batch is not None and logvar.dim() == 2
+                                                                          and logvar.shape[0] != batch):
+        raise ValueError(
+            f"Expected `prior_logvar` of shape (H,) = ({latent_dim},) matching the encoder's latents"
+            f" (or (B, H), the prior in effect for each sample), but got {_shape(logvar)}."
+        )
+    return Prior(None, logvar, 0.5 * (latent_dim * LOG_2PI_E + logvar.sum(-1)), None)
+
+
+# ----------------------------------------------------------------------------------------- decoder
+class Data(NamedTuple):
+    """Flattened data (B, D) plus the per-sample data shape used to read decoder shapes."""
+
+    x: Tensor | None
+    raw: Tensor | None
+    batch_size: int | None
+    data_shape: tuple[int, ...] | None
+
+
+def data(x: Any) -> Data:
+    if x is None:
+        return Data(None, None, None, None)
+    t = as_float_tensor("x", x)
+    if t.dim() < 2:
+        raise ValueError(f"Expected `x` of shape (B, D) (or (B, C, H, W) images), but got {_shape(t)}.")
+    return Data(t.reshape(t.shape[0], -1), t, t.shape[0], _shape(t)[1:])
+
+
+def _flatten_decoder(name: str, t: Tensor, d: Data) -> Tensor:
+    """Bring a decoder tensor to (B, D) or (S, B, D) using x's per-sample shape when known."""
+    shape = _shape(t)
+    if d.data_shape is not None:
+        k = len(d.data_shape)
+        if shape[1:] == (d.batch_size, *d.data_shape) and len(shape) == k + 2:
+            return t.reshape(shape[0], shape[1], -1)
+        if shape == (d.batch_size, *d.data_shape):
+            return t.reshape(shape[0], -1)
+        raise ValueError(
+            f"Expected `{name}` of shape (B, *data) = {(d.batch_size, *d.data_shape)} or (S, B, *data)"
+            f" matching `x` {(d.batch_size, *d.data_shape)}, but got {shape}."
+        )
+    if t.dim() not in (2, 3):
+        raise ValueError(f"Expected `{name}` of shape (B, D) or (S, B, D), but got {shape}.")
+    return t
+
+
+class Decoder(NamedTuple):
+    """Canonical decoder: flattened means and log-variances, their layout, and sizes."""
+
+    mean: Tensor | None  # (B, D) or (S, B, D)
+    logvar: Tensor | None  # (), (D,), (B, D) or (S, B, D)
+    layout: str  # "scalar" | "per_dim" | "per_sample" | "per_z" | "dist"
+    batch_size: int
+    data_dim: int
+    dist: Distribution | None
+    lead: int = 1  # leading dims of the distribution's shape before the data: 1 (B) or 2 (S, B)
+
+
+def decoder(
+    dec_mean: Any = None,
+    dec_logvar: Any = None,
+    likelihood: Any = None,
+    x: Data | None = None,
+    *,
+    owner: str,
+    need_mean: bool = False,
+    data_dim: int | None = None,
+    given: Mapping[str, Any] | None = None,
+) -> Decoder:
+    """Resolve the decoder from tensors or a ``likelihood`` distribution.
+
+    ``dec_logvar`` may also be ``(B, 1)`` or ``(S, B, 1)``: one variance per sample, shared by the D
+    dimensions. ``data_dim`` gives D when neither ``x`` nor ``dec_mean`` is passed.
+    """
+    d = x if x is not None else Data(None, None, None, None)
+    if likelihood is not None:
+        dist = check_gaussian("likelihood", likelihood, "decoder")
+        full = _dist_full_shape(dist)
+        if d.data_shape is not None:
+            k = len(d.data_shape)
+            per_sample = (d.batch_size, *d.data_shape)
+            ok = full == per_sample or (len(full) == k + 2 and full[1:] == per_sample)
+            if not ok:
+                raise ValueError(
+                    f"Expected `likelihood` with batch and event shape (B, *data) or (S, B, *data) matching"
+                    f" `x` {(d.batch_size, *d.data_shape)}, but got {full}."
+                )
+            lead = len(full) - k
+        else:
+            if len(full) not in (2, 3):
+                raise ValueError(
+                    f"Expected `likelihood` with batch and event shape (B, D) or (S, B, D), but got {full}."
+                )
+            lead = len(full) - 1
+        batch = full[lead - 1]
+        data_dim = math.prod(full[lead:])
+        return Decoder(None, None, "dist", batch, data_dim, dist, lead)
+
+    if dec_logvar is None:
+        raise missing_inputs_error(owner, "`dec_logvar` (or a `likelihood` distribution)", given)
+    logvar = as_float_tensor("dec_logvar", dec_logvar)
+    mean = None
+    if dec_mean is not None:
+        mean = _flatten_decoder("dec_mean", as_float_tensor("dec_mean", dec_mean), d)
+        if d.batch_size is not None and mean.shape[-2] != d.batch_size:
+            raise ValueError(
+                f"Expected `dec_mean` with batch size {d.batch_size} matching `x`, but got {_shape(mean)}."
+            )
+    elif need_mean:
+        raise missing_inputs_error(owner, "`dec_mean` and `x`", given)
+
+    lshape = _shape(logvar)
+    if logvar.numel() == 1 and logvar.dim() <= 1:
+        layout, logvar = "scalar", logvar.reshape(())
+    elif d.data_shape is not None and (lshape == d.data_shape or lshape == (d.x.shape[1],)):
+        layout, logvar = "per_dim", logvar.reshape(-1)
+    elif d.data_shape is None and logvar.dim() == 1:
+        layout = "per_dim"
+    elif logvar.dim() in (2, 3) and lshape[-1] == 1 and (d.data_shape is None or d.data_shape != (1,)):
+        layout = "per_sample" if logvar.dim() == 2 else "per_z"
+    else:
+        logvar = _flatten_decoder("dec_logvar", logvar, d)
+        layout = "per_sample" if logvar.dim() == 2 else "per_z"
+        if mean is not None and logvar.shape != mean.shape and not (layout == "per_sample" and mean.dim() == 3):
+            raise ValueError(
+                f"Expected `dec_logvar` of shape (B, D) or (S, B, D) matching `dec_mean` {_shape(mean)},"
+                f" but got {lshape}."
+            )
+
+    if mean is not None:
+        batch, data_dim = mean.shape[-2], mean.shape[-1]
+    elif d.x is not None:
+        batch, data_dim = d.x.shape
+    elif layout in ("per_sample", "per_z") and (logvar.shape[-1] != 1 or data_dim is not None):
+        batch, data_dim = logvar.shape[-2], data_dim or logvar.shape[-1]
+    elif layout in ("scalar", "per_dim") and data_dim is not None:
+        raise missing_inputs_error(
+            owner, f"`x` or `dec_mean` to know the batch size B of a {layout} `dec_logvar`", given
+        )
+    else:
+        raise missing_inputs_error(
+            owner, f"`x` or `dec_mean` to know the batch size and data dimension D of a {layout} `dec_logvar`",
+            given,
+        )
+    if layout == "per_dim" and logvar.shape[0] != data_dim:
+        raise ValueError(f"Expected `dec_logvar` of shape (D,) = ({data_dim},) matching the data, but got {lshape}.")
+    if layout in ("per_sample", "per_z") and tuple(logvar.shape[-2:]) not in ((batch, data_dim), (batch, 1)):
+        raise ValueError(
+            f"Expected `dec_logvar` of shape (B, D) = {(batch, data_dim)}, (B, 1) or (S, B, D), but got {lshape}."
+        )
+    return Decoder(mean, logvar, layout, batch, data_dim, None)
+
+
+def check_batch(owner: str, **sizes: int | None) -> int:
+    """Check that every component agrees on the batch size; return it."""
+    known = {k: v for k, v in sizes.items() if v is not None}
+    values = set(known.values())
+    if len(values) > 1:
+        listing = ", ".join(f"`{k}`: {v}" for k, v in known.items())
+        raise ValueError(f"Expected one batch size B across the inputs of {owner}, but got {listing}.")
+    if not values:
+        raise missing_inputs_error(owner, "tensors with a batch dimension")
+    return values.pop()

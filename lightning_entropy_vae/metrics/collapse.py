@@ -1,0 +1,149 @@
+r"""TorchMetrics metric for per-latent posterior-collapse statistics and flags."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_entropy_vae.functional import _inputs as _in
+from lightning_entropy_vae.functional._inputs import LOG_2PI_E
+from lightning_entropy_vae.functional.collapse import (
+    _check_criterion,
+    _prior_latent_entropy_sum,
+    collapsed_latents,
+)
+from lightning_entropy_vae.functional.elbo import _kl_per_latent
+from lightning_entropy_vae.metrics._base import SumAndCountMetric, merge_inputs
+
+__all__ = ["PosteriorCollapse"]
+
+_ROWS = ("latent_entropy", "latent_kl", "mean_sum", "mean_sq_sum", "prior_latent_entropy")
+
+
+class PosteriorCollapse(SumAndCountMetric):
+    r"""Per-latent average encoder entropy, KL, active-unit variance, and collapse flags.
+
+    .. math::
+
+        \bar{\mathcal{H}}_h = \frac1N\sum_n \tfrac12\log(2\pi e\,\tau_h^2(x_n)),\quad
+        \mathrm{KL}_h = \frac1N\sum_n \mathrm{KL}(q(z_h|x_n)\|p(z_h)),\quad
+        V_h = \operatorname{Var}_n\,\nu_h(x_n)
+
+    Collapse criteria (``criterion``): ``"entropy"`` (the paper's: :math:`\bar{\mathcal{H}}_h \ge 1.0`
+    for a N(0, 1) prior, or within the same margin 0.4189 of a learnable prior's entropy), ``"kl"``
+    (:math:`\mathrm{KL}_h` below 0.01 nats) or ``"active_units"`` (:math:`V_h` below 0.01).
+
+    ``update`` takes the vocabulary: ``enc_mean`` and ``enc_logvar`` ``(B, H)`` (or ``posterior``),
+    optional ``prior_logvar``/``prior``. ``compute`` returns a dict of ``(H,)`` tensors
+    ``latent_entropy``, ``prior_latent_entropy``, ``latent_kl``, ``latent_mean_variance``,
+    ``collapsed`` (bool), and scalars ``num_active`` and ``num_collapsed``.
+
+    Args:
+        criterion: ``"entropy"`` (default), ``"kl"`` or ``"active_units"``.
+        threshold: the criterion's threshold; default 1.0, 0.01, 0.01 respectively.
+        latent_dim: H, the number of latents (fixes the state shapes, as ``num_classes`` does elsewhere).
+        nan_strategy: ``"skip"`` (default) or ``"error"``.
+
+    Example:
+        >>> metric = PosteriorCollapse(latent_dim=3)
+        >>> enc_mean = torch.randn(64, 3) * torch.tensor([1.0, 1.0, 0.0])
+        >>> enc_logvar = torch.tensor([-4.0, -3.0, 0.0]).expand(64, 3)
+        >>> out = metric(enc_mean=enc_mean, enc_logvar=enc_logvar)
+        >>> metric.compute()["collapsed"], metric.compute()["num_active"]
+        (tensor([False, False,  True]), tensor(2))
+    """
+
+    higher_is_better = None
+    _prefix = "posterior_collapse"
+
+    def __init__(
+        self,
+        latent_dim: int,
+        criterion: str = "entropy",
+        threshold: float | None = None,
+        nan_strategy: str = "skip",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(nan_strategy, **kwargs)
+        self.threshold = _check_criterion(criterion, threshold)
+        self.criterion = criterion
+        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+            raise ValueError(f"Expected `latent_dim` to be a positive int, but got {latent_dim!r}.")
+        self.latent_dim = latent_dim
+        self._add_sum_states(len(_ROWS) * latent_dim)
+
+    def update(self, outputs: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+        owner = "PosteriorCollapse.update()"
+        kw = merge_inputs(owner, outputs, kwargs)
+        enc = _in.encoder(
+            kw.get("enc_mean"), kw.get("enc_logvar"), kw.get("posterior"), owner=owner, given=kw
+        )
+        if enc.mean is None:
+            raise _in.missing_inputs_error(owner, "`enc_mean` and `enc_logvar` (or a `posterior`)", kw)
+        batch, latent_dim = enc.logvar.shape
+        if latent_dim != self.latent_dim:
+            raise ValueError(
+                f"Expected `enc_logvar` with H = latent_dim = {self.latent_dim} latents, but got {latent_dim}."
+            )
+        p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=latent_dim, batch=batch)
+        if self.nan_strategy == "error":
+            self._check_finite({"enc_mean": enc.mean, "enc_logvar": enc.logvar, "prior_logvar": p.logvar})
+
+        rows = torch.stack([
+            0.5 * (batch * LOG_2PI_E + enc.logvar.sum(0)),
+            _kl_per_latent(enc, p).sum(0),
+            enc.mean.sum(0),
+            enc.mean.square().sum(0),
+            _prior_latent_entropy_sum(p, batch, enc.logvar),
+        ])
+        self._accumulate(rows.reshape(-1), batch)
+
+    def compute(self) -> dict[str, Tensor]:
+        totals, count = self._totals()
+        means = totals.reshape(len(_ROWS), self.latent_dim) / count
+        stats = {
+            "latent_entropy": means[0],
+            "prior_latent_entropy": means[4],
+            "latent_kl": means[1],
+            "latent_mean_variance": (means[3] - means[2].square()).clamp_min(0.0),
+        }
+        collapsed = collapsed_latents(**stats, criterion=self.criterion, threshold=self.threshold)
+        return {**stats, "collapsed": collapsed, "num_active": (~collapsed).sum(), "num_collapsed": collapsed.sum()}
+
+    def plot(self, val: Mapping[str, Tensor] | None = None, ax: Any = None) -> Any:
+        """Bar chart of each latent's average encoder entropy against the collapse threshold and the prior.
+
+        The paper's Fig. 3b style: bars of :math:`\\bar{\\mathcal{H}}_h`, a dashed line at the collapse
+        threshold and a dotted line at the prior entropy (1.4189 for N(0, 1)). Needs matplotlib.
+
+        Returns:
+            ``(fig, ax)``.
+        """
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ModuleNotFoundError(
+                "PosteriorCollapse.plot() needs matplotlib: pip install 'lightning-entropy-vae[examples]'."
+            ) from err
+        val = self.compute() if val is None else val
+        ent = val["latent_entropy"].detach().float().cpu()
+        prior = val["prior_latent_entropy"].detach().float().cpu()
+        collapsed = val["collapsed"].cpu()
+        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(max(4.0, 0.35 * len(ent) + 2), 3.2))
+        idx = range(len(ent))
+        colors = ["#bbbbbb" if c else "#1f77b4" for c in collapsed.tolist()]
+        ax.bar(idx, ent.tolist(), color=colors)
+        threshold = (prior - (0.5 * LOG_2PI_E - self.threshold)) if self.criterion == "entropy" else None
+        if threshold is not None:
+            ax.step([i - 0.5 for i in idx] + [len(ent) - 0.5], [*threshold.tolist(), threshold[-1].item()] if len(ent)
+                    else [], where="post", ls="--", color="C3", label="collapse threshold")
+        ax.step([i - 0.5 for i in idx] + [len(ent) - 0.5], [*prior.tolist(), prior[-1].item()] if len(ent) else [],
+                where="post", ls=":", color="k", label="prior entropy")
+        ax.set_xlabel("latent h")
+        ax.set_ylabel("average encoder entropy [nats]")
+        ax.set_title(f"active latents: {int((~collapsed).sum())} of {len(ent)}")
+        ax.legend(loc="lower right", fontsize="small")
+        return fig, ax

@@ -1,0 +1,142 @@
+"""Figures from a finished run's logs (TensorBoard event files or a CSVLogger's metrics.csv).
+
+``python -m lightning_entropy_vae report LOGDIR`` reads every ``entropy/...`` scalar the
+:class:`~lightning_entropy_vae.EntropyMonitor` wrote and draws:
+
+- ``elbo_vs_entropy_sum.png``: the ELBO and the entropy sum over training, the relative gap below
+  (the paper's Fig. 2a);
+- ``latent_entropies.png``: each latent's average encoder entropy over training against the collapse
+  threshold and the prior line, and the number of active latents (the paper's Fig. 3b);
+- ``latent_bars.png``: the final per-latent average encoder entropies.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+
+Series = dict[str, list[tuple[int, float]]]
+
+__all__ = ["load_scalars", "plot_run"]
+
+
+def _read_csv(path: Path, series: Series) -> None:
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(float(row.get("step") or 0))
+            for key, value in row.items():
+                if key.startswith("entropy/") and value not in (None, ""):
+                    series[key].append((step, float(value)))
+
+
+def _read_tensorboard(path: Path, series: Series) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    acc.Reload()
+    for tag in acc.Tags().get("scalars", []):
+        if tag.startswith("entropy/"):
+            series[tag].extend((e.step, e.value) for e in acc.Scalars(tag))
+
+
+def load_scalars(logdir: str | Path) -> Series:
+    """All ``entropy/...`` scalars under ``logdir``: ``{key: [(step, value), ...]}`` sorted by step.
+
+    Raises:
+        FileNotFoundError: if ``logdir`` holds neither a ``metrics.csv`` nor TensorBoard event files
+            with ``entropy/`` scalars.
+    """
+    root = Path(logdir)
+    if not root.exists():
+        raise FileNotFoundError(f"Expected a log directory, but {str(root)!r} does not exist.")
+    series: Series = defaultdict(list)
+    for path in sorted(root.rglob("metrics.csv")):
+        _read_csv(path, series)
+    if not series:
+        for folder in sorted({p.parent for p in root.rglob("events.out.tfevents.*")}):
+            _read_tensorboard(folder, series)
+    if not series:
+        raise FileNotFoundError(
+            f"Expected `entropy/...` scalars in a metrics.csv or TensorBoard event files under {str(root)!r},"
+            " but found none. Was the run trained with EntropyMonitor and a CSV or TensorBoard logger?"
+        )
+    return {k: sorted(v) for k, v in series.items()}
+
+
+def _line(ax, series: Series, key: str, **kw) -> None:
+    if key in series:
+        steps, values = zip(*series[key])
+        ax.plot(steps, values, **kw)
+
+
+def plot_run(logdir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Draw the three figures for the run in ``logdir`` into ``out_dir`` (default: ``logdir``)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    series = load_scalars(logdir)
+    out = Path(out_dir) if out_dir is not None else Path(logdir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, height_ratios=(2, 1))
+    _line(top, series, "entropy/train_step/elbo", color="C0", alpha=0.35, lw=0.8, label="minibatch ELBO (steps)")
+    _line(top, series, "entropy/train/elbo", color="C0", marker=".", label="ELBO (train, epoch)")
+    _line(top, series, "entropy/train/sum", color="C3", lw=2, label="entropy sum (train)")
+    _line(top, series, "entropy/val/elbo", color="C2", ls="--", label="ELBO (val)")
+    _line(top, series, "entropy/val/sum", color="C1", ls="--", label="entropy sum (val)")
+    top.set_ylabel("nats per data point")
+    top.set_title("ELBO converges to the sum of three entropies")
+    top.legend(fontsize="small")
+    for stage, color in (("train", "C3"), ("val", "C1")):
+        _line(bottom, series, f"entropy/{stage}/rel_gap", color=color, marker=".", label=f"relative gap ({stage})")
+    bottom.axhline(0.0, color="k", lw=0.6)
+    bottom.set_ylabel("(ELBO - sum) / |sum|")
+    bottom.set_xlabel("optimizer step")
+    bottom.legend(fontsize="small")
+    fig.tight_layout()
+    written.append(out / "elbo_vs_entropy_sum.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    latent_keys = sorted(k for k in series if k.startswith("entropy/train/latent_entropy/") and k[-1].isdigit())
+    if latent_keys:
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, height_ratios=(2, 1))
+        cmap = plt.get_cmap("viridis", max(len(latent_keys), 2))
+        for i, key in enumerate(latent_keys):
+            _line(top, series, key, color=cmap(i), lw=1.2, label=f"z{key.rsplit('/', 1)[1]}")
+        _line(top, series, "entropy/train/latent_entropy/threshold", color="C3", ls="--", label="collapse threshold")
+        _line(top, series, "entropy/train/latent_entropy/prior", color="k", ls=":", label="prior entropy")
+        top.set_ylabel("average encoder entropy [nats]")
+        top.set_title("Posterior-collapse monitor: collapsed latents sit on the prior line")
+        top.legend(fontsize="x-small", ncol=max(1, math.ceil(len(latent_keys) / 8)), loc="lower right")
+        _line(bottom, series, "entropy/train/active_latents", color="C0", marker=".", label="train")
+        _line(bottom, series, "entropy/val/active_latents", color="C1", ls="--", label="val")
+        bottom.set_ylabel("active latents")
+        bottom.set_xlabel("optimizer step")
+        bottom.legend(fontsize="small")
+        fig.tight_layout()
+        written.append(out / "latent_entropies.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+
+        final = [series[k][-1][1] for k in latent_keys]
+        threshold = series.get("entropy/train/latent_entropy/threshold", [(0, 1.0)])[-1][1]
+        prior = series.get("entropy/train/latent_entropy/prior", [(0, 0.5 * math.log(2 * math.pi * math.e))])[-1][1]
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.4 * len(final) + 2), 3.2))
+        ax.bar(range(len(final)), final, color=["#bbbbbb" if v >= threshold else "#1f77b4" for v in final])
+        ax.axhline(threshold, color="C3", ls="--", label="collapse threshold")
+        ax.axhline(prior, color="k", ls=":", label="prior entropy")
+        ax.set_xlabel("latent h")
+        ax.set_ylabel("average encoder entropy [nats]")
+        ax.set_title(f"final: {sum(v < threshold for v in final)} of {len(final)} latents active")
+        ax.legend(fontsize="small", loc="lower right")
+        fig.tight_layout()
+        written.append(out / "latent_bars.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written

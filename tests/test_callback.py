@@ -1,0 +1,313 @@
+"""EntropyMonitor in tiny Trainers: logged values against a float64 torch.distributions recomputation.
+
+Every module here records (detached clones of) what its steps returned; ``helpers.monitor_reference``
+recomputes the encoder, prior and decoder entropies, the ELBO, the gaps and the collapse counts from
+those records, independently of the package's functional and metric code.
+"""
+
+import csv
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import (
+    D,
+    MonitorVAE,
+    assert_logged_equal,
+    monitor_data,
+    monitor_loader,
+    monitor_reference,
+    monitor_trainer,
+)
+from lightning.pytorch.loggers import CSVLogger
+from torch.distributions import Normal
+
+from lightning_entropy_vae import EntropyMonitor
+from lightning_entropy_vae.models import GaussianVAE
+
+TRAIN, VAL = monitor_data(24, seed=0), monitor_data(12, seed=1)
+
+
+def _fit(tmp_path, model, callback, val=VAL, **trainer_kwargs):
+    trainer = monitor_trainer(tmp_path, [callback], **trainer_kwargs)
+    val_loaders = None if val is None else monitor_loader(val)
+    trainer.fit(model, monitor_loader(TRAIN), val_loaders)
+    return trainer
+
+
+def _csv_rows(logger):
+    with open(Path(logger.log_dir) / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _monitor_warnings(record, text):
+    return [w for w in record if text in str(w.message)]
+
+
+# ------------------------------------------------------------------------------------------ values
+@pytest.mark.parametrize("return_elbo", [True, False], ids=["elbo-returned", "elbo-from-pieces"])
+def test_epoch_values_equal_recomputation(tmp_path, return_elbo):
+    torch.manual_seed(0)
+    model = MonitorVAE(lr=0.05, return_elbo=return_elbo)
+    trainer = _fit(tmp_path, model, EntropyMonitor())
+    metrics = trainer.callback_metrics
+    train_ref = monitor_reference(model.train_epoch(1))
+    val_ref = monitor_reference(model.val_epoch(1))
+    assert train_ref["n"] == 24 and val_ref["n"] == 12
+    assert_logged_equal(metrics, "entropy/train", train_ref)
+    assert_logged_equal(metrics, "entropy/val", val_ref)
+    assert float(metrics["entropy/train/skipped_batches"]) == 0.0
+    # the held-out value is not the training value, and the last epoch is not the first
+    assert not math.isclose(float(metrics["entropy/val/elbo"]), train_ref["elbo"], rel_tol=1e-3)
+    assert not math.isclose(monitor_reference(model.train_epoch(0))["sum"], train_ref["sum"], rel_tol=1e-4)
+
+
+def test_rel_gap_floor_bounds_relative_gap_near_zero_sum(tmp_path):
+    """enc_logvar = 0 cancels encoder and prior; the decoder variance is chosen so that sum = +0.01."""
+
+    class NearZeroSum(MonitorVAE):
+        def latents(self, mean, logvar):
+            return mean * 0.0, logvar * 0.0
+
+    sum_target = 0.01
+    logvar = -2 * sum_target / D - math.log(2 * math.pi * math.e)
+    model = NearZeroSum(lr=0.0, sample=False, init_logvar=logvar)
+    trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",))], max_epochs=1)
+    trainer.fit(model, monitor_loader(0.1 * TRAIN))
+    metrics = trainer.callback_metrics
+    ref = monitor_reference(model.train_epoch(0))
+    assert ref["sum"] == pytest.approx(sum_target, abs=1e-5)  # float32 parameter
+    assert_logged_equal(metrics, "entropy/train", ref)
+    gap, rel_gap = float(metrics["entropy/train/gap"]), float(metrics["entropy/train/rel_gap"])
+    assert abs(gap) > 0.5  # a visible gap, which a plain gap / |sum| would blow up a hundredfold
+    assert abs(rel_gap) <= abs(gap) / (0.1 * D) * (1 + 1e-6)
+    assert rel_gap == pytest.approx(gap / (0.1 * D), rel=1e-5)
+
+    # a custom floor moves the denominator
+    model = NearZeroSum(lr=0.0, sample=False, init_logvar=logvar)
+    trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",), rel_gap_floor=0.5)], max_epochs=1)
+    trainer.fit(model, monitor_loader(0.1 * TRAIN))
+    metrics = trainer.callback_metrics
+    assert float(metrics["entropy/train/rel_gap"]) == pytest.approx(float(metrics["entropy/train/gap"]) / (0.5 * D),
+                                                                    rel=1e-5)
+
+
+# -------------------------------------------------------------------------------- parameter pitfall
+@pytest.mark.parametrize("param_output", ["live", "view", "detach"])
+def test_returned_parameter_uses_pre_step_value(tmp_path, param_output):
+    torch.manual_seed(0)
+    model = MonitorVAE(lr=0.5, param_output=param_output)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer = _fit(tmp_path, model, EntropyMonitor(stages=("train",)), val=None, max_epochs=1)
+    entries = model.train_epoch(0)
+    moved = [float(e["dec_logvar_post"] - e["dec_logvar"]) for e in entries]
+    assert min(abs(m) for m in moved) > 0.1  # the optimizer moved the variance at every step
+    pre = monitor_reference(entries)
+    post = monitor_reference(entries, dec_key="dec_logvar_post")
+    logged = float(trainer.callback_metrics["entropy/train/sum"])
+    assert logged == pytest.approx(pre["sum"], rel=1e-5)
+    assert abs(logged - post["sum"]) > 0.1
+    assert_logged_equal(trainer.callback_metrics, "entropy/train", pre)
+    # a learnable variance, however returned, is not mistaken for a fixed one
+    assert not _monitor_warnings(record, "decoder variance is fixed")
+    assert "entropy/train/sum_profiled" not in trainer.callback_metrics
+
+
+# ----------------------------------------------------------------------------- accumulation, bf16
+def test_gradient_accumulation(tmp_path):
+    torch.manual_seed(0)
+    model = MonitorVAE(lr=0.05)
+    logger = CSVLogger(tmp_path, name="acc", version=0)
+    monitor = EntropyMonitor(stages=("train",), stop_on_convergence=True, tolerance=1e9, patience=2)
+    train = monitor_data(28, seed=2)  # 7 batches of 4: optimizer steps after batches 2, 4, 6 and 7
+    trainer = monitor_trainer(tmp_path, [monitor], max_epochs=3, accumulate_grad_batches=2, logger=logger)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(model, monitor_loader(train))
+    # values: the recorded outputs of the last epoch
+    assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(1)))
+    # the objective check scales Lightning's divided loss back: -loss is the ELBO, checks count, training stops
+    assert not _monitor_warnings(record, "not -ELBO")
+    assert monitor.stop_reason is not None and "stayed below" in monitor.stop_reason
+    assert monitor.convergence.stopped_epoch == 1 and trainer.global_step == 8
+    # step-level logs: once per optimizer step, at Lightning's step index, over that step's batches
+    rows = [r for r in _csv_rows(logger) if r.get("entropy/train_step/sum")]
+    assert [int(r["step"]) for r in rows] == list(range(8))
+    for row in rows:
+        window = [e for e in model.train_log if e["step"] == int(row["step"])]
+        assert len(window) in (1, 2)
+        ref = monitor_reference(window)
+        for key in ("sum", "elbo", "gap", "rel_gap"):
+            assert float(row[f"entropy/train_step/{key}"]) == pytest.approx(ref[key], rel=1e-5, abs=1e-5), key
+
+
+def test_bf16_mixed_precision_logs_finite_floats(tmp_path):
+    torch.manual_seed(0)
+    model = MonitorVAE(lr=0.05)
+    trainer = _fit(tmp_path, model, EntropyMonitor(), max_epochs=1, precision="bf16-mixed")
+    assert model.train_log[0]["enc_mean"].dtype == torch.bfloat16  # autocast really ran the encoder in bf16
+    for stage in ("train", "val"):
+        for key in ("sum", "encoder", "decoder", "elbo", "gap", "rel_gap", "abs_rel_gap"):
+            value = trainer.callback_metrics[f"entropy/{stage}/{key}"]
+            assert value.dtype == torch.float32 and math.isfinite(float(value)), (stage, key)
+    # the bf16 outputs, upcast, give the same numbers as their float64 recomputation
+    assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(0)), rel=1e-4)
+
+
+# ------------------------------------------------------------------------ sanity check, val loaders
+def test_sanity_check_batches_are_ignored(tmp_path):
+    torch.manual_seed(0)
+    model = MonitorVAE(lr=0.0, sanity_shift=3.0)  # the sanity-check outputs differ from the real ones
+    trainer = _fit(tmp_path, model, EntropyMonitor(), max_epochs=1, num_sanity_val_steps=2)
+    sanity = [e for e in model.val_log if e["sanity"]]
+    assert len(sanity) == 2
+    real = model.val_epoch(0)
+    assert_logged_equal(trainer.callback_metrics, "entropy/val", monitor_reference(real))
+    with_sanity = monitor_reference(real + sanity)
+    assert abs(float(trainer.callback_metrics["entropy/val/encoder"]) - with_sanity["encoder"]) > 0.1
+
+
+def test_two_validation_loaders_log_val_and_val_1(tmp_path):
+    torch.manual_seed(0)
+    model = MonitorVAE(lr=0.05)
+    trainer = monitor_trainer(tmp_path, [EntropyMonitor()], max_epochs=2)
+    second = monitor_data(8, seed=5) * 2.0
+    trainer.fit(model, monitor_loader(TRAIN), [monitor_loader(VAL), monitor_loader(second)])
+    metrics = trainer.callback_metrics
+    assert_logged_equal(metrics, "entropy/val", monitor_reference(model.val_epoch(1, 0)))
+    assert_logged_equal(metrics, "entropy/val_1", monitor_reference(model.val_epoch(1, 1)))
+    assert not any("dataloader_idx" in key for key in metrics)
+
+
+# --------------------------------------------------------------------------------- step-level logs
+def test_step_level_logs_follow_log_every_n_steps(tmp_path):
+    torch.manual_seed(0)
+    model = MonitorVAE(lr=0.05, log_probe=True)
+    logger = CSVLogger(tmp_path, name="steps", version=0)
+    decay = 0.8
+    trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",), ema_decay=decay)], max_epochs=2,
+                              logger=logger, log_every_n_steps=3)
+    trainer.fit(model, monitor_loader(TRAIN))  # 6 batches per epoch, 12 optimizer steps
+    rows = _csv_rows(logger)
+    probe_steps = [int(r["step"]) for r in rows if r.get("probe")]
+    step_rows = [r for r in rows if r.get("entropy/train_step/sum")]
+    assert probe_steps == [2, 5, 8, 11]
+    assert [int(r["step"]) for r in step_rows] == probe_steps  # the steps Lightning logs at
+    keys = ("sum", "elbo", "gap", "rel_gap", "gap_ema")
+    assert all(r.get(f"entropy/train_step/{k}") for r in step_rows for k in keys)
+    ema = None
+    for row in step_rows:
+        step = int(row["step"])
+        window = [e for e in model.train_log if step - 3 < e["step"] <= step]  # batches since the last log
+        assert len(window) == 3
+        ref = monitor_reference(window)
+        for key in ("sum", "elbo", "gap", "rel_gap"):
+            assert float(row[f"entropy/train_step/{key}"]) == pytest.approx(ref[key], rel=1e-5, abs=1e-5), key
+        ema = ref["gap"] if ema is None else decay * ema + (1 - decay) * ref["gap"]
+        assert float(row["entropy/train_step/gap_ema"]) == pytest.approx(ema, rel=1e-5, abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------- collapse
+class CollapsedLatents(MonitorVAE):
+    """H = 4: latent 0 active; 1 fully collapsed (mean 0, logvar 0); 2 varying mean with prior variance;
+    3 constant mean 2 with prior variance. Active by entropy: {0}; by KL: {0, 2, 3}; by active units: {0, 2}."""
+
+    def latents(self, mean, logvar):
+        keep = torch.tensor([1.0, 0.0, 1.0, 0.0])
+        mean = mean * keep + torch.tensor([0.0, 0.0, 0.0, 2.0])
+        logvar = logvar * torch.tensor([1.0, 0.0, 0.0, 0.0])
+        return mean, logvar
+
+
+@pytest.mark.parametrize(("criterion", "active"), [("entropy", 1), ("kl", 3), ("active_units", 2)])
+def test_collapse_per_latent_keys_and_active_count(tmp_path, criterion, active):
+    torch.manual_seed(0)
+    model = CollapsedLatents(latent_dim=4, lr=0.0)
+    logger = CSVLogger(tmp_path, name="collapse", version=0)
+    monitor = EntropyMonitor(stages=("train",), collapse_criterion=criterion)
+    trainer = monitor_trainer(tmp_path, [monitor], max_epochs=1, logger=logger)
+    trainer.fit(model, monitor_loader(TRAIN))
+    ref = monitor_reference(model.train_epoch(0), criterion=criterion)
+    assert ref["active_latents"] == active
+    assert_logged_equal(trainer.callback_metrics, "entropy/train", ref)
+    row = next(r for r in _csv_rows(logger) if r.get("entropy/train/latent_entropy/0"))
+    for h in range(4):
+        assert float(row[f"entropy/train/latent_entropy/{h}"]) == pytest.approx(ref["latent_entropy"][h], abs=1e-5)
+        assert float(row[f"entropy/train/latent_kl/{h}"]) == pytest.approx(ref["latent_kl"][h], abs=1e-5)
+        assert float(row[f"entropy/train/collapsed/{h}"]) == float(ref["collapsed"][h])
+    prior_entropy = float(Normal(0.0, 1.0).entropy())
+    assert float(row["entropy/train/latent_entropy/prior"]) == pytest.approx(prior_entropy, abs=1e-5)
+    assert bool(row.get("entropy/train/latent_entropy/threshold")) == (criterion == "entropy")
+    if criterion == "entropy":
+        assert float(row["entropy/train/latent_entropy/threshold"]) == pytest.approx(1.0, abs=1e-5)
+
+
+class CollapsesInEpochOne(MonitorVAE):
+    def latents(self, mean, logvar):
+        if self.current_epoch >= 1:
+            keep = torch.tensor([1.0, 0.0])
+            return mean * keep, logvar * keep
+        return mean, logvar
+
+
+def test_warns_when_a_latent_collapses_during_training(tmp_path):
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"latent\(s\) \[1\] collapsed during epoch 1") as record:
+        trainer = _fit(tmp_path, CollapsesInEpochOne(lr=0.0), EntropyMonitor(stages=("train",)), val=None)
+    assert len(_monitor_warnings(record, "collapsed during epoch")) == 1
+    assert float(trainer.callback_metrics["entropy/train/active_latents"]) == 1.0
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        _fit(tmp_path, CollapsesInEpochOne(lr=0.0), EntropyMonitor(stages=("train",), warn_on_collapse=False),
+             val=None)
+    assert not _monitor_warnings(record, "collapsed during epoch")
+
+
+# --------------------------------------------------------------------------------- fixed variance
+class RecordingGaussianVAE(GaussianVAE):
+    """The package's reference model, recording what its training steps returned."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.records = []
+
+    def training_step(self, batch, batch_idx):
+        out = super().training_step(batch, batch_idx)
+        self.records.append({"epoch": self.current_epoch, **{k: v.detach().clone() for k, v in out.items()}})
+        return out
+
+
+def test_fixed_variance_warns_once_and_logs_profiled_sum(tmp_path):
+    torch.manual_seed(0)
+    model = RecordingGaussianVAE(D, 2, kind="vae0", hidden_dims=(8,), lr=1e-2, fixed_logvar=0.5)
+    with pytest.warns(UserWarning, match="decoder variance is fixed") as record:
+        trainer = _fit(tmp_path, model, EntropyMonitor(stages=("train",)), val=None)
+    assert len(_monitor_warnings(record, "decoder variance is fixed")) == 1
+    last = [r for r in model.records if r["epoch"] == 1]
+    x = torch.cat([r["x"] for r in last]).double()
+    dec_mean = torch.cat([r["dec_mean"] for r in last]).double()
+    sigma2 = (x - dec_mean).square().sum() / x.numel()
+    enc = Normal(torch.cat([r["enc_mean"] for r in last]).double(),
+                 torch.cat([r["enc_logvar"] for r in last]).double().mul(0.5).exp()).entropy().sum(-1).mean()
+    prior = 2 * Normal(0.0, 1.0).entropy().double()
+    decoder_profiled = D * Normal(0.0, sigma2.sqrt()).entropy()
+    decoder_fixed = D * Normal(torch.tensor(0.0, dtype=torch.float64), math.exp(0.25)).entropy()
+    metrics = trainer.callback_metrics
+    assert float(metrics["entropy/train/sum_profiled"]) == pytest.approx(float(enc - prior - decoder_profiled),
+                                                                         rel=1e-5)
+    assert float(metrics["entropy/train/sum"]) == pytest.approx(float(enc - prior - decoder_fixed), rel=1e-5)
+
+
+def test_learned_variance_does_not_warn(tmp_path):
+    torch.manual_seed(0)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer = _fit(tmp_path, GaussianVAE(D, 2, kind="vae1", hidden_dims=(8,)), EntropyMonitor(stages=("train",)),
+                       val=None, max_epochs=1)
+    assert not _monitor_warnings(record, "decoder variance is fixed")
+    assert "entropy/train/sum_profiled" not in trainer.callback_metrics
+    assert "entropy/train/sum" in trainer.callback_metrics

@@ -1,0 +1,219 @@
+"""EntropyMonitor: what modules return (bad outputs, NaN batches, ``extract=``), constructor checks, host syncs."""
+
+import collections
+import re
+
+import pytest
+import torch
+from helpers import (
+    MonitorVAE,
+    assert_logged_equal,
+    monitor_data,
+    monitor_loader,
+    monitor_reference,
+    monitor_trainer,
+)
+
+from lightning_entropy_vae import EntropyMonitor
+
+TRAIN, VAL = monitor_data(16, seed=0), monitor_data(8, seed=1)
+
+
+def _fit(tmp_path, model, callback, val=True, **kwargs):
+    trainer = monitor_trainer(tmp_path, [callback], max_epochs=1, **kwargs)
+    trainer.fit(model, monitor_loader(TRAIN), monitor_loader(VAL) if val else None)
+    return trainer
+
+
+# --------------------------------------------------------------------------------- bad step outputs
+class BareLossVAE(MonitorVAE):
+    """training_step returns only the loss tensor; the full outputs stay in ``self.last``."""
+
+    def training_step(self, batch, batch_idx):
+        self.last = super().training_step(batch, batch_idx)
+        return self.last["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        self.last = super().validation_step(batch, batch_idx)
+        return self.last
+
+
+def test_bare_loss_raises_with_the_return_to_write(tmp_path):
+    with pytest.raises(ValueError) as info:
+        _fit(tmp_path, BareLossVAE(), EntropyMonitor())
+    message = str(info.value)
+    for piece in ("on_train_batch_end", "BareLossVAE", "`enc_logvar`", '"enc_mean"', '"dec_logvar"', "return {",
+                  "but got `loss`"):
+        assert piece in message, piece
+
+
+def test_extract_reads_outputs_of_a_module_returning_a_bare_loss(tmp_path):
+    torch.manual_seed(0)
+    model = BareLossVAE(lr=0.05)
+    trainer = _fit(tmp_path, model, EntropyMonitor(extract=lambda module, outputs, batch: module.last))
+    assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(0)))
+    assert_logged_equal(trainer.callback_metrics, "entropy/val", monitor_reference(model.val_epoch(0)))
+
+
+class NoneValidation(MonitorVAE):
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+
+
+def test_validation_step_returning_none(tmp_path):
+    with pytest.raises(ValueError, match=r"(?s)on_validation_batch_end of NoneValidation.*`validation_step`"
+                                         r".*but got None.*EntropyMonitor\(stages=\('train',\)\)"):
+        _fit(tmp_path, NoneValidation(), EntropyMonitor())
+    # monitoring the training stage only is the way out
+    trainer = _fit(tmp_path, NoneValidation(), EntropyMonitor(stages=("train",)))
+    assert "entropy/train/sum" in trainer.callback_metrics
+    assert not any(key.startswith("entropy/val") for key in trainer.callback_metrics)
+
+
+class Edited(MonitorVAE):
+    """Applies ``edit(out)`` to what the steps return."""
+
+    def __init__(self, edit, **kwargs):
+        super().__init__(**kwargs)
+        self.edit = edit
+
+    def _returned(self, out):
+        return self.edit(super()._returned(out))
+
+
+def _without(key):
+    def edit(out):
+        del out[key]
+        return out
+    return edit
+
+
+def _replace(key, make):
+    def edit(out):
+        out[key] = make(out)
+        return out
+    return edit
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (_without("dec_logvar"), r"(?s)on_train_batch_end of Edited\) needs `dec_logvar`.*but got `loss`, `x`.*return \{"),
+    (_without("enc_logvar"), r"(?s)needs `enc_logvar`.*but got .*`enc_mean`"),
+    (_without("enc_mean"), r"needs `enc_mean` and `enc_logvar`"),
+    (lambda out: {k: out[k] for k in ("loss", "x", "enc_mean", "enc_logvar", "dec_logvar")},
+     r"needs `elbo` \(B,\), or `x` and `dec_mean` to compute it, but got `loss`, `x`"),
+    (lambda out: {k: out[k] for k in ("loss", "enc_mean", "enc_logvar", "dec_logvar")},
+     r"needs `x` or `dec_mean` to know the batch size"),
+    (_replace("enc_logvar", lambda out: out["enc_logvar"].repeat(1, 2)),
+     re.escape("Expected `enc_logvar` of shape (B, H) matching `enc_mean` (4, 2), but got (4, 4).")),
+    (_replace("dec_logvar", lambda out: torch.zeros(3, requires_grad=True)),
+     re.escape("Expected `dec_logvar` of shape (B, *data) = (4, 4)")),
+    (_replace("elbo", lambda out: out["elbo"][:2]), re.escape("expected `elbo` of shape (B,) = (4,), one ELBO per sample,"
+                                                             " but got (2,)")),
+    (_replace("elbo", lambda out: out["elbo"].mean()), r"expected `elbo` of shape \(B,\) = \(4,\).* but got \(\)"),
+    (_replace("x", lambda out: out["x"][:3]), re.escape("Expected `dec_mean` of shape (B, *data) = (3, 4)")),
+    (_replace("enc_logvar", lambda out: out["enc_logvar"].long()), r"Expected `enc_logvar` to be a floating-point"),
+])
+def test_missing_keys_and_wrong_shapes_raise(tmp_path, edit, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        _fit(tmp_path, Edited(edit), EntropyMonitor(stages=("train",)), val=False)
+
+
+# -------------------------------------------------------------------------------------- NaN batches
+def test_nan_strategy_error_names_the_key(tmp_path):
+    with pytest.raises(ValueError, match=r"on_train_batch_end of MonitorVAE\) got non-finite values \(NaN or Inf\)"
+                                         r" in `enc_logvar` \(nan_strategy='error'\)"):
+        _fit(tmp_path, MonitorVAE(nan_batch=(0, 2)), EntropyMonitor(nan_strategy="error"))
+
+
+def test_nan_batch_is_skipped_and_counted(tmp_path):
+    torch.manual_seed(0)
+    model = MonitorVAE(lr=0.05, nan_batch=(0, 2))
+    trainer = _fit(tmp_path, model, EntropyMonitor())
+    metrics = trainer.callback_metrics
+    assert float(metrics["entropy/train/skipped_batches"]) == 1.0
+    assert float(metrics["entropy/val/skipped_batches"]) == 0.0
+    kept = [e for e in model.train_epoch(0) if e["batch_idx"] != 2]
+    assert len(kept) == 3 and torch.isnan(model.train_epoch(0)[2]["enc_logvar"]).any()
+    assert_logged_equal(metrics, "entropy/train", monitor_reference(kept))
+    assert_logged_equal(metrics, "entropy/val", monitor_reference(model.val_epoch(0)))
+
+
+# ------------------------------------------------------------------------------ constructor checks
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"stages": ()}, ValueError, r"Expected `stages` to be a non-empty subset of \('train', 'val'\), but got \(\)"),
+    ({"stages": ("train", "test")}, ValueError, r"non-empty subset .* but got \('train', 'test'\)"),
+    ({"collapse_criterion": "mean"}, ValueError, r"Expected `collapse_criterion` to be one of .* but got 'mean'"),
+    ({"collapse_threshold": "high"}, TypeError, r"Expected `threshold` to be a float, but got str"),
+    ({"collapse_threshold": True}, TypeError, r"Expected `threshold` to be a float, but got bool"),
+    ({"rel_gap_floor": 0.0}, ValueError, r"Expected `rel_gap_floor` to be a positive number, but got 0.0"),
+    ({"rel_gap_floor": True}, ValueError, r"Expected `rel_gap_floor` to be a positive number, but got True"),
+    ({"ema_decay": 1.0}, ValueError, r"Expected `ema_decay` in \[0, 1\), but got 1.0"),
+    ({"ema_decay": -0.1}, ValueError, r"Expected `ema_decay` in \[0, 1\), but got -0.1"),
+    ({"max_latents_as_scalars": -1}, ValueError, r"Expected `max_latents_as_scalars` to be a non-negative int"),
+    ({"max_latents_as_scalars": 2.0}, ValueError, r"`max_latents_as_scalars` to be a non-negative int, but got 2.0"),
+    ({"log_bar_chart_every_n_epochs": -2}, ValueError, r"`log_bar_chart_every_n_epochs` to be a non-negative int"),
+    ({"extract": 3}, TypeError, r"Expected `extract` to be callable\(pl_module, outputs, batch\), but got 3"),
+    ({"nan_strategy": "zero"}, ValueError, r"Expected `nan_strategy` to be one of \('skip', 'error'\)"),
+    ({"tolerance": 0}, ValueError, r"Expected `tolerance` to be a positive number, but got 0"),
+    ({"tolerance": True}, ValueError, r"Expected `tolerance` to be a positive number, but got True"),
+    ({"patience": 0}, ValueError, r"Expected `patience` to be an int >= 1, but got 0"),
+    ({"patience": 2.0}, ValueError, r"Expected `patience` to be an int >= 1, but got 2.0"),
+    ({"warmup_epochs": -1}, ValueError, r"Expected `warmup_epochs` to be an int >= 0, but got -1"),
+])
+def test_constructor_validates_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        EntropyMonitor(**kwargs)
+
+
+def test_state_key_tells_instances_apart():
+    assert EntropyMonitor().state_key != EntropyMonitor(stages=("train",)).state_key
+    assert EntropyMonitor().state_key != EntropyMonitor(collapse_criterion="kl").state_key
+    assert EntropyMonitor().state_key == EntropyMonitor().state_key
+
+
+# -------------------------------------------------------------------------------------- host syncs
+SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+def test_no_host_sync_in_batch_hooks_between_logging_steps(tmp_path, monkeypatch):
+    """Every device-to-host read in the batch hooks is counted; only logging steps may have any."""
+    every = 3
+    counts = {"quiet": collections.Counter(), "logging": collections.Counter()}
+    calls = collections.Counter()
+    phase = [None]
+    for name in SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):
+            if phase[0] is not None:
+                counts[phase[0]][_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+
+    monitor = EntropyMonitor()
+
+    def watch(hook, is_logging_step):
+        original = getattr(monitor, hook)
+
+        def wrapped(trainer, *args, **kwargs):
+            phase[0] = "logging" if is_logging_step(trainer) else "quiet"
+            calls[phase[0]] += 1
+            try:
+                return original(trainer, *args, **kwargs)
+            finally:
+                phase[0] = None
+
+        monkeypatch.setattr(monitor, hook, wrapped)
+
+    watch("on_train_batch_start", lambda trainer: False)
+    watch("on_train_batch_end", lambda trainer: trainer.global_step % every == 0)  # after the optimizer step
+    watch("on_validation_batch_end", lambda trainer: False)
+    torch.manual_seed(0)
+    model = MonitorVAE(lr=0.05)
+    trainer = monitor_trainer(tmp_path, [monitor], max_epochs=2, log_every_n_steps=every)
+    trainer.fit(model, monitor_loader(monitor_data(28, seed=3)), monitor_loader(VAL))  # 7 batches per epoch
+    assert calls["quiet"] == 2 * 7 + 2 * 7 - 4 + 2 * 2 and calls["logging"] == 4
+    assert sum(counts["quiet"].values()) == 0, dict(counts["quiet"])
+    assert sum(counts["logging"].values()) > 0  # the spies do see the syncs of a logging step
+    assert "entropy/train/sum" in trainer.callback_metrics

@@ -1,0 +1,184 @@
+"""EntropyMonitor with Lightning's loggers: values read back from TensorBoard, CSV, W&B (offline) and MLflow files."""
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import MonitorVAE, monitor_data, monitor_loader, monitor_reference, monitor_trainer
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
+
+from lightning_entropy_vae import EntropyMonitor
+
+TRAIN, VAL = monitor_data(16, seed=0), monitor_data(8, seed=1)
+EPOCH_KEYS = [f"entropy/{stage}/{key}" for stage in ("train", "val")
+              for key in ("encoder", "prior", "decoder", "sum", "elbo", "gap", "rel_gap", "abs_rel_gap",
+                          "active_latents", "skipped_batches")]
+STEP_KEYS = [f"entropy/train_step/{key}" for key in ("sum", "elbo", "gap", "rel_gap", "gap_ema")]
+LATENT_KEYS = [f"entropy/train/{name}/{h}" for name in ("latent_entropy", "latent_kl", "collapsed") for h in (0, 1)]
+
+
+def _fit(tmp_path, logger, monitor=None, max_epochs=2):
+    torch.manual_seed(0)
+    model = MonitorVAE(lr=0.05)
+    trainer = monitor_trainer(tmp_path, [monitor or EntropyMonitor()], max_epochs=max_epochs, logger=logger,
+                              log_every_n_steps=2)
+    trainer.fit(model, monitor_loader(TRAIN), monitor_loader(VAL))
+    return trainer, model
+
+
+def _assert_last_values(trainer, last):
+    """``last``: key -> the last value a logger holds; equal to what reached callback_metrics."""
+    for key in EPOCH_KEYS:
+        assert last[key] == pytest.approx(float(trainer.callback_metrics[key]), rel=1e-6, abs=1e-7), key
+
+
+def _csv_last(logger):
+    with open(Path(logger.log_dir) / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    last = {}
+    for row in rows:
+        last.update({k: float(v) for k, v in row.items() if v})
+    return rows, last
+
+
+# -------------------------------------------------------------------------------------- TensorBoard
+def test_tensorboard_scalars_layout_histogram_and_figure(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    trainer, model = _fit(tmp_path, logger, EntropyMonitor(log_bar_chart_every_n_epochs=1))
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "histograms": 0, "images": 0,
+                                                             "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    scalars = set(tags["scalars"])
+    assert set(EPOCH_KEYS + STEP_KEYS + LATENT_KEYS) <= scalars
+    _assert_last_values(trainer, {key: events.Scalars(key)[-1].value for key in EPOCH_KEYS})
+    assert len(events.Scalars("entropy/train/sum")) == 2  # one per epoch
+
+    # the custom-scalars layout, written once, overlays the ELBO with the entropy sum
+    assert "custom_scalars__config__" in tags["tensors"]
+    configs = events.Tensors("custom_scalars__config__")
+    assert len(configs) == 1
+    layout = layout_pb2.Layout.FromString(configs[0].tensor_proto.string_val[0])
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    assert charts["train: ELBO vs entropy sum"] == ["entropy/train/elbo", "entropy/train/sum"]
+    assert charts["val: relative gap"] == ["entropy/val/rel_gap", "entropy/val/abs_rel_gap"]
+    assert charts["train steps: gap"] == ["entropy/train_step/gap", "entropy/train_step/gap_ema"]
+
+    # per-epoch histograms of the per-latent entropies, and the bar chart images
+    for stage in ("train", "val"):
+        assert f"entropy/{stage}/latent_entropy_hist" in tags["histograms"]
+        assert f"entropy/{stage}/latent_entropy_bars" in tags["images"]
+    histograms = events.Histograms("entropy/train/latent_entropy_hist")
+    assert len(histograms) == 2
+    latent = monitor_reference(model.train_epoch(1))["latent_entropy"]
+    last = histograms[-1].histogram_value
+    assert last.num == 2
+    assert last.min == pytest.approx(min(latent), abs=1e-5) and last.max == pytest.approx(max(latent), abs=1e-5)
+    assert len(events.Images("entropy/train/latent_entropy_bars")) == 2
+
+
+def test_tensorboard_without_histograms_or_figures(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    _fit(tmp_path, logger, EntropyMonitor(log_histograms=False), max_epochs=1)
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    assert not events.Tags()["histograms"] and not events.Tags()["images"]
+    assert "entropy/train/sum" in events.Tags()["scalars"]
+
+
+# --------------------------------------------------------------------------------------------- CSV
+def test_csv_logger_values(tmp_path):
+    logger = CSVLogger(tmp_path, name="csv", version=0)
+    trainer, model = _fit(tmp_path, logger)
+    rows, last = _csv_last(logger)
+    _assert_last_values(trainer, last)
+    ref = monitor_reference(model.train_epoch(1))
+    for h in (0, 1):
+        assert last[f"entropy/train/latent_entropy/{h}"] == pytest.approx(ref["latent_entropy"][h], abs=1e-5)
+    assert sum(1 for r in rows if r.get("entropy/train/sum")) == 2
+    assert sum(1 for r in rows if r.get("entropy/train_step/sum")) == 4  # 4 batches per epoch, every 2 steps
+
+
+def test_several_loggers_get_the_same_values(tmp_path):
+    csv_logger = CSVLogger(tmp_path, name="csv", version=0)
+    tb_logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    trainer, _ = _fit(tmp_path, [csv_logger, tb_logger])
+    tb_logger.experiment.flush()
+    _, last = _csv_last(csv_logger)
+    _assert_last_values(trainer, last)
+    events = EventAccumulator(tb_logger.log_dir)
+    events.Reload()
+    _assert_last_values(trainer, {key: events.Scalars(key)[-1].value for key in EPOCH_KEYS})
+    for key in STEP_KEYS + LATENT_KEYS:
+        assert events.Scalars(key)[-1].value == pytest.approx(last[key], rel=1e-6, abs=1e-7), key
+    assert "entropy/train/latent_entropy_hist" in events.Tags()["histograms"]
+
+
+def test_without_logger_values_reach_callback_metrics(tmp_path):
+    trainer, model = _fit(tmp_path, False)
+    assert not trainer.loggers
+    assert set(EPOCH_KEYS) <= set(trainer.callback_metrics)
+    assert float(trainer.callback_metrics["entropy/train/sum"]) == pytest.approx(
+        monitor_reference(model.train_epoch(1))["sum"], rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- W&B
+def test_wandb_offline(tmp_path, monkeypatch):
+    import wandb
+    from wandb.sdk.wandb_run import Run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logged, defined = [], []
+
+    def spy(name, into):
+        original = getattr(Run, name)
+
+        def wrapper(self, *args, **kwargs):
+            into.append((args, kwargs))
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Run, name, wrapper)
+
+    spy("log", logged)
+    spy("define_metric", defined)
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="entropy-monitor-tests")
+    try:
+        trainer, _ = _fit(tmp_path, logger)
+        assert logger.experiment.offline  # never a login or a network call
+    finally:
+        wandb.finish()
+    payloads = [args[0] for args, _ in logged]
+    last = {}
+    for payload in payloads:
+        last.update({k: v for k, v in payload.items() if isinstance(v, (int, float))})
+    _assert_last_values(trainer, last)
+    assert set(STEP_KEYS + LATENT_KEYS) <= set(last)
+    assert all("trainer/global_step" in payload for payload in payloads)
+    hists = [p["entropy/train/latent_entropy_hist"] for p in payloads if "entropy/train/latent_entropy_hist" in p]
+    assert len(hists) == 2 and all(isinstance(h, wandb.Histogram) for h in hists)
+    assert (("entropy/*",), {"step_metric": "trainer/global_step"}) in defined
+
+
+# ------------------------------------------------------------------------------------------ MLflow
+def test_mlflow_file_store(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3 keeps the file store behind this switch
+    uri = f"file:{tmp_path}/mlruns"
+    logger = MLFlowLogger(experiment_name="entropy-monitor", tracking_uri=uri)
+    trainer, model = _fit(tmp_path, logger)
+    client = MlflowClient(tracking_uri=uri)
+    history = client.get_metric_history(logger.run_id, "entropy/train/sum")
+    assert len(history) == 2
+    assert history[-1].value == pytest.approx(float(trainer.callback_metrics["entropy/train/sum"]), rel=1e-6)
+    assert history[-1].value == pytest.approx(monitor_reference(model.train_epoch(1))["sum"], rel=1e-5)
+    steps = client.get_metric_history(logger.run_id, "entropy/train_step/gap_ema")
+    assert len(steps) == 4 and all(math.isfinite(m.value) for m in steps)

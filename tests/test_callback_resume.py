@@ -1,0 +1,75 @@
+"""EntropyMonitor across a checkpoint: 4 epochs straight equal 2 epochs, a checkpoint, and 2 resumed epochs."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import MonitorVAE, monitor_data, monitor_loader, monitor_trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_entropy_vae import EntropyMonitor
+
+TRAIN, VAL = monitor_data(24, seed=0), monitor_data(8, seed=1)
+EPOCH_KEYS = [f"entropy/{stage}/{key}" for stage in ("train", "val")
+              for key in ("encoder", "decoder", "sum", "elbo", "gap", "rel_gap", "active_latents")]
+STEP_KEYS = [f"entropy/train_step/{key}" for key in ("sum", "elbo", "gap", "rel_gap", "gap_ema")]
+
+
+def _run(tmp_path, name, max_epochs, ckpt_path=None, checkpoint=None):
+    torch.manual_seed(0)
+    model = MonitorVAE(lr=0.05, sample=False)  # deterministic: no draws, fixed data order
+    # every epoch counts towards a patience that is never reached
+    monitor = EntropyMonitor(stop_on_convergence=True, tolerance=1e6, patience=10)
+    logger = CSVLogger(tmp_path, name=name, version=0)
+    callbacks = [monitor] if checkpoint is None else [monitor, checkpoint]
+    trainer = monitor_trainer(tmp_path, callbacks, max_epochs=max_epochs, logger=logger, log_every_n_steps=2,
+                              enable_checkpointing=checkpoint is not None)
+    trainer.fit(model, monitor_loader(TRAIN), monitor_loader(VAL), ckpt_path=ckpt_path)
+    with open(Path(logger.log_dir) / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return trainer, monitor, rows
+
+
+def _epoch_values(rows, epoch):
+    """The epoch-level values logged for ``epoch`` (Lightning's epoch column)."""
+    out = {}
+    for row in rows:
+        if row.get("epoch") == str(epoch):
+            out.update({k: float(row[k]) for k in EPOCH_KEYS if row.get(k)})
+    return out
+
+
+def _step_values(rows, steps):
+    return {int(r["step"]): [float(r[k]) for k in STEP_KEYS] for r in rows
+            if r.get(STEP_KEYS[0]) and int(r["step"]) in steps}
+
+
+@pytest.mark.parametrize("save_on_train_epoch_end", [False, True], ids=["saved-after-val", "saved-at-epoch-end"])
+def test_resume_reproduces_straight_run(tmp_path, save_on_train_epoch_end):
+    _, straight, straight_rows = _run(tmp_path, "straight", 4)
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0,
+                                 save_on_train_epoch_end=save_on_train_epoch_end)
+    _, first, _ = _run(tmp_path, "first", 2, checkpoint=checkpoint)
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    assert first.convergence.wait_count == 2
+    loaded = torch.load(ckpt, weights_only=True)  # the callback state holds plain types only
+    assert loaded["callbacks"][first.state_key]["wait_count"] == 2
+    assert isinstance(loaded["callbacks"][first.state_key]["gap_ema"], float)
+
+    trainer, resumed, resumed_rows = _run(tmp_path, "resumed", 4, ckpt_path=ckpt)
+    assert trainer.current_epoch == 4
+    assert resumed.convergence.wait_count == straight.convergence.wait_count == 4
+    assert resumed.state_dict()["gap_ema"] == pytest.approx(straight.state_dict()["gap_ema"], rel=1e-6)
+    for epoch in (2, 3):
+        want, got = _epoch_values(straight_rows, epoch), _epoch_values(resumed_rows, epoch)
+        assert sorted(want) == sorted(EPOCH_KEYS) and sorted(got) == sorted(EPOCH_KEYS)
+        for key in EPOCH_KEYS:
+            assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-6), (epoch, key)
+    steps = set(range(12, 24))  # 6 optimizer steps per epoch: epochs 3 and 4
+    want, got = _step_values(straight_rows, steps), _step_values(resumed_rows, steps)
+    assert sorted(got) == sorted(want) == [13, 15, 17, 19, 21, 23]
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-6, abs=1e-6), step

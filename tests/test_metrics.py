@@ -1,0 +1,363 @@
+"""Tests of the TorchMetrics metrics: accumulation equals the functional API on the concatenated data."""
+
+import pickle
+import warnings
+
+import matplotlib
+import pytest
+import torch
+from torchmetrics import MetricCollection
+
+import lightning_entropy_vae.functional as F
+from lightning_entropy_vae.metrics import (
+    DecoderEntropy,
+    EncoderEntropy,
+    EntropySumELBO,
+    GaussianELBO,
+    PosteriorCollapse,
+    PriorEntropy,
+)
+from lightning_entropy_vae.outputs import VAEOutput
+
+matplotlib.use("Agg")
+
+H, D, S = 3, 4, 2
+SIZES = (5, 8, 3)
+F64 = torch.float64
+VARIANTS = ["vae1", "vae2", "vae3", "sampled", "sampled_scalar"]
+
+
+def _batches(variant="vae2", seed=0, sizes=SIZES):
+    """Random float64 step outputs; scalar variances and the prior change between batches, as in training."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(shape, generator=gen, dtype=F64)
+
+    batches = []
+    for b in sizes:
+        sampled = variant.startswith("sampled")
+        out = {
+            "x": randn(b, D),
+            "enc_mean": randn(b, H),
+            "enc_logvar": randn(b, H) - 1.0,
+            "dec_mean": randn(S, b, D) if sampled else randn(b, D),
+        }
+        if variant in ("vae3", "sampled"):
+            out["dec_logvar"] = randn(*out["dec_mean"].shape) - 1.0
+        else:
+            out["dec_logvar"] = torch.nn.Parameter(randn() - 1.0)
+        if variant == "vae2":
+            out["prior_logvar"] = torch.nn.Parameter(randn(H))
+        batches.append(out)
+    return batches
+
+
+def _concat(batches):
+    """One step output for all batches: per-batch scalars and priors become per-sample rows."""
+    sizes = [b["x"].shape[0] for b in batches]
+    cat = {k: torch.cat([b[k] for b in batches]) for k in ("x", "enc_mean", "enc_logvar")}
+    cat["dec_mean"] = torch.cat([b["dec_mean"] for b in batches], dim=-2)
+    if batches[0]["dec_logvar"].dim() == 0:
+        cat["dec_logvar"] = torch.cat(
+            [b["dec_logvar"].detach().expand(n, 1) for b, n in zip(batches, sizes, strict=True)]
+        )
+    else:
+        cat["dec_logvar"] = torch.cat([b["dec_logvar"] for b in batches], dim=-2)
+    if "prior_logvar" in batches[0]:
+        cat["prior_logvar"] = torch.cat(
+            [b["prior_logvar"].detach().expand(n, H) for b, n in zip(batches, sizes, strict=True)]
+        )
+    return cat
+
+
+def _metrics():
+    metrics = {
+        "encoder": EncoderEntropy(),
+        "prior": PriorEntropy(),
+        "decoder": DecoderEntropy(),
+        "sum": EntropySumELBO(),
+        "elbo": GaussianELBO(),
+        "collapse": PosteriorCollapse(latent_dim=H),
+    }
+    for metric in metrics.values():
+        metric.set_dtype(F64)
+    return metrics
+
+
+def _functional(out):
+    """What each metric should report for the data in ``out``, from the functional API."""
+    return {
+        "encoder": F.encoder_entropy(**out),
+        "prior": F.prior_entropy(**out),
+        "decoder": F.decoder_entropy(**out),
+        "sum": {
+            "encoder": F.encoder_entropy(**out),
+            "prior": F.prior_entropy(**out),
+            "decoder": F.decoder_entropy(**out),
+            "sum": F.entropy_sum(**out),
+        },
+        "elbo": F.gaussian_elbo(**out),
+        "collapse": F.posterior_collapse(**out),
+    }
+
+
+def _assert_equal(actual, expected, atol=1e-10):
+    if isinstance(expected, dict):
+        for key, value in expected.items():
+            _assert_equal(actual[key], value, atol)
+        return
+    if expected.dtype == torch.bool or not expected.is_floating_point():
+        assert torch.equal(actual, expected)
+        return
+    torch.testing.assert_close(actual, expected.detach(), rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_metrics_equal_functional_on_concatenated_data(variant):
+    batches = _batches(variant)
+    metrics = _metrics()
+    for out in batches:
+        for metric in metrics.values():
+            metric.update(out)
+    expected = _functional(_concat(batches))
+    for name, metric in metrics.items():
+        value = metric.compute()
+        _assert_equal(value, expected[name])
+        if isinstance(value, dict):
+            value = value["latent_entropy" if name == "collapse" else "sum"]
+        assert value.dtype == F64
+    # the collapse metric's extra count
+    assert metrics["collapse"].compute()["num_collapsed"] == H - expected["collapse"]["num_active"]
+
+
+def test_gaussian_elbo_uses_a_given_elbo():
+    gen = torch.Generator().manual_seed(1)
+    elbos = [torch.randn(n, generator=gen, dtype=F64) for n in SIZES]
+    metric = GaussianELBO()
+    metric.set_dtype(F64)
+    for elbo, out in zip(elbos, _batches(), strict=True):
+        metric.update({**out, "elbo": elbo})  # the given per-sample ELBO wins over the pieces
+    _assert_equal(metric.compute(), torch.cat(elbos).mean())
+
+
+@pytest.mark.parametrize("variant", ["vae2", "sampled"])
+def test_forward_returns_the_batch_value_and_accumulates(variant):
+    batches = _batches(variant, seed=2)
+    forwarded, updated = _metrics(), _metrics()
+    for out in batches:
+        expected = _functional(out)
+        for name in forwarded:
+            _assert_equal(forwarded[name](out), expected[name])
+            updated[name].update(out)
+    for name in forwarded:
+        _assert_equal(forwarded[name].compute(), updated[name].compute())
+    _assert_equal(forwarded["sum"].compute(), _functional(_concat(batches))["sum"])
+
+
+def test_reset():
+    first, second = _batches(seed=3), _batches(seed=4)
+    metrics = _metrics()
+    for out in first:
+        for metric in metrics.values():
+            metric.update(out)
+    for metric in metrics.values():
+        metric.reset()
+        assert metric.num_skipped_batches == 0
+    for out in second:
+        for metric in metrics.values():
+            metric.update(out)
+    expected = _functional(_concat(second))
+    for name, metric in metrics.items():
+        _assert_equal(metric.compute(), expected[name])
+        assert getattr(metric, f"{metric._prefix}_totals").dtype == F64  # set_dtype survives reset
+
+
+def test_pickling():
+    batches = _batches(seed=5)
+    metrics = _metrics()
+    for metric in metrics.values():
+        metric.update(batches[0])
+    for name, metric in metrics.items():
+        restored = pickle.loads(pickle.dumps(metric))
+        _assert_equal(restored.compute(), metric.compute())
+        for out in batches[1:]:  # a restored metric keeps accumulating
+            restored.update(out)
+        _assert_equal(restored.compute(), _functional(_concat(batches))[name])
+
+
+def test_update_takes_a_mapping_a_vaeoutput_or_keywords_and_ignores_extra_keys():
+    out = _batches(seed=6)[0]
+    expected = _functional(out)
+    extra = {**out, "loss": torch.tensor(1.0), "logits": torch.zeros(2), "step": 3, "note": "ignored"}
+    typed = VAEOutput(loss=torch.tensor(1.0), **out)
+    for name in expected:
+        for inputs in (out, extra, typed):
+            positional, keywords, called = _metrics()[name], _metrics()[name], _metrics()[name]
+            positional.update(inputs)
+            keywords.update(**inputs)
+            _assert_equal(called(inputs), expected[name])
+            for metric in (positional, keywords, called):
+                _assert_equal(metric.compute(), expected[name])
+    # keywords override the mapping
+    metric = EncoderEntropy()
+    metric.set_dtype(F64)
+    metric.update(out, enc_logvar=out["enc_logvar"] + 1.0)
+    _assert_equal(metric.compute(), F.encoder_entropy(out["enc_logvar"] + 1.0))
+
+
+def test_metric_collection_of_all_metrics():
+    batches = _batches(seed=7)
+    collection = MetricCollection(list(_metrics().values()))
+    # every metric keeps its own compute group: no two metrics share a state name
+    assert len(collection.compute_groups) == 6
+    for out in batches:
+        collection.update(out)
+    result = collection.compute()
+    expected = _functional(_concat(batches))
+    _assert_equal(result["EncoderEntropy"], expected["encoder"])
+    _assert_equal(result["PriorEntropy"], expected["prior"])
+    _assert_equal(result["DecoderEntropy"], expected["decoder"])
+    _assert_equal(result["GaussianELBO"], expected["elbo"])
+    _assert_equal({k: result[k] for k in ("encoder", "prior", "decoder", "sum")}, expected["sum"])
+    _assert_equal({k: result[k] for k in expected["collapse"]}, expected["collapse"])
+    collection.reset()
+    _assert_equal(collection(batches[0])["sum"], _functional(batches[0])["sum"]["sum"])
+
+
+def _poisoned(out):
+    bad = dict(out)
+    bad["enc_logvar"] = out["enc_logvar"].clone()
+    bad["enc_logvar"][0, 0] = float("nan")
+    bad["dec_logvar"] = torch.nn.Parameter(out["dec_logvar"].detach() * float("inf"))
+    bad["prior_logvar"] = out["prior_logvar"].detach() * float("nan")  # PriorEntropy reads only this
+    bad["elbo"] = torch.full((out["x"].shape[0],), float("nan"), dtype=F64)  # GaussianELBO reads it first
+    return bad
+
+
+def test_nan_strategy_skip():
+    good = _batches(seed=8)
+    bad = _poisoned(good[1])
+    metrics = _metrics()
+    for name, metric in metrics.items():
+        metric.update(good[0])
+        before = getattr(metric, f"{metric._prefix}_totals").clone()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing is said per batch
+            metric.update(bad)
+        after = getattr(metric, f"{metric._prefix}_totals")
+        assert metric.num_skipped_batches == 1, name
+        torch.testing.assert_close(after[:-1], before[:-1], rtol=0, atol=0)  # the running sums are unchanged
+        metric.update(good[2])
+        with pytest.warns(UserWarning, match=f"{type(metric).__name__} skipped 1 batch"):
+            value = metric.compute()
+        _assert_equal(value, _functional(_concat([good[0], good[2]]))[name])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the warning is given once
+            metric.compute()
+
+
+def test_profiled_entropy_sum():
+    for variant in ("vae1", "sampled", "vae2"):
+        batches = _batches(variant, seed=9)
+        metric = EntropySumELBO(profile_decoder_variance=True)
+        metric.set_dtype(F64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # profiling is the answer to a fixed variance: no warning
+            for out in batches:
+                metric.update({**out, "dec_logvar": out["dec_logvar"].detach()})
+        cat = _concat(batches)
+        result = metric.compute()
+        _assert_equal(result["sum_profiled"], F.profiled_entropy_sum(**cat))
+        _assert_equal(result["decoder_profiled"], F.profiled_decoder_entropy(**cat))
+        _assert_equal(result["sum"], F.entropy_sum(**cat))
+        sigma2 = F.optimal_decoder_variance(cat["x"], cat["dec_mean"])
+        _assert_equal(result["sum_profiled"], F.entropy_sum(**{**cat, "dec_logvar": sigma2.log()}))
+    # precomputed squared residuals, (B, 1) log-variances and data_dim instead of x and dec_mean
+    out = _batches("vae1", seed=10)[0]
+    residual = (out["x"] - out["dec_mean"]).square().sum(-1)
+    b = residual.shape[0]
+    light = {
+        "enc_logvar": out["enc_logvar"],
+        "dec_logvar": out["dec_logvar"].detach().expand(b, 1),
+        "dec_sq_residual": residual,
+        "data_dim": D,
+    }
+    metrics = [EntropySumELBO(profile_decoder_variance=True) for _ in range(2)]
+    for metric, inputs in zip(metrics, (out, light), strict=True):
+        metric.set_dtype(F64)
+        metric.update(inputs)
+    _assert_equal(metrics[1].compute(), metrics[0].compute())
+
+
+def _fixed_variance_warnings(metric, dec_logvar, x):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            metric.update(enc_logvar=torch.zeros(4, H), dec_logvar=dec_logvar, x=x)
+    return [w for w in caught if "does not require grad" in str(w.message)]
+
+
+@pytest.mark.parametrize("metric_class", [DecoderEntropy, EntropySumELBO])
+def test_fixed_variance_warning(metric_class):
+    x, fixed = torch.zeros(4, D), torch.tensor(-1.0)
+    caught = _fixed_variance_warnings(metric_class(), fixed, x)
+    assert len(caught) == 1
+    assert "Use EntropySumELBO(profile_decoder_variance=True)" in str(caught[0].message)
+    assert _fixed_variance_warnings(metric_class(), fixed.reshape(1), x)  # a (1,) tensor is a scalar too
+    assert not _fixed_variance_warnings(metric_class(), torch.nn.Parameter(fixed), x)
+    assert not _fixed_variance_warnings(metric_class().eval(), fixed, x)
+    assert not _fixed_variance_warnings(metric_class(warn_fixed_variance=False), fixed, x)
+    assert not _fixed_variance_warnings(metric_class(), torch.zeros(4, D), x)  # a VAE-3 output, detached
+    with torch.inference_mode():
+        inference = torch.tensor(-1.0)
+    assert not _fixed_variance_warnings(metric_class(), inference, x)
+    # in training mode again after an evaluation, the warning can still come (once)
+    metric = metric_class().eval()
+    assert not _fixed_variance_warnings(metric, fixed, x)
+    assert len(_fixed_variance_warnings(metric.train(), fixed, x)) == 1
+
+
+def test_posterior_collapse_plot():
+    import matplotlib.pyplot as plt
+
+    metric = PosteriorCollapse(latent_dim=5)
+    gen = torch.Generator().manual_seed(11)
+    enc_mean = torch.randn(64, 5, generator=gen) * torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0])
+    enc_logvar = torch.tensor([-4.0, -3.0, 0.0, -2.0, 0.0]).expand(64, 5)
+    metric.update(enc_mean=enc_mean, enc_logvar=enc_logvar)
+    fig, ax = metric.plot()
+    assert isinstance(fig, matplotlib.figure.Figure)
+    bars = ax.containers[0]
+    assert len(bars) == 5
+    heights = torch.tensor([bar.get_height() for bar in bars], dtype=torch.float32)
+    torch.testing.assert_close(heights, metric.compute()["latent_entropy"])
+    assert ax.get_title() == "active latents: 3 of 5"
+    # onto a given axis, with given values
+    fig2, ax2 = plt.subplots()
+    assert metric.plot(metric.compute(), ax=ax2) == (fig2, ax2)
+    assert len(ax2.containers[0]) == 5
+    plt.close("all")
+
+
+def test_scalar_metrics_plot():
+    import matplotlib.pyplot as plt
+
+    out = _batches("vae1", seed=12)[0]
+    for metric in (EncoderEntropy(), PriorEntropy(), DecoderEntropy(), GaussianELBO()):
+        values = [metric(out) for _ in range(3)]
+        fig, ax = metric.plot()
+        assert isinstance(fig, matplotlib.figure.Figure)
+        assert ax.lines or ax.collections
+        fig, ax = metric.plot(values)
+        assert len(ax.lines[0].get_ydata()) == 3
+    plt.close("all")
+
+
+def test_class_attributes():
+    for metric_class in (EncoderEntropy, PriorEntropy, DecoderEntropy, EntropySumELBO, PosteriorCollapse):
+        assert metric_class.higher_is_better is None
+        assert metric_class.full_state_update is False
+    assert GaussianELBO.higher_is_better is True
+    names = {m._prefix for m in _metrics().values()}
+    assert len(names) == 6
