@@ -13,9 +13,12 @@ Configurations (each measured in interleaved rounds, the order alternating betwe
 - ``train+csv``      a CSVLogger, EntropyMonitor(stages=("train",)) (includes the logging cost).
 
 Each round runs ``fit`` without a callback, with EntropyMonitor and with a naive callback that calls
-``update()`` of six TorchMetrics metrics on every batch; the ratios are per round, the reported value
-their median. Then one run per configuration with an instrumented EntropyMonitor subclass times the
-callback's own hooks (``perf_counter`` around every hook it overrides).
+``update()`` of six TorchMetrics metrics on every batch; ratios are per round, the reported value
+their median. Times are taken on two clocks, wall (perf_counter) and process CPU time (process_time,
+the default for verdicts: robust to waiting for a core on a shared machine). A ``StepClock`` callback
+(first in every arm) gives the median step time, a steady-state per-step comparison. Then
+``--hook-runs`` runs per configuration with an instrumented EntropyMonitor time the callback's own
+hooks (every hook it overrides, plus ``_log_step``).
 
 Targets: fit-time ratio <= 1.03; time in the callback's hooks <= 2 % of fit time.
 

@@ -1,4 +1,4 @@
-"""Shared tiny modules for the EntropyMonitor tests: a recording VAE, loaders, trainers and a float64 reference.
+"""Shared tiny modules for the EntropyMonitor tests: a recording VAE, loaders, trainers, a float64 reference.
 
 ``MonitorVAE`` is a linear Gaussian VAE (VAE-1: a scalar learnable decoder log-variance, prior N(0, I))
 that keeps a detached copy of exactly what each of its steps returned, so the tests can recompute
@@ -52,9 +52,9 @@ class MonitorVAE(pl.LightningModule):
         log_probe: ``self.log("probe", loss, on_step=True)``, to see at which steps Lightning logs.
     """
 
-    def __init__(self, data_dim: int = D, latent_dim: int = H, lr: float = 0.0, *, param_output: str = "clone",
-                 sample: bool = True, return_elbo: bool = True, beta: float = 1.0,
-                 nan_batch: tuple[int, int] | None = None, sanity_shift: float = 0.0,
+    def __init__(self, data_dim: int = D, latent_dim: int = H, lr: float = 0.0, *,
+                 param_output: str = "clone", sample: bool = True, return_elbo: bool = True,
+                 beta: float = 1.0, nan_batch: tuple[int, int] | None = None, sanity_shift: float = 0.0,
                  init_logvar: float = 0.0, log_probe: bool = False, nan_index: int | None = None) -> None:
         super().__init__()
         self.data_dim, self.latent_dim, self.lr = data_dim, latent_dim, lr
@@ -202,7 +202,7 @@ def assert_logged_equal(metrics: dict[str, Any], prefix: str, ref: dict[str, Any
     for key in keys:
         got = float(metrics[f"{prefix}/{key}"])
         want = ref[key]
-        assert math.isclose(got, want, rel_tol=rel, abs_tol=1e-5), f"{prefix}/{key}: logged {got}, expected {want}"
+        assert math.isclose(got, want, rel_tol=rel, abs_tol=1e-5), f"{prefix}/{key}: {got}, expected {want}"
 
 
 def monitor_trainer(tmp_path: Path, callbacks: list, **kwargs: Any) -> pl.Trainer:
@@ -224,8 +224,71 @@ class RankReport(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         monitor = next(cb for cb in trainer.callbacks if type(cb).__name__ == "EntropyMonitor")
+        convergence = monitor.convergence
         report = {"rank": trainer.global_rank, "world_size": trainer.world_size,
                   "should_stop": bool(trainer.should_stop), "current_epoch": trainer.current_epoch,
-                  "stopped_epoch": monitor.convergence.stopped_epoch, "wait_count": monitor.convergence.wait_count,
+                  "stopped_epoch": convergence.stopped_epoch, "wait_count": convergence.wait_count,
                   "stop_reason": monitor.stop_reason}
         Path(self.folder, f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+DDP_TRAIN_ROWS, DDP_VAL_ROWS = 16, 8
+EPOCH_KEYS_DDP = [f"entropy/{stage}/{key}" for stage in ("train", "val")
+                  for key in (*SCALARS, "skipped_batches")]
+
+
+class DDPData(pl.LightningDataModule):
+    """16 training and 8 validation rows ``(x, index)``, sharded as DistributedSampler(shuffle=False) does.
+
+    Lightning always shuffles the training sampler it injects, so the shards are built here, in the
+    process that runs the loop: rank r reads rows r, r + 2, ... With one process, the order interleaves
+    the two ranks' batches, so that both runs see exactly the same batches.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        x = monitor_data(DDP_TRAIN_ROWS + DDP_VAL_ROWS, seed=7)
+        self.train = TensorDataset(x[:DDP_TRAIN_ROWS], torch.arange(DDP_TRAIN_ROWS))
+        self.val = TensorDataset(x[DDP_TRAIN_ROWS:], torch.arange(DDP_VAL_ROWS))
+
+    def _loader(self, dataset: TensorDataset, batch_size: int) -> DataLoader:
+        world_size, rank = self.trainer.world_size, self.trainer.global_rank
+        n = len(dataset)
+        if world_size > 1:
+            rows = list(range(rank, n, world_size))
+        else:  # the two shards' batches in turn
+            shards = [list(range(r, n, 2)) for r in range(2)]
+            rows = [i for start in range(0, n // 2, batch_size) for shard in shards
+                    for i in shard[start:start + batch_size]]
+        return DataLoader(torch.utils.data.Subset(dataset, rows), batch_size=batch_size, shuffle=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train, 4)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val, 2)
+
+
+def ddp_fit(folder: str, devices: int) -> MonitorVAE:
+    """Fit a frozen, deterministic MonitorVAE with an EntropyMonitor on CPU; ``devices=2`` uses ddp_spawn.
+
+    Both runs see the same batches (see ``DDPData``). The batch holding training row 5 (on rank 1)
+    returns a NaN: skipped and counted.
+    """
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_entropy_vae import EntropyMonitor
+
+    torch.manual_seed(0)
+    model = MonitorVAE(lr=0.0, sample=False, nan_index=5)
+    monitor = EntropyMonitor(stop_on_convergence=True, tolerance=1e6, patience=2)
+    strategy = {"strategy": "ddp_spawn"} if devices > 1 else {}
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=devices, max_epochs=4, callbacks=[monitor, RankReport(folder)],
+        logger=CSVLogger(folder, name="csv", version=0), enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1,
+        default_root_dir=folder, use_distributed_sampler=False, **strategy,
+    )
+    trainer.fit(model, datamodule=DDPData())
+    return model

@@ -90,8 +90,8 @@ def test_rel_gap_floor_bounds_relative_gap_near_zero_sum(tmp_path):
     trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",), rel_gap_floor=0.5)], max_epochs=1)
     trainer.fit(model, monitor_loader(0.1 * TRAIN))
     metrics = trainer.callback_metrics
-    assert float(metrics["entropy/train/rel_gap"]) == pytest.approx(float(metrics["entropy/train/gap"]) / (0.5 * D),
-                                                                    rel=1e-5)
+    gap = float(metrics["entropy/train/gap"])
+    assert float(metrics["entropy/train/rel_gap"]) == pytest.approx(gap / (0.5 * D), rel=1e-5)
 
 
 # -------------------------------------------------------------------------------- parameter pitfall
@@ -129,7 +129,7 @@ def test_gradient_accumulation(tmp_path):
         trainer.fit(model, monitor_loader(train))
     # values: the recorded outputs of the last epoch
     assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(1)))
-    # the objective check scales Lightning's divided loss back: -loss is the ELBO, checks count, training stops
+    # the objective check scales Lightning's divided loss back: -loss is the ELBO, checks count, it stops
     assert not _monitor_warnings(record, "not -ELBO")
     assert monitor.stop_reason is not None and "stayed below" in monitor.stop_reason
     assert monitor.convergence.stopped_epoch == 1 and trainer.global_step == 8
@@ -154,20 +154,28 @@ def test_bf16_mixed_precision_logs_finite_floats(tmp_path):
             value = trainer.callback_metrics[f"entropy/{stage}/{key}"]
             assert value.dtype == torch.float32 and math.isfinite(float(value)), (stage, key)
     # the bf16 outputs, upcast, give the same numbers as their float64 recomputation
-    assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(0)), rel=1e-4)
+    ref = monitor_reference(model.train_epoch(0))
+    assert_logged_equal(trainer.callback_metrics, "entropy/train", ref, rel=1e-4)
 
 
 # ------------------------------------------------------------------------ sanity check, val loaders
 def test_sanity_check_batches_are_ignored(tmp_path):
     torch.manual_seed(0)
     model = MonitorVAE(lr=0.0, sanity_shift=3.0)  # the sanity-check outputs differ from the real ones
-    trainer = _fit(tmp_path, model, EntropyMonitor(), max_epochs=1, num_sanity_val_steps=2)
+    logger = CSVLogger(tmp_path, name="sanity", version=0)
+    monitor = EntropyMonitor(stop_on_convergence=True, tolerance=1e6, patience=2)
+    trainer = _fit(tmp_path, model, monitor, max_epochs=1, num_sanity_val_steps=2, logger=logger)
     sanity = [e for e in model.val_log if e["sanity"]]
     assert len(sanity) == 2
     real = model.val_epoch(0)
     assert_logged_equal(trainer.callback_metrics, "entropy/val", monitor_reference(real))
     with_sanity = monitor_reference(real + sanity)
     assert abs(float(trainer.callback_metrics["entropy/val/encoder"]) - with_sanity["encoder"]) > 0.1
+    # nothing is logged for the sanity check, and it is no convergence check
+    rows = _csv_rows(logger)
+    assert sum(1 for r in rows if r.get("entropy/val/sum")) == 1
+    assert sum(1 for r in rows if r.get("entropy/val/latent_entropy/0")) == 1
+    assert monitor.convergence.wait_count == 1
 
 
 def test_two_validation_loaders_log_val_and_val_1(tmp_path):
@@ -210,10 +218,50 @@ def test_step_level_logs_follow_log_every_n_steps(tmp_path):
         assert float(row["entropy/train_step/gap_ema"]) == pytest.approx(ema, rel=1e-5, abs=1e-5)
 
 
+def test_step_window_carries_over_the_epoch_boundary(tmp_path):
+    """6 batches per epoch, a log every 4 steps: the window logged at step 7 holds epoch 0's last two batches."""
+    torch.manual_seed(0)
+    model = MonitorVAE(lr=0.05)
+    logger = CSVLogger(tmp_path, name="carry", version=0)
+    trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",))], max_epochs=2, logger=logger,
+                              log_every_n_steps=4)
+    trainer.fit(model, monitor_loader(TRAIN))
+    step_rows = {int(r["step"]): r for r in _csv_rows(logger) if r.get("entropy/train_step/sum")}
+    assert sorted(step_rows) == [3, 7, 11]
+    for step, first in ((3, 0), (7, 4), (11, 8)):
+        window = [e for e in model.train_log if first <= e["step"] <= step]
+        assert len(window) == 4
+        ref = monitor_reference(window)
+        for key in ("sum", "elbo", "gap"):
+            assert float(step_rows[step][f"entropy/train_step/{key}"]) == pytest.approx(ref[key], rel=1e-5), key
+
+
+def test_skipped_batch_window_leaves_the_gap_ema(tmp_path):
+    torch.manual_seed(0)
+    model = MonitorVAE(lr=0.05, nan_batch=(0, 2))
+    logger = CSVLogger(tmp_path, name="nan", version=0)
+    trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",), ema_decay=0.5)], max_epochs=1,
+                              logger=logger, log_every_n_steps=1)
+    trainer.fit(model, monitor_loader(TRAIN))
+    rows = {int(r["step"]): r for r in _csv_rows(logger) if r.get("entropy/train_step/sum")}
+    assert sorted(rows) == list(range(6))
+    assert math.isnan(float(rows[2]["entropy/train_step/sum"]))  # the window's only batch was skipped
+    ema = None
+    for step in range(6):
+        if step != 2:
+            gap = monitor_reference([e for e in model.train_log if e["step"] == step])["gap"]
+            ema = gap if ema is None else 0.5 * ema + 0.5 * gap
+        assert float(rows[step]["entropy/train_step/gap_ema"]) == pytest.approx(ema, rel=1e-5, abs=1e-5), step
+    assert float(trainer.callback_metrics["entropy/train/skipped_batches"]) == 1.0
+
+
 # --------------------------------------------------------------------------------------- collapse
 class CollapsedLatents(MonitorVAE):
     """H = 4: latent 0 active; 1 fully collapsed (mean 0, logvar 0); 2 varying mean with prior variance;
-    3 constant mean 2 with prior variance. Active by entropy: {0}; by KL: {0, 2, 3}; by active units: {0, 2}."""
+    3 constant mean 2 with prior variance.
+
+    Active by entropy: {0}; by KL: {0, 2, 3}; by active units: {0, 2}.
+    """
 
     def latents(self, mean, logvar):
         keep = torch.tensor([1.0, 0.0, 1.0, 0.0])
@@ -235,7 +283,8 @@ def test_collapse_per_latent_keys_and_active_count(tmp_path, criterion, active):
     assert_logged_equal(trainer.callback_metrics, "entropy/train", ref)
     row = next(r for r in _csv_rows(logger) if r.get("entropy/train/latent_entropy/0"))
     for h in range(4):
-        assert float(row[f"entropy/train/latent_entropy/{h}"]) == pytest.approx(ref["latent_entropy"][h], abs=1e-5)
+        entropy = float(row[f"entropy/train/latent_entropy/{h}"])
+        assert entropy == pytest.approx(ref["latent_entropy"][h], abs=1e-5)
         assert float(row[f"entropy/train/latent_kl/{h}"]) == pytest.approx(ref["latent_kl"][h], abs=1e-5)
         assert float(row[f"entropy/train/collapsed/{h}"]) == float(ref["collapsed"][h])
     prior_entropy = float(Normal(0.0, 1.0).entropy())
@@ -297,8 +346,8 @@ def test_fixed_variance_warns_once_and_logs_profiled_sum(tmp_path):
     decoder_profiled = D * Normal(0.0, sigma2.sqrt()).entropy()
     decoder_fixed = D * Normal(torch.tensor(0.0, dtype=torch.float64), math.exp(0.25)).entropy()
     metrics = trainer.callback_metrics
-    assert float(metrics["entropy/train/sum_profiled"]) == pytest.approx(float(enc - prior - decoder_profiled),
-                                                                         rel=1e-5)
+    profiled = float(enc - prior - decoder_profiled)
+    assert float(metrics["entropy/train/sum_profiled"]) == pytest.approx(profiled, rel=1e-5)
     assert float(metrics["entropy/train/sum"]) == pytest.approx(float(enc - prior - decoder_fixed), rel=1e-5)
 
 
@@ -306,8 +355,8 @@ def test_learned_variance_does_not_warn(tmp_path):
     torch.manual_seed(0)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        trainer = _fit(tmp_path, GaussianVAE(D, 2, kind="vae1", hidden_dims=(8,)), EntropyMonitor(stages=("train",)),
-                       val=None, max_epochs=1)
+        model = GaussianVAE(D, 2, kind="vae1", hidden_dims=(8,))
+        trainer = _fit(tmp_path, model, EntropyMonitor(stages=("train",)), val=None, max_epochs=1)
     assert not _monitor_warnings(record, "decoder variance is fixed")
     assert "entropy/train/sum_profiled" not in trainer.callback_metrics
     assert "entropy/train/sum" in trainer.callback_metrics

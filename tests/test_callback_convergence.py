@@ -1,4 +1,4 @@
-"""EntropyMonitor(stop_on_convergence=True): patience, warm-up, the ELBO-objective guard, stock EarlyStopping."""
+"""EntropyMonitor(stop_on_convergence=True): patience, warm-up, the ELBO-objective guard, EarlyStopping."""
 
 import warnings
 
@@ -63,14 +63,16 @@ def _gaussian_vae_fit(tmp_path, monitor, **model_kwargs):
     return trainer, [str(w.message) for w in record]
 
 
-@pytest.mark.parametrize("model_kwargs", [{"beta": 0.5}, {"kl_warmup_steps": 100}], ids=["beta", "kl-annealing"])
+@pytest.mark.parametrize("model_kwargs", [{"beta": 0.5}, {"kl_warmup_steps": 100}],
+                         ids=["beta", "kl-annealing"])
 def test_objective_other_than_elbo_does_not_stop(tmp_path, model_kwargs):
     monitor = EntropyMonitor(stop_on_convergence=True, tolerance=1e6, patience=1)
     trainer, messages = _gaussian_vae_fit(tmp_path, monitor, **model_kwargs)
     assert monitor.stop_reason is None and trainer.current_epoch == 4
     assert sum("not -ELBO" in m for m in messages) == 1  # warned once
     # the guard is the reason: without it the same run stops at once
-    monitor = EntropyMonitor(stop_on_convergence=True, tolerance=1e6, patience=1, require_elbo_objective=False)
+    monitor = EntropyMonitor(stop_on_convergence=True, tolerance=1e6, patience=1,
+                             require_elbo_objective=False)
     trainer, messages = _gaussian_vae_fit(tmp_path, monitor, **model_kwargs)
     assert monitor.convergence.stopped_epoch == 0 and not any("not -ELBO" in m for m in messages)
 
@@ -78,6 +80,7 @@ def test_objective_other_than_elbo_does_not_stop(tmp_path, model_kwargs):
 def test_elbo_objective_stops(tmp_path):
     monitor = EntropyMonitor(stop_on_convergence=True, tolerance=1e6, patience=2)
     trainer, messages = _gaussian_vae_fit(tmp_path, monitor)
+    assert trainer.current_epoch == 2
     assert monitor.convergence.stopped_epoch == 1 and not any("not -ELBO" in m for m in messages)
 
 
@@ -92,3 +95,14 @@ def test_stock_early_stopping_monitors_the_relative_gap(tmp_path, threshold, sto
         assert 0.0 < float(stopper.best_score) <= logged
     else:
         assert stopper.stopped_epoch == stopped_epoch and trainer.current_epoch == stopped_epoch + 1
+
+
+def test_validate_alone_logs_but_does_not_count(tmp_path):
+    monitor = EntropyMonitor(stop_on_convergence=True, tolerance=1e6, patience=1)
+    trainer = monitor_trainer(tmp_path, [monitor])
+    trainer.validate(MonitorVAE(), monitor_loader(VAL), verbose=False)
+    assert "entropy/val/sum" in trainer.callback_metrics
+    assert monitor.stop_reason is None and monitor.convergence.wait_count == 0
+    # the same callback then counts from zero during fit
+    trainer, _ = _fit(tmp_path, MonitorVAE(lr=0.01), [monitor])
+    assert monitor.convergence.stopped_epoch == 0 and trainer.current_epoch == 1

@@ -1,4 +1,4 @@
-"""EntropyMonitor: what modules return (bad outputs, NaN batches, ``extract=``), constructor checks, host syncs."""
+"""EntropyMonitor: bad step outputs, NaN batches, ``extract=``, constructor checks, host syncs."""
 
 import collections
 import re
@@ -42,8 +42,8 @@ def test_bare_loss_raises_with_the_return_to_write(tmp_path):
     with pytest.raises(ValueError) as info:
         _fit(tmp_path, BareLossVAE(), EntropyMonitor())
     message = str(info.value)
-    for piece in ("on_train_batch_end", "BareLossVAE", "`enc_logvar`", '"enc_mean"', '"dec_logvar"', "return {",
-                  "but got `loss`"):
+    for piece in ("on_train_batch_end", "BareLossVAE", "`enc_logvar`", '"enc_mean"', '"dec_logvar"',
+                  "return {", "but got `loss`"):
         assert piece in message, piece
 
 
@@ -96,7 +96,8 @@ def _replace(key, make):
 
 
 @pytest.mark.parametrize(("edit", "match"), [
-    (_without("dec_logvar"), r"(?s)on_train_batch_end of Edited\) needs `dec_logvar`.*but got `loss`, `x`.*return \{"),
+    (_without("dec_logvar"),
+     r"(?s)on_train_batch_end of Edited\) needs `dec_logvar`.*but got `loss`, `x`.*return \{"),
     (_without("enc_logvar"), r"(?s)needs `enc_logvar`.*but got .*`enc_mean`"),
     (_without("enc_mean"), r"needs `enc_mean` and `enc_logvar`"),
     (lambda out: {k: out[k] for k in ("loss", "x", "enc_mean", "enc_logvar", "dec_logvar")},
@@ -107,11 +108,13 @@ def _replace(key, make):
      re.escape("Expected `enc_logvar` of shape (B, H) matching `enc_mean` (4, 2), but got (4, 4).")),
     (_replace("dec_logvar", lambda out: torch.zeros(3, requires_grad=True)),
      re.escape("Expected `dec_logvar` of shape (B, *data) = (4, 4)")),
-    (_replace("elbo", lambda out: out["elbo"][:2]), re.escape("expected `elbo` of shape (B,) = (4,), one ELBO per sample,"
-                                                             " but got (2,)")),
-    (_replace("elbo", lambda out: out["elbo"].mean()), r"expected `elbo` of shape \(B,\) = \(4,\).* but got \(\)"),
+    (_replace("elbo", lambda out: out["elbo"][:2]),
+     re.escape("expected `elbo` of shape (B,) = (4,), one ELBO per sample, but got (2,)")),
+    (_replace("elbo", lambda out: out["elbo"].mean()),
+     r"expected `elbo` of shape \(B,\) = \(4,\).* but got \(\)"),
     (_replace("x", lambda out: out["x"][:3]), re.escape("Expected `dec_mean` of shape (B, *data) = (3, 4)")),
-    (_replace("enc_logvar", lambda out: out["enc_logvar"].long()), r"Expected `enc_logvar` to be a floating-point"),
+    (_replace("enc_logvar", lambda out: out["enc_logvar"].long()),
+     r"Expected `enc_logvar` to be a floating-point"),
 ])
 def test_missing_keys_and_wrong_shapes_raise(tmp_path, edit, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -120,8 +123,8 @@ def test_missing_keys_and_wrong_shapes_raise(tmp_path, edit, match):
 
 # -------------------------------------------------------------------------------------- NaN batches
 def test_nan_strategy_error_names_the_key(tmp_path):
-    with pytest.raises(ValueError, match=r"on_train_batch_end of MonitorVAE\) got non-finite values \(NaN or Inf\)"
-                                         r" in `enc_logvar` \(nan_strategy='error'\)"):
+    with pytest.raises(ValueError, match=r"on_train_batch_end of MonitorVAE\) got non-finite values"
+                                         r" \(NaN or Inf\) in `enc_logvar` \(nan_strategy='error'\)"):
         _fit(tmp_path, MonitorVAE(nan_batch=(0, 2)), EntropyMonitor(nan_strategy="error"))
 
 
@@ -140,18 +143,18 @@ def test_nan_batch_is_skipped_and_counted(tmp_path):
 
 # ------------------------------------------------------------------------------ constructor checks
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"stages": ()}, ValueError, r"Expected `stages` to be a non-empty subset of \('train', 'val'\), but got \(\)"),
+    ({"stages": ()}, ValueError, r"Expected `stages` to be a non-empty subset of \('train', 'val'\), but"),
     ({"stages": ("train", "test")}, ValueError, r"non-empty subset .* but got \('train', 'test'\)"),
-    ({"collapse_criterion": "mean"}, ValueError, r"Expected `collapse_criterion` to be one of .* but got 'mean'"),
+    ({"collapse_criterion": "mean"}, ValueError, r"`collapse_criterion` to be one of .* but got 'mean'"),
     ({"collapse_threshold": "high"}, TypeError, r"Expected `threshold` to be a float, but got str"),
     ({"collapse_threshold": True}, TypeError, r"Expected `threshold` to be a float, but got bool"),
     ({"rel_gap_floor": 0.0}, ValueError, r"Expected `rel_gap_floor` to be a positive number, but got 0.0"),
     ({"rel_gap_floor": True}, ValueError, r"Expected `rel_gap_floor` to be a positive number, but got True"),
     ({"ema_decay": 1.0}, ValueError, r"Expected `ema_decay` in \[0, 1\), but got 1.0"),
     ({"ema_decay": -0.1}, ValueError, r"Expected `ema_decay` in \[0, 1\), but got -0.1"),
-    ({"max_latents_as_scalars": -1}, ValueError, r"Expected `max_latents_as_scalars` to be a non-negative int"),
-    ({"max_latents_as_scalars": 2.0}, ValueError, r"`max_latents_as_scalars` to be a non-negative int, but got 2.0"),
-    ({"log_bar_chart_every_n_epochs": -2}, ValueError, r"`log_bar_chart_every_n_epochs` to be a non-negative int"),
+    ({"max_latents_as_scalars": -1}, ValueError, r"`max_latents_as_scalars` to be a non-negative int"),
+    ({"max_latents_as_scalars": 2.0}, ValueError, r"`max_latents_as_scalars` to be a .* but got 2.0"),
+    ({"log_bar_chart_every_n_epochs": -2}, ValueError, r"`log_bar_chart_every_n_epochs` to be a non-neg"),
     ({"extract": 3}, TypeError, r"Expected `extract` to be callable\(pl_module, outputs, batch\), but got 3"),
     ({"nan_strategy": "zero"}, ValueError, r"Expected `nan_strategy` to be one of \('skip', 'error'\)"),
     ({"tolerance": 0}, ValueError, r"Expected `tolerance` to be a positive number, but got 0"),

@@ -1,4 +1,4 @@
-"""EntropyMonitor with Lightning's loggers: values read back from TensorBoard, CSV, W&B (offline) and MLflow files."""
+"""EntropyMonitor with Lightning's loggers: values read back from TensorBoard, CSV, W&B (offline), MLflow."""
 
 import csv
 import math
@@ -18,7 +18,8 @@ EPOCH_KEYS = [f"entropy/{stage}/{key}" for stage in ("train", "val")
               for key in ("encoder", "prior", "decoder", "sum", "elbo", "gap", "rel_gap", "abs_rel_gap",
                           "active_latents", "skipped_batches")]
 STEP_KEYS = [f"entropy/train_step/{key}" for key in ("sum", "elbo", "gap", "rel_gap", "gap_ema")]
-LATENT_KEYS = [f"entropy/train/{name}/{h}" for name in ("latent_entropy", "latent_kl", "collapsed") for h in (0, 1)]
+LATENT_KEYS = [f"entropy/train/{name}/{h}" for name in ("latent_entropy", "latent_kl", "collapsed")
+               for h in (0, 1)]
 
 
 def _fit(tmp_path, logger, monitor=None, max_epochs=2):
@@ -64,7 +65,8 @@ def test_tensorboard_scalars_layout_histogram_and_figure(tmp_path):
     configs = events.Tensors("custom_scalars__config__")
     assert len(configs) == 1
     layout = layout_pb2.Layout.FromString(configs[0].tensor_proto.string_val[0])
-    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    charts = {chart.title: list(chart.multiline.tag)
+              for category in layout.category for chart in category.chart}
     assert charts["train: ELBO vs entropy sum"] == ["entropy/train/elbo", "entropy/train/sum"]
     assert charts["val: relative gap"] == ["entropy/val/rel_gap", "entropy/val/abs_rel_gap"]
     assert charts["train steps: gap"] == ["entropy/train_step/gap", "entropy/train_step/gap_ema"]
@@ -78,7 +80,8 @@ def test_tensorboard_scalars_layout_histogram_and_figure(tmp_path):
     latent = monitor_reference(model.train_epoch(1))["latent_entropy"]
     last = histograms[-1].histogram_value
     assert last.num == 2
-    assert last.min == pytest.approx(min(latent), abs=1e-5) and last.max == pytest.approx(max(latent), abs=1e-5)
+    assert last.min == pytest.approx(min(latent), abs=1e-5)
+    assert last.max == pytest.approx(max(latent), abs=1e-5)
     assert len(events.Images("entropy/train/latent_entropy_bars")) == 2
 
 
@@ -162,7 +165,8 @@ def test_wandb_offline(tmp_path, monkeypatch):
     _assert_last_values(trainer, last)
     assert set(STEP_KEYS + LATENT_KEYS) <= set(last)
     assert all("trainer/global_step" in payload for payload in payloads)
-    hists = [p["entropy/train/latent_entropy_hist"] for p in payloads if "entropy/train/latent_entropy_hist" in p]
+    key = "entropy/train/latent_entropy_hist"
+    hists = [payload[key] for payload in payloads if key in payload]
     assert len(hists) == 2 and all(isinstance(h, wandb.Histogram) for h in hists)
     assert (("entropy/*",), {"step_metric": "trainer/global_step"}) in defined
 

@@ -1,6 +1,7 @@
-"""EntropyMonitor across a checkpoint: 4 epochs straight equal 2 epochs, a checkpoint, and 2 resumed epochs."""
+"""EntropyMonitor across a checkpoint: 4 epochs straight equal 2 epochs, a checkpoint, 2 resumed epochs."""
 
 import csv
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,16 +18,29 @@ EPOCH_KEYS = [f"entropy/{stage}/{key}" for stage in ("train", "val")
 STEP_KEYS = [f"entropy/train_step/{key}" for key in ("sum", "elbo", "gap", "rel_gap", "gap_ema")]
 
 
+class CollapsesInEpochTwo(MonitorVAE):
+    """Latent 1 collapses in the first resumed epoch: the warning needs the restored collapse flags."""
+
+    def latents(self, mean, logvar):
+        if self.current_epoch >= 2:
+            keep = torch.tensor([1.0, 0.0])
+            return mean * keep, logvar * keep
+        return mean, logvar
+
+
 def _run(tmp_path, name, max_epochs, ckpt_path=None, checkpoint=None):
     torch.manual_seed(0)
-    model = MonitorVAE(lr=0.05, sample=False)  # deterministic: no draws, fixed data order
+    model = CollapsesInEpochTwo(lr=0.05, sample=False)  # deterministic: no draws, fixed data order
     # every epoch counts towards a patience that is never reached
     monitor = EntropyMonitor(stop_on_convergence=True, tolerance=1e6, patience=10)
     logger = CSVLogger(tmp_path, name=name, version=0)
     callbacks = [monitor] if checkpoint is None else [monitor, checkpoint]
     trainer = monitor_trainer(tmp_path, callbacks, max_epochs=max_epochs, logger=logger, log_every_n_steps=2,
                               enable_checkpointing=checkpoint is not None)
-    trainer.fit(model, monitor_loader(TRAIN), monitor_loader(VAL), ckpt_path=ckpt_path)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(model, monitor_loader(TRAIN), monitor_loader(VAL), ckpt_path=ckpt_path)
+    monitor.collapse_warnings = [str(w.message) for w in record if "collapsed during epoch" in str(w.message)]
     with open(Path(logger.log_dir) / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     return trainer, monitor, rows
@@ -46,7 +60,8 @@ def _step_values(rows, steps):
             if r.get(STEP_KEYS[0]) and int(r["step"]) in steps}
 
 
-@pytest.mark.parametrize("save_on_train_epoch_end", [False, True], ids=["saved-after-val", "saved-at-epoch-end"])
+@pytest.mark.parametrize("save_on_train_epoch_end", [False, True],
+                         ids=["saved-after-val", "saved-at-epoch-end"])
 def test_resume_reproduces_straight_run(tmp_path, save_on_train_epoch_end):
     _, straight, straight_rows = _run(tmp_path, "straight", 4)
 
@@ -59,9 +74,12 @@ def test_resume_reproduces_straight_run(tmp_path, save_on_train_epoch_end):
     assert loaded["callbacks"][first.state_key]["wait_count"] == 2
     assert isinstance(loaded["callbacks"][first.state_key]["gap_ema"], float)
 
-    trainer, resumed, resumed_rows = _run(tmp_path, "resumed", 4, ckpt_path=ckpt)
+    again = ModelCheckpoint(dirpath=tmp_path / "ckpt2", save_top_k=0)
+    trainer, resumed, resumed_rows = _run(tmp_path, "resumed", 4, ckpt_path=ckpt, checkpoint=again)
     assert trainer.current_epoch == 4
     assert resumed.convergence.wait_count == straight.convergence.wait_count == 4
+    assert len(straight.collapse_warnings) == len(resumed.collapse_warnings) == 1
+    assert "latent(s) [1] collapsed during epoch 2" in resumed.collapse_warnings[0]
     assert resumed.state_dict()["gap_ema"] == pytest.approx(straight.state_dict()["gap_ema"], rel=1e-6)
     for epoch in (2, 3):
         want, got = _epoch_values(straight_rows, epoch), _epoch_values(resumed_rows, epoch)

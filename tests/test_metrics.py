@@ -361,3 +361,46 @@ def test_class_attributes():
     assert GaussianELBO.higher_is_better is True
     names = {m._prefix for m in _metrics().values()}
     assert len(names) == 6
+
+
+def test_metrics_take_distributions():
+    """posterior/prior/likelihood objects instead of tensors, full covariances included."""
+    gen = torch.Generator().manual_seed(13)
+
+    def randn(*shape):
+        return torch.randn(shape, generator=gen, dtype=F64)
+
+    batches = []
+    for b in SIZES:
+        factor = randn(b, H, H)
+        batches.append(
+            {
+                "x": randn(b, D),
+                "posterior": torch.distributions.MultivariateNormal(
+                    randn(b, H), factor @ factor.transpose(-1, -2) + torch.eye(H, dtype=F64)
+                ),
+                "prior": torch.distributions.Normal(randn(H), randn(H).exp()),
+                "likelihood": torch.distributions.Independent(
+                    torch.distributions.Normal(randn(S, b, D), randn(S, b, D).exp()), 1
+                ),
+            }
+        )
+    metrics = _metrics()
+    for out in batches:
+        for metric in metrics.values():
+            metric.update(out)
+    expected = {name: [] for name in metrics}
+    for out in batches:
+        for name, value in _functional(out).items():
+            expected[name].append(value)
+    weights = torch.tensor(SIZES, dtype=F64) / sum(SIZES)  # a mean over points: batches weigh by their size
+    for name in ("encoder", "prior", "decoder", "elbo"):
+        _assert_equal(metrics[name].compute(), (torch.stack(expected[name]) * weights).sum())
+    for key in ("encoder", "prior", "decoder", "sum"):
+        _assert_equal(
+            metrics["sum"].compute()[key], sum(w * e[key] for w, e in zip(weights, expected["sum"], strict=True))
+        )
+    collapse = metrics["collapse"].compute()
+    for key in ("latent_entropy", "prior_latent_entropy", "latent_kl"):
+        weighted = sum(w * e[key] for w, e in zip(weights, expected["collapse"], strict=True))
+        _assert_equal(collapse[key], weighted)

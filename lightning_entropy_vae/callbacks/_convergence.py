@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 
 #: Relative difference between -loss and the ELBO above which the objective is "not the ELBO".
@@ -56,8 +57,8 @@ class ConvergenceTracker:
 
     def check(self, trainer: pl.Trainer, abs_rel_gap: float, train_buffer: Any, stage: str) -> None:
         """Update the count on every rank and stop (collectively) once it reaches ``patience``."""
-        if not self.enabled or trainer.sanity_checking:
-            return
+        if not self.enabled or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return  # trainer.validate() alone trains nothing: no check counts and nothing stops
         counts = (
             trainer.current_epoch >= self.warmup_epochs
             and math.isfinite(abs_rel_gap)

@@ -22,6 +22,10 @@ from lightning_entropy_vae.metrics import EntropySumELBO, GaussianELBO, Posterio
 MAX_PENDING = 256
 
 
+def _detached(t: Tensor) -> Tensor:
+    return t.detach() if t.requires_grad else t
+
+
 class Spec:
     """What the first batch of a stage told us: sizes, input mode and decoder layout."""
 
@@ -82,9 +86,9 @@ class StageBuffer:
         if spec.direct:
             self._update_direct(kw)
             return
-        enc_mean, enc_logvar = kw["enc_mean"].detach(), kw["enc_logvar"].detach()
+        enc_mean, enc_logvar = _detached(kw["enc_mean"]), _detached(kw["enc_logvar"])
         entry: dict[str, Any] = {"enc_mean": enc_mean, "enc_logvar": enc_logvar, "n": enc_logvar.shape[0]}
-        lv = kw["dec_logvar"].detach()
+        lv = _detached(kw["dec_logvar"])
         if spec.layout == "scalar":
             entry["dec_logvar"] = lv if lv.dim() == 0 else lv.reshape(())
         elif spec.layout == "per_dim":
@@ -95,9 +99,9 @@ class StageBuffer:
             entry["dec_logvar"] = lv.reshape(lv.shape[0], lv.shape[1], -1).float().mean((0, 2)).unsqueeze(-1)
         prior_logvar = kw.get("prior_logvar")
         if prior_logvar is not None:
-            entry["prior_logvar"] = prior_logvar.detach()
+            entry["prior_logvar"] = _detached(prior_logvar)
         if spec.has_elbo:
-            entry["elbo"] = kw["elbo"].detach()
+            entry["elbo"] = _detached(kw["elbo"])
         else:
             with torch.no_grad():
                 entry["elbo"] = gaussian_elbo(**{k: v for k, v in kw.items() if k != "elbo"}, reduction="none")
@@ -105,7 +109,7 @@ class StageBuffer:
             entry["dec_sq_residual"] = self._sq_residual(kw)
         loss = kw.get("loss")
         if isinstance(loss, Tensor) and loss.dim() == 0 and loss_scale:
-            entry["loss"] = loss.detach()
+            entry["loss"] = _detached(loss)  # Lightning hands the training loss over detached already
             self.loss_scale = loss_scale
         self.pending.append(entry)
         if len(self.pending) >= MAX_PENDING:
@@ -198,9 +202,19 @@ class StageBuffer:
         self.flush()
         return self.epoch_sum.compute(), self.epoch_elbo.compute(), self.collapse.compute()
 
-    def reset_epoch(self) -> None:
+    def reset_epoch(self, carry_window: bool = False) -> None:
+        """Start a new epoch. With ``carry_window`` the batches after the last step log stay in the next window.
+
+        Carrying reads the synced states, a collective: call it on every rank (epoch start).
+        """
+        carry = None
+        if carry_window and (self.pending or int(self.epoch_elbo.gaussian_elbo_totals[-2]) > 0):
+            self.flush()
+            now = (self.epoch_sum.synced_totals(), self.epoch_elbo.synced_totals())
+            start = self._window_start or tuple(torch.zeros_like(t) for t in now)
+            carry = tuple(s - n for s, n in zip(start, now))  # negative: the next window adds it back
         self.pending = []
-        self._window_start = None
+        self._window_start = carry
         for m in self.metrics:
             m.reset()
         self.skipped = 0

@@ -113,7 +113,7 @@ class EntropyMonitor(Callback):
             )
         _check_criterion(collapse_criterion, collapse_threshold)
         _positive("rel_gap_floor", rel_gap_floor)
-        if not 0.0 <= ema_decay < 1.0:
+        if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"Expected `ema_decay` in [0, 1), but got {ema_decay!r}.")
         _non_negative_int("max_latents_as_scalars", max_latents_as_scalars)
         _non_negative_int("log_bar_chart_every_n_epochs", log_bar_chart_every_n_epochs)
@@ -226,7 +226,7 @@ class EntropyMonitor(Callback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if "train" in self._buffers:
-            self._buffers["train"].reset_epoch()
+            self._buffers["train"].reset_epoch(carry_window=True)
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
@@ -249,8 +249,12 @@ class EntropyMonitor(Callback):
     def _log_step(self, trainer: pl.Trainer) -> None:
         window = self._buffers["train"].compute_window()
         gap = window["elbo"] - window["sum"]
-        ema = gap if self._gap_ema is None or not torch.isfinite(self._gap_ema) else (
-            self.ema_decay * self._gap_ema + (1.0 - self.ema_decay) * gap)
+        if self._gap_ema is None:
+            ema = gap
+        else:  # a window whose batches were all skipped (NaN gap) leaves the average as it was
+            prev = self._gap_ema.to(gap.device)
+            ema = torch.where(torch.isfinite(prev), self.ema_decay * prev + (1.0 - self.ema_decay) * gap, gap)
+            ema = torch.where(torch.isfinite(gap), ema, prev)
         self._gap_ema = ema.detach()
         floor = self.rel_gap_floor * self._buffers["train"].spec.data_dim
         values = {"sum": window["sum"], "elbo": window["elbo"], "gap": gap,
@@ -298,13 +302,15 @@ class EntropyMonitor(Callback):
     def _log_epoch(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule,
                    buffer: StageBuffer) -> dict[str, Any]:
         sums, elbo, collapse = buffer.compute_epoch()  # collectives: every rank calls them here
+        # both counts are rank-local (the metric's state is unsynced again after compute): sum over ranks
+        skipped = trainer.strategy.reduce(buffer.epoch_sum.num_skipped_batches + buffer.skipped, reduce_op="sum")
         gap = elbo - sums["sum"]
         rel = relative_gap(gap, sums["sum"], self.rel_gap_floor * buffer.spec.data_dim)
         scalars = {
             "encoder": sums["encoder"], "prior": sums["prior"], "decoder": sums["decoder"], "sum": sums["sum"],
             "elbo": elbo, "gap": gap, "rel_gap": rel, "abs_rel_gap": rel.abs(),
             "active_latents": collapse["num_active"].to(elbo.dtype),
-            "skipped_batches": buffer.epoch_sum.num_skipped_batches + buffer.skipped,
+            "skipped_batches": skipped,
         }
         if "sum_profiled" in sums:
             scalars["sum_profiled"] = sums["sum_profiled"]

@@ -15,7 +15,7 @@ from lightning_entropy_vae.functional.collapse import (
     _prior_latent_entropy_sum,
     collapsed_latents,
 )
-from lightning_entropy_vae.functional.elbo import _kl_per_latent
+from lightning_entropy_vae.functional.elbo import _kl_per_latent_sums
 from lightning_entropy_vae.metrics._base import SumAndCountMetric, merge_inputs
 
 __all__ = ["PosteriorCollapse"]
@@ -92,11 +92,12 @@ class PosteriorCollapse(SumAndCountMetric):
         if self.nan_strategy == "error":
             self._check_finite({"enc_mean": enc.mean, "enc_logvar": enc.logvar, "prior_logvar": p.logvar})
 
+        logvar_sum, mean_sq_sum = enc.logvar.sum(0), enc.mean.square().sum(0)
         rows = torch.stack([
-            0.5 * (batch * LOG_2PI_E + enc.logvar.sum(0)),
-            _kl_per_latent(enc, p).sum(0),
+            0.5 * (batch * LOG_2PI_E + logvar_sum),
+            _kl_per_latent_sums(enc, p, logvar_sum, mean_sq_sum),
             enc.mean.sum(0),
-            enc.mean.square().sum(0),
+            mean_sq_sum,
             _prior_latent_entropy_sum(p, batch, enc.logvar),
         ])
         self._accumulate(rows.reshape(-1), batch)

@@ -1,0 +1,146 @@
+"""Stop training when the ELBO has met the entropy sum, instead of after a fixed epoch budget.
+
+At a stationary point of a Gaussian VAE the ELBO equals the entropy sum, so the relative gap
+|ELBO - sum| / |sum| is a convergence signal that needs no validation-loss plateau to be waited for.
+Three runs of the same VAE-1 on the same data:
+
+1. a fixed budget of ``--epochs`` epochs (``EntropyMonitor()`` only watches);
+2. ``EntropyMonitor(stop_on_convergence=True, tolerance=0.01, patience=3)``: stop once the validation
+   gap stayed below 1 % for 3 epochs in a row;
+3. Lightning's stock ``EarlyStopping(monitor="entropy/val/abs_rel_gap", mode="min",
+   stopping_threshold=0.01)``: stop the first time the gap is below 1 %.
+
+It prints the epochs each run took and the validation ELBO each reached.
+
+The validation gap works as a signal here because the data set is large enough not to overfit. On a
+small data set (digits) the held-out ELBO falls below the entropy sum as the model overfits, and the
+gap to watch is the training one: ``EntropyMonitor(stages=("train",), stop_on_convergence=True)``.
+
+    python examples/early_stopping.py            # pPCA data, ~2 minutes
+    python examples/early_stopping.py --smoke    # a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+
+from lightning_entropy_vae import EntropyMonitor
+from lightning_entropy_vae.data import TensorDataModule, make_ppca_data, split_tensor
+from lightning_entropy_vae.models import GaussianVAE
+
+NAME = "early_stopping"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=60, help="the fixed epoch budget (default: 60)")
+    parser.add_argument("--tolerance", type=float, default=0.01, help="relative-gap tolerance (default: 1%%)")
+    parser.add_argument("--patience", type=int, default=3, help="epochs below the tolerance (default: 3)")
+    parser.add_argument("--n", type=int, default=10_000, help="pPCA points, 20%% held out (default: 10,000)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    parser.add_argument("--out", type=Path, default=Path("runs/examples") / NAME, help="output folder")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes for CI (a few seconds)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.epochs, args.n, args.patience = 3, 600, 1
+    return args
+
+
+class History(Callback):
+    """Keeps the validation ELBO and relative gap of every epoch (for the figure)."""
+
+    def __init__(self) -> None:
+        self.elbo: list[float] = []
+        self.rel_gap: list[float] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and "entropy/val/elbo" in trainer.callback_metrics:
+            self.elbo.append(float(trainer.callback_metrics["entropy/val/elbo"]))
+            self.rel_gap.append(float(trainer.callback_metrics["entropy/val/rel_gap"]))
+
+
+def fit(data: TensorDataModule, args: argparse.Namespace, callbacks: list[Callback]) -> dict:
+    L.seed_everything(args.seed, verbose=False)
+    model = GaussianVAE(data.data_dim, 4, kind="vae1", hidden_dims=(64, 64), lr=3e-3)
+    history = History()
+    trainer = L.Trainer(
+        max_epochs=args.epochs, callbacks=[*callbacks, history], logger=False, accelerator="cpu", devices=1,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    start = time.perf_counter()
+    trainer.fit(model, data)
+    seconds = time.perf_counter() - start
+    model.num_samples = 100  # a low-noise ELBO of the final model on the held-out data
+    with torch.no_grad():
+        elbo = model.step(data.val)["elbo"].mean().item()
+    return {"epochs": trainer.current_epoch, "seconds": round(seconds, 1), "val_elbo": elbo,
+            "val_rel_gap": history.rel_gap[-1], "history": history}
+
+
+def plot(runs: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    budget = runs["fixed budget"]["history"]
+    top.plot(budget.elbo, color="0.6", label="validation ELBO")
+    bottom.plot([100 * g for g in budget.rel_gap], color="0.6")
+    for i, (name, run) in enumerate(runs.items()):
+        if name != "fixed budget":
+            for ax in (top, bottom):
+                ax.axvline(run["epochs"] - 1, color=f"C{i}", ls="--", label=f"{name}: stop")
+    top.set_ylim(budget.elbo[len(budget.elbo) // 5] if len(budget.elbo) > 4 else None, None)
+    top.set_ylabel("validation ELBO [nats]")
+    top.legend(fontsize="small")
+    bottom.axhline(0, color="k", lw=0.5)
+    bottom.set_ylim(-5, 5)
+    bottom.set_ylabel("relative gap [%]")
+    bottom.set_xlabel("epoch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    x = make_ppca_data(args.n, data_dim=20, latent_dim=4, noise_std=0.5, seed=args.seed)
+    train, val = split_tensor(x, val_fraction=0.2, seed=args.seed)
+    data = TensorDataModule(train, val, batch_size=128)
+
+    convergence = EntropyMonitor(stop_on_convergence=True, tolerance=args.tolerance, patience=args.patience)
+    stock = EarlyStopping(monitor="entropy/val/abs_rel_gap", mode="min", stopping_threshold=args.tolerance,
+                          patience=args.epochs)  # stop on the threshold only, not on a plateau
+    runs = {
+        "fixed budget": fit(data, args, [EntropyMonitor()]),
+        "EntropyMonitor(stop_on_convergence)": fit(data, args, [convergence]),
+        "EarlyStopping(stopping_threshold)": fit(data, args, [EntropyMonitor(), stock]),
+    }
+    plot(runs, args.out / "early_stopping.png")
+
+    budget = runs["fixed budget"]
+    print(f"\nVAE-1 on pPCA data (D = 20, k = 4, {len(train)} training points);"
+          f" tolerance {args.tolerance:.0%}, patience {args.patience}:")
+    print(f"{'run':38s}{'epochs':>7s}{'saved':>7s}{'seconds':>9s}{'val ELBO*':>11s}{'val rel. gap':>14s}")
+    for name, run in runs.items():
+        print(f"{name:38s}{run['epochs']:7d}{budget['epochs'] - run['epochs']:7d}{run['seconds']:9.1f}"
+              f"{run['val_elbo']:11.3f}{run['val_rel_gap']:14.2%}")
+    print("* of the final model, 100 z samples per held-out point; rel. gap: the last epoch's, as monitored.")
+    print(f"Figure: {(args.out / 'early_stopping.png').resolve()}")
+    result = {name: {k: v for k, v in run.items() if k != "history"} for name, run in runs.items()}
+    result["stop_reason"] = convergence.stop_reason
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Every script in examples/ runs with ``--smoke`` (as Pyro's tests/test_examples.py does).
+
+A new example must be added to ``EXAMPLES`` (and to examples/README.md), or
+``test_every_example_is_listed`` fails. The scripts live in the repository, not in the wheel; they run
+in a subprocess that imports the same ``lightning_entropy_vae`` as this test (the installed wheel in CI).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lightning_entropy_vae
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+
+# (script, extra arguments, regex that stdout must match, modules the script needs beyond the tests')
+EXAMPLES = [
+    ("quickstart.py", [], r"train\s+-?\d+\.\d+\s+-?\d+\.\d+", ()),
+    ("vae_kinds.py", [], r"vae0\s+train.*\d+\.\d+%\s+-?\d+\.\d+", ()),
+    ("linear_vae_ppca.py", [], r"entropy sum \(no sampling\)\s+-?\d+\.\d+\s+rel\. error", ()),
+    ("streaming_bic.py", [], r"right H", ()),
+    ("elbo_estimation.py", [], r"100\s+-?\d+\.\d+.*\d+\.\dx", ()),
+    ("posterior_collapse.py", [], r"Active latents: EntropyMonitor \(val\) \d+", ()),
+    ("early_stopping.py", [], r"EntropyMonitor\(stop_on_convergence\)\s+\d+", ()),
+    ("plain_pytorch.py", [], r"\n\s+2\s+-?\d+\.\d+\s+-?\d+\.\d+", ()),
+    ("cli.py", [], r"train\s+ELBO\s+-?\d+\.\d+\s+entropy sum", ("jsonargparse",)),
+]
+
+pytestmark = pytest.mark.skipif(not EXAMPLES_DIR.is_dir(), reason="examples/ is not part of this checkout")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", MPLBACKEND="Agg")
+    root = Path(lightning_entropy_vae.__file__).resolve().parents[1]
+    if root.name != "site-packages":  # a checkout: make the subprocess import it too
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    return env
+
+
+@pytest.mark.parametrize(("script", "args", "expected", "needs"), EXAMPLES, ids=[e[0] for e in EXAMPLES])
+def test_example_runs(script, args, expected, needs, tmp_path):
+    for module in needs:
+        pytest.importorskip(module)
+    command = [sys.executable, str(EXAMPLES_DIR / script), "--smoke", "--threads", "1",
+               "--out", str(tmp_path / "out"), *args]
+    done = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert re.search(expected, done.stdout), f"{script}: no {expected!r} in:\n{done.stdout[-3000:]}"
+
+
+def test_every_example_is_listed():
+    scripts = {path.name for path in EXAMPLES_DIR.glob("*.py") if not path.name.startswith("_")}
+    listed = {script for script, *_ in EXAMPLES}
+    assert scripts == listed, f"add to EXAMPLES {sorted(scripts - listed)}, remove {sorted(listed - scripts)}"
+    readme = (EXAMPLES_DIR / "README.md").read_text()
+    missing = [s for s in sorted(scripts) if s not in readme]
+    assert missing == [], f"add a line to examples/README.md for {missing}"
+
+
+@pytest.mark.parametrize("script", [e[0] for e in EXAMPLES])
+def test_example_exposes_main(script):
+    """``main(argv=None) -> dict`` is what benchmarks import; importing a script must not run it."""
+    spec = importlib.util.spec_from_file_location(f"example_{script[:-3]}", EXAMPLES_DIR / script)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ModuleNotFoundError as err:
+        pytest.skip(f"{script} needs {err.name}")
+    signature = inspect.signature(module.main)
+    assert list(signature.parameters) == ["argv"] and signature.parameters["argv"].default is None
+    assert module.__doc__ and "--smoke" in module.__doc__, f"{script}'s docstring should show its commands"
