@@ -8,7 +8,9 @@ Three runs of the same VAE-1 on the same data:
 2. ``EntropyMonitor(stop_on_convergence=True, tolerance=0.01, patience=3)``: stop once the validation
    gap stayed below 1 % for 3 epochs in a row;
 3. Lightning's stock ``EarlyStopping(monitor="entropy/val/abs_rel_gap", mode="min",
-   stopping_threshold=0.01)``: stop the first time the gap is below 1 %.
+   stopping_threshold=0.01)``: stop the first time the gap is below 1 %. The epoch-level gap is
+   noisy (minibatch ELBO, one z sample per point), so a single dip can stop training early; the
+   monitor's ``patience`` asks for several epochs in a row.
 
 It prints the epochs each run took and the validation ELBO each reached.
 
@@ -16,7 +18,7 @@ The validation gap works as a signal here because the data set is large enough n
 small data set (digits) the held-out ELBO falls below the entropy sum as the model overfits, and the
 gap to watch is the training one: ``EntropyMonitor(stages=("train",), stop_on_convergence=True)``.
 
-    python examples/early_stopping.py            # pPCA data, ~2 minutes
+    python examples/early_stopping.py            # pPCA data, about a minute
     python examples/early_stopping.py --smoke    # a few seconds
 """
 

@@ -5,7 +5,7 @@ each. The sampled ELBO varies with the points drawn and with the z samples; the 
 VAE-1 (mean over the points of 0.5 * sum_h log tau_h^2(x), minus (D/2) log(2 pi e sigma^2)) needs no
 z samples and varies only through the encoder variances, so its spread is far smaller at every n.
 
-    python examples/elbo_estimation.py                   # pPCA data, fresh held-out samples, ~1 minute
+    python examples/elbo_estimation.py                   # pPCA data, fresh held-out samples, ~30 s
     python examples/elbo_estimation.py --data digits     # digits; held-out images drawn with replacement
     python examples/elbo_estimation.py --smoke           # a few seconds
 """

@@ -6,7 +6,7 @@ of an epoch, ``reset`` before the next. Here a small Gaussian VAE with a learned
 trains on scikit-learn's digits; every few epochs it prints the training ELBO next to the entropy sum,
 their relative gap, and the number of active latents on held-out data.
 
-    python examples/plain_pytorch.py            # ~1 minute
+    python examples/plain_pytorch.py            # ~30 s
     python examples/plain_pytorch.py --smoke    # a few seconds
 """
 

@@ -7,9 +7,10 @@ After every batch each model gets a Bayesian information criterion
     BIC = k ln(10) - 2 * 10 * F,    k = H * D + 1,
 
 once with F the batch's sampled ELBO and once with F the entropy sum; the lowest BIC picks H.
-The entropy sum needs no sampling (and for a linear VAE the encoder variances do not depend on x),
-so its BIC curve is smooth and picks the right H in (nearly) every batch, while the sampled ELBO's
-curve is noisy and often picks a wrong one.
+The entropy sum needs no sampling and, for a linear VAE, depends on the parameters only (the encoder
+variances do not depend on x), so its BIC curve is smooth where the sampled ELBO's is noisy. It
+describes the fitted model, not the new batch: right after a change it follows the data only as
+fast as the parameters adapt.
 
 The defaults are the paper's (3 segments x 100,000 points): one to three minutes on one core.
 The models need a few thousand batches to settle after each change, so much smaller segments

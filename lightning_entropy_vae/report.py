@@ -95,7 +95,8 @@ def plot_run(logdir: str | Path, out_dir: str | Path | None = None) -> list[Path
     for stage, color in (("train", "C3"), ("val", "C1")):
         _line(bottom, series, f"entropy/{stage}/rel_gap", color=color, marker=".", label=f"relative gap ({stage})")
     bottom.axhline(0.0, color="k", lw=0.6)
-    bottom.set_ylabel("(ELBO - sum) / |sum|")
+    bottom.set_yscale("symlog", linthresh=0.01)  # shows both the early peak and the last per cent
+    bottom.set_ylabel("relative gap")
     bottom.set_xlabel("optimizer step")
     bottom.legend(fontsize="small")
     fig.tight_layout()

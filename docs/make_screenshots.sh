@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# Reproduces the logger pictures in docs/figures/ from a real demo run:
+#
+#   tensorboard_custom_scalars.png  TensorBoard "Custom Scalars" tab: the layout EntropyMonitor writes
+#                                   (ELBO vs entropy sum, relative gap, per-latent encoder entropy, ...)
+#   tensorboard_scalars.png         TensorBoard "Scalars" tab filtered to entropy/train/gap and rel_gap
+#   wandb_offline_run.png           the same run logged with --logger wandb in offline mode; the history
+#                                   records are read back from the run's .wandb file and plotted with
+#                                   matplotlib (no W&B server or account is involved)
+#
+# Usage:  bash docs/make_screenshots.sh            (from anywhere; about 1-2 minutes on 2 CPU cores)
+#
+# Needs:  a Python environment with the package's dependencies, tensorboard, wandb, matplotlib and
+#         Pillow (PY=..., default /work/venv/bin/python), and Chromium (Debian: apt-get install -y chromium).
+#         Nothing leaves the machine: TensorBoard listens on 127.0.0.1 only, Chromium runs headless with
+#         background networking off, W&B runs with WANDB_MODE=offline and is never logged in.
+#
+# Variables:  PY (python), CHROMIUM (browser binary), WORK (scratch folder, default /tmp/shots; its
+#             run/ and wandb/ subfolders are deleted and recreated), PORT (TensorBoard port, default 6006).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PY=${PY:-/work/venv/bin/python}
+TENSORBOARD=${TENSORBOARD:-$(dirname "$PY")/tensorboard}
+CHROMIUM=${CHROMIUM:-chromium}
+WORK=${WORK:-/tmp/shots}
+PORT=${PORT:-6006}
+FIG="$REPO/docs/figures"
+mkdir -p "$WORK" "$FIG"
+
+command -v "$CHROMIUM" >/dev/null || { echo "no $CHROMIUM; install it: apt-get install -y chromium" >&2; exit 1; }
+
+TB_PID=""
+cleanup() {
+    if [ -n "$TB_PID" ] && kill -0 "$TB_PID" 2>/dev/null; then
+        kill "$TB_PID"; wait "$TB_PID" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------------------------------------------
+# 1. Two real training runs of the demo (VAE-1, H = 8, digits, 150 epochs; about 20 s each).
+#    Same seed, so both runs log the same numbers.
+# ---------------------------------------------------------------------------------------------------
+rm -rf "$WORK/run" "$WORK/wandb"
+cd "$REPO"
+echo "== demo run, TensorBoard + CSV logs -> $WORK/run"
+PYTHONPATH="$REPO" "$PY" -m lightning_entropy_vae demo --out "$WORK/run" --no-progress-bar
+echo "== demo run, W&B offline -> $WORK/wandb"
+WANDB_MODE=offline WANDB_SILENT=true PYTHONPATH="$REPO" \
+    "$PY" -m lightning_entropy_vae demo --logger wandb --out "$WORK/wandb" --no-progress-bar
+
+# ---------------------------------------------------------------------------------------------------
+# 2. TensorBoard on loopback, screenshots with headless Chromium.
+# ---------------------------------------------------------------------------------------------------
+echo "== tensorboard on 127.0.0.1:$PORT"
+"$TENSORBOARD" --logdir "$WORK/run/tensorboard" --port "$PORT" --host 127.0.0.1 >"$WORK/tensorboard.log" 2>&1 &
+TB_PID=$!
+
+# Wait until TensorBoard serves the run's scalar tags (it loads event files in the background).
+"$PY" - "$PORT" <<'EOF'
+import sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/data/plugin/scalars/tags"
+for _ in range(120):
+    try:
+        if b"entropy/train/rel_gap" in urllib.request.urlopen(url, timeout=2).read():
+            sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.5)
+sys.exit("TensorBoard did not come up; see tensorboard.log")
+EOF
+
+# shot OUT.png URL: a 1400x1000 screenshot of a TensorBoard page, fresh browser profile each time.
+# --virtual-time-budget lets the single-page app fetch and draw its charts before the capture.
+shot() {
+    local out=$1 url=$2 profile try
+    for try in 1 2 3; do
+        profile=$(mktemp -d)
+        timeout 120 "$CHROMIUM" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+            --disable-background-networking --disable-component-update --disable-sync \
+            --user-data-dir="$profile" --window-size=1400,1000 --virtual-time-budget=15000 \
+            --hide-scrollbars --screenshot="$out" "$url" >/dev/null 2>&1 || true
+        rm -rf "$profile"
+        # A page whose charts have not drawn yet is mostly blank and small.
+        if [ -s "$out" ] && [ "$(stat -c %s "$out")" -gt 60000 ]; then return 0; fi
+        echo "   retry $try: $url" >&2
+    done
+    echo "screenshot failed: $url" >&2; return 1
+}
+
+echo "== screenshots"
+# (a) Custom Scalars tab: the layout EntropyMonitor writes to TensorBoard.
+shot "$WORK/custom_scalars_full.png" "http://127.0.0.1:$PORT/#custom_scalars"
+# (b) Scalars tab with a tag filter (regex entropy/train/(rel_)?gap$) in the URL.
+shot "$WORK/scalars_full.png" "http://127.0.0.1:$PORT/#scalars&tagFilter=entropy%2Ftrain%2F(rel_)%3Fgap%24"
+
+# Crop away the empty right-hand part of the page (and, for (b), everything below the filtered tags).
+"$PY" - "$WORK" "$FIG" <<'EOF'
+import sys
+from PIL import Image
+work, fig = sys.argv[1:]
+for src, dst, box in [
+    ("custom_scalars_full.png", "tensorboard_custom_scalars.png", (0, 0, 1072, 990)),
+    ("scalars_full.png", "tensorboard_scalars.png", (0, 0, 1072, 488)),
+]:
+    im = Image.open(f"{work}/{src}").convert("RGB").crop(box)
+    im.save(f"{fig}/{dst}", optimize=True)
+    print(f"   {fig}/{dst}  {im.size[0]}x{im.size[1]}")
+EOF
+
+cleanup; TB_PID=""
+
+# ---------------------------------------------------------------------------------------------------
+# 3. W&B: no server here, so read the offline run's own transaction log back and plot it.
+#    wandb 0.31 has no Python reader for .wandb files (the old wandb.sdk.internal.datastore.DataStore is
+#    gone; the Go wandb-core reads them). The format is small: a 7-byte header (":W&B", 0xBEE1, version 0),
+#    then LevelDB-log framing (32 KiB blocks; chunks of crc32 uint32, length uint16, type uint8:
+#    1 full, 2 first, 3 middle, 4 last), each assembled record a wandb protobuf `Record`
+#    (wandb.proto.wandb_internal_pb2). Every CRC is checked. History rows are Record.history items
+#    with JSON-encoded values, the same rows `wandb sync` would upload.
+# ---------------------------------------------------------------------------------------------------
+echo "== W&B offline run -> $FIG/wandb_offline_run.png"
+"$PY" - "$WORK" "$FIG" <<'EOF'
+import glob, json, os, struct, sys, zlib
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from wandb.proto import wandb_internal_pb2 as pb
+
+work, fig = sys.argv[1:]
+(path,) = glob.glob(f"{work}/wandb/wandb/offline-run-*/run-*.wandb")
+
+def records(path, block=32768, head=7):
+    data = open(path, "rb").read()
+    ident, magic, version = struct.unpack("<4sHB", data[:7])
+    if (ident, magic, version) != (b":W&B", 0xBEE1, 0):
+        sys.exit(f"{path}: not a W&B transaction log version 0")
+    off, buf = 7, b""
+    while off + head <= len(data):
+        left = block - off % block
+        if left < head:  # block trailer: padding
+            off += left
+            continue
+        crc, n, kind = struct.unpack("<IHB", data[off:off + head])
+        chunk = data[off + head:off + head + n]
+        if zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != crc:
+            sys.exit(f"{path}: bad checksum at byte {off}")
+        off += head + n
+        if kind in (1, 2):
+            buf = chunk
+        elif kind in (3, 4):
+            buf += chunk
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            yield rec
+
+rows, n_records = [], 0
+for rec in records(path):
+    n_records += 1
+    if rec.HasField("history"):
+        rows.append({(it.key or "/".join(it.nested_key)): json.loads(it.value_json) for it in rec.history.item})
+print(f"   {path}: {n_records} records, {len(rows)} history rows")
+
+def series(key):
+    pts = [(r["trainer/global_step"], r[key]) for r in rows if key in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+H = len({k for r in rows for k in r if k.startswith("entropy/train/latent_entropy/") and k.rsplit("/", 1)[1].isdigit()})
+
+plt.rcParams.update({"font.size": 10})
+f, (a, b) = plt.subplots(1, 2, figsize=(13, 4.6), constrained_layout=True)
+for key, color, label in [("entropy/train/elbo", "tab:blue", "entropy/train/elbo"),
+                          ("entropy/train/sum", "tab:red", "entropy/train/sum")]:
+    x, y = series(key)
+    a.plot(x, y, color=color, lw=1.8, label=label)
+x, y = series("entropy/train/rel_gap")
+a.set_title(f"ELBO vs entropy sum (train, per epoch); final rel_gap = {y[-1]:.2%}")
+a.set_xlabel("trainer/global_step"); a.set_ylabel("nats per sample")
+a.set_ylim(bottom=max(a.get_ylim()[0], -100))
+a.grid(alpha=0.3); a.legend(loc="lower right")
+
+cmap = plt.get_cmap("viridis")
+for h in range(H):
+    x, y = series(f"entropy/train/latent_entropy/{h}")
+    b.plot(x, y, color=cmap(h / max(H - 1, 1)), lw=1.3, label=f"latent_entropy/{h}")
+for key, style, label in [("entropy/train/latent_entropy/prior", "--", "prior"),
+                          ("entropy/train/latent_entropy/threshold", ":", "threshold")]:
+    x, y = series(key)
+    b.plot(x, y, "k" + style, lw=1.2, label=label)
+b.set_title(f"per-latent encoder entropy H[q(z_h|x)] (train, H = {H})")
+b.set_xlabel("trainer/global_step"); b.set_ylabel("nats")
+b.grid(alpha=0.3); b.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+f.suptitle(f"EntropyMonitor logs read back from the W&B offline run file ({os.path.basename(path)})",
+           fontsize=11)
+out = f"{fig}/wandb_offline_run.png"
+f.savefig(out, dpi=110)
+print(f"   {out}")
+EOF
+
+ls -l "$FIG"/tensorboard_custom_scalars.png "$FIG"/tensorboard_scalars.png "$FIG"/wandb_offline_run.png
