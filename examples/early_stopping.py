@@ -37,6 +37,8 @@ from lightning_entropy_vae.data import TensorDataModule, make_ppca_data, split_t
 from lightning_entropy_vae.models import GaussianVAE
 
 NAME = "early_stopping"
+LABELS = {"fixed budget": "fixed budget", "convergence stop": "EntropyMonitor(stop_on_convergence)",
+          "stock early stopping": "EarlyStopping(stopping_threshold)"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,7 +101,7 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     for i, (name, run) in enumerate(runs.items()):
         if name != "fixed budget":
             for ax in (top, bottom):
-                ax.axvline(run["epochs"] - 1, color=f"C{i}", ls="--", label=f"{name}: stop")
+                ax.axvline(run["epochs"] - 1, color=f"C{i}", ls="--", label=f"{LABELS[name]}: stop")
     top.set_ylim(budget.elbo[len(budget.elbo) // 5] if len(budget.elbo) > 4 else None, None)
     top.set_ylabel("validation ELBO [nats]")
     top.legend(fontsize="small")
@@ -123,10 +125,10 @@ def main(argv: list[str] | None = None) -> dict:
     convergence = EntropyMonitor(stop_on_convergence=True, tolerance=args.tolerance, patience=args.patience)
     stock = EarlyStopping(monitor="entropy/val/abs_rel_gap", mode="min", stopping_threshold=args.tolerance,
                           patience=args.epochs)  # stop on the threshold only, not on a plateau
-    runs = {
+    runs = {  # keys of the returned dict
         "fixed budget": fit(data, args, [EntropyMonitor()]),
-        "EntropyMonitor(stop_on_convergence)": fit(data, args, [convergence]),
-        "EarlyStopping(stopping_threshold)": fit(data, args, [EntropyMonitor(), stock]),
+        "convergence stop": fit(data, args, [convergence]),
+        "stock early stopping": fit(data, args, [EntropyMonitor(), stock]),
     }
     plot(runs, args.out / "early_stopping.png")
 
@@ -135,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
           f" tolerance {args.tolerance:.0%}, patience {args.patience}:")
     print(f"{'run':38s}{'epochs':>7s}{'saved':>7s}{'seconds':>9s}{'val ELBO*':>11s}{'val rel. gap':>14s}")
     for name, run in runs.items():
-        print(f"{name:38s}{run['epochs']:7d}{budget['epochs'] - run['epochs']:7d}{run['seconds']:9.1f}"
+        saved = budget["epochs"] - run["epochs"]
+        print(f"{LABELS[name]:38s}{run['epochs']:7d}{saved:7d}{run['seconds']:9.1f}"
               f"{run['val_elbo']:11.3f}{run['val_rel_gap']:14.2%}")
     print("* of the final model, 100 z samples per held-out point; rel. gap: the last epoch's, as monitored.")
     print(f"Figure: {(args.out / 'early_stopping.png').resolve()}")

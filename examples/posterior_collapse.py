@@ -11,7 +11,7 @@ found, each latent's entropy, and the flags of two classic criteria (per-latent 
 Part 2 trains VAE-1s with H = 8 on pPCA data of known intrinsic dimension k and compares the
 number of active latents found with k.
 
-    python examples/posterior_collapse.py            # ~2 minutes
+    python examples/posterior_collapse.py            # ~30 s
     python examples/posterior_collapse.py --smoke    # a few seconds
 """
 
@@ -101,7 +101,7 @@ def digits_part(args: argparse.Namespace) -> dict:
           f" of {args.latents} ({'the three criteria agree' if agree else 'the criteria differ'})")
     plot_digits(args.out / "digits" / "metrics.csv", args.latents, args.out / "latent_entropies.png")
     figure, _ = PosteriorCollapse(latent_dim=args.latents).plot(per_latent)  # bars against the threshold
-    figure.savefig(args.out / "latent_bars.png", dpi=120)
+    figure.savefig(args.out / "latent_bars.png", dpi=120, bbox_inches="tight")
     plt.close(figure)
     return {"monitor_active": monitor_active, "active": active, "criteria_agree": agree,
             "latent_entropy": per_latent["latent_entropy"].tolist()}

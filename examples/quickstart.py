@@ -7,7 +7,7 @@ the minibatch ELBO. With a learned decoder variance the two meet as training con
 relative gap tells you how far from a stationary point the model is, and the entropy sum is a
 sample-free estimate of the ELBO (Damm et al., AISTATS 2023).
 
-    python examples/quickstart.py            # scikit-learn's digits, 150 epochs, about a minute
+    python examples/quickstart.py            # scikit-learn's digits, 150 epochs, ~20 s
     python examples/quickstart.py --smoke    # a few seconds
 """
 

@@ -12,7 +12,7 @@ variances do not depend on x), so its BIC curve is smooth where the sampled ELBO
 describes the fitted model, not the new batch: right after a change it follows the data only as
 fast as the parameters adapt.
 
-The defaults are the paper's (3 segments x 100,000 points): one to three minutes on one core.
+The defaults are the paper's (3 segments x 100,000 points): one to two minutes on one core.
 The models need a few thousand batches to settle after each change, so much smaller segments
 (``--segment-size 20000``) leave the first segment undecided.
 

@@ -6,7 +6,8 @@ TorchMetrics metrics (:mod:`lightning_entropy_vae.metrics`) and logs them during
 Lightning callback (:class:`EntropyMonitor`).
 """
 
-from lightning_entropy_vae.callbacks import EntropyMonitor
+from typing import TYPE_CHECKING, Any
+
 from lightning_entropy_vae.metrics import (
     DecoderEntropy,
     EncoderEntropy,
@@ -18,6 +19,18 @@ from lightning_entropy_vae.metrics import (
 from lightning_entropy_vae.outputs import VAEOutput
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from lightning_entropy_vae.callbacks import EntropyMonitor
+
+
+def __getattr__(name: str) -> Any:
+    # The callback imports Lightning (seconds); metric and function users need not pay for it.
+    if name == "EntropyMonitor":
+        from lightning_entropy_vae.callbacks import EntropyMonitor
+
+        return EntropyMonitor
+    raise AttributeError(f"module 'lightning_entropy_vae' has no attribute {name!r}")
 
 __all__ = [
     "DecoderEntropy",

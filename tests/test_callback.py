@@ -316,6 +316,24 @@ def test_warns_when_a_latent_collapses_during_training(tmp_path):
     assert not _monitor_warnings(record, "collapsed during epoch")
 
 
+class CollapsesOnOddEpochs(MonitorVAE):
+    def latents(self, mean, logvar):
+        if self.current_epoch % 2 == 1:
+            keep = torch.tensor([1.0, 0.0])
+            return mean * keep, logvar * keep
+        return mean, logvar
+
+
+def test_a_flickering_latent_is_reported_once(tmp_path):
+    """Latent 1 collapses in epochs 1 and 3 and revives in 2: one warning, not one per collapse."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        _fit(tmp_path, CollapsesOnOddEpochs(lr=0.0), EntropyMonitor(stages=("train",)), val=None, max_epochs=4)
+    messages = [str(w.message) for w in record if "collapsed during epoch" in str(w.message)]
+    assert len(messages) == 1 and "[1] collapsed during epoch 1" in messages[0]
+
+
 # --------------------------------------------------------------------------------- fixed variance
 class RecordingGaussianVAE(GaussianVAE):
     """The package's reference model, recording what its training steps returned."""

@@ -106,3 +106,18 @@ def test_validate_alone_logs_but_does_not_count(tmp_path):
     # the same callback then counts from zero during fit
     trainer, _ = _fit(tmp_path, MonitorVAE(lr=0.01), [monitor])
     assert monitor.convergence.stopped_epoch == 0 and trainer.current_epoch == 1
+
+
+def test_monitor_stage_train_counts_the_training_gap_with_validation_present(tmp_path):
+    """With validation, the default watches `val`; monitor_stage='train' watches the training gap instead."""
+    monitor = EntropyMonitor(stop_on_convergence=True, tolerance=1e6, patience=2, monitor_stage="train")
+    trainer, _ = _fit(tmp_path, MonitorVAE(lr=0.01), [monitor], val=True)
+    assert monitor.convergence.stopped_epoch == 1 and trainer.current_epoch == 2
+    assert "`train`" in monitor.stop_reason
+
+
+def test_monitor_stage_validated():
+    with pytest.raises(ValueError, match=r"Expected `monitor_stage` to be 'train', 'val' or None, but got 'test'"):
+        EntropyMonitor(monitor_stage="test")
+    with pytest.raises(ValueError, match=r"Expected `monitor_stage` 'val' among `stages` \('train',\)"):
+        EntropyMonitor(stages=("train",), monitor_stage="val")

@@ -404,3 +404,18 @@ def test_metrics_take_distributions():
     for key in ("latent_entropy", "prior_latent_entropy", "latent_kl"):
         weighted = sum(w * e[key] for w, e in zip(weights, expected["collapse"], strict=True))
         _assert_equal(collapse[key], weighted)
+
+
+def test_importing_the_package_does_not_import_lightning():
+    """Metric and function users do not pay for Lightning; the callback is imported on first access."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lightning_entropy_vae as m\n"
+        "assert 'lightning' not in sys.modules and 'lightning.pytorch' not in sys.modules\n"
+        "assert m.EntropyMonitor.__name__ == 'EntropyMonitor' and 'lightning.pytorch' in sys.modules\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -70,9 +70,12 @@ class EntropyMonitor(Callback):
         log_histograms: write a per-epoch histogram of the per-latent entropies (TensorBoard, W&B).
         log_bar_chart_every_n_epochs: also write the bar chart as an image every n epochs (0: never;
             drawing costs tens of milliseconds).
-        stop_on_convergence: stop training once ``abs_rel_gap`` (val if monitored, else train) stays
-            below ``tolerance`` for ``patience`` consecutive epochs after ``warmup_epochs``.
+        stop_on_convergence: stop training once ``abs_rel_gap`` of ``monitor_stage`` stays below
+            ``tolerance`` for ``patience`` consecutive checks after ``warmup_epochs``.
         tolerance, patience, warmup_epochs: see ``stop_on_convergence``.
+        monitor_stage: ``"train"``, ``"val"`` or ``None`` (default: val if validated, else train). On
+            small data sets the held-out gap also holds the generalisation gap (an overfitting model's
+            held-out ELBO stays below its entropy sum), so it may never reach the tolerance: use ``"train"``.
         require_elbo_objective: do not count epochs whose training loss is not -ELBO (beta != 1, KL
             annealing); needs ``loss`` and ``elbo`` in the step output.
         extract: ``extract(pl_module, outputs, batch) -> mapping`` for modules whose step output cannot change.
@@ -99,6 +102,7 @@ class EntropyMonitor(Callback):
         tolerance: float = 0.01,
         patience: int = 3,
         warmup_epochs: int = 0,
+        monitor_stage: str | None = None,
         require_elbo_objective: bool = True,
         extract: Extract | None = None,
         nan_strategy: str = "skip",
@@ -119,6 +123,10 @@ class EntropyMonitor(Callback):
         _non_negative_int("log_bar_chart_every_n_epochs", log_bar_chart_every_n_epochs)
         if extract is not None and not callable(extract):
             raise TypeError(f"Expected `extract` to be callable(pl_module, outputs, batch), but got {extract!r}.")
+        if monitor_stage not in (None, "train", "val"):
+            raise ValueError(f"Expected `monitor_stage` to be 'train', 'val' or None, but got {monitor_stage!r}.")
+        if monitor_stage is not None and monitor_stage not in stages:
+            raise ValueError(f"Expected `monitor_stage` {monitor_stage!r} among `stages` {stages!r}.")
         if nan_strategy not in ("skip", "error"):
             raise ValueError(f"Expected `nan_strategy` to be one of ('skip', 'error'), but got {nan_strategy!r}.")
         self.stages = stages
@@ -130,6 +138,7 @@ class EntropyMonitor(Callback):
         self.log_histograms = bool(log_histograms)
         self.log_bar_chart_every_n_epochs = log_bar_chart_every_n_epochs
         self.extract = extract
+        self.monitor_stage = monitor_stage
         self.nan_strategy = nan_strategy
         self.warn_on_collapse = bool(warn_on_collapse)
         self.convergence = ConvergenceTracker(
@@ -141,6 +150,7 @@ class EntropyMonitor(Callback):
         self._fixed_variance: bool | None = None
         self._gap_ema: Tensor | None = None
         self._collapsed: list[bool] | None = None
+        self._warned_collapse: set[int] = set()  # each latent is reported once per run
         self._layout_written = False
         self._last_global_step = -1
         # Lightning reads state_key on every hook call: build it once
@@ -269,7 +279,7 @@ class EntropyMonitor(Callback):
             return
         stats = self._log_epoch("train", trainer, pl_module, buffer)
         self._warn_on_new_collapse(trainer, stats["collapsed"])
-        if not self._has_val(trainer):
+        if self._convergence_stage() == "train":
             self.convergence.check(trainer, stats["abs_rel_gap"], buffer, stage="train")
 
     @override
@@ -292,11 +302,13 @@ class EntropyMonitor(Callback):
             return
         for stage in sorted(s for s in self._buffers if s.startswith("val")):
             stats = self._log_epoch(stage, trainer, pl_module, self._buffers[stage])
-            if stage == "val":
+            if stage == "val" and self._convergence_stage() == "val":
                 self.convergence.check(trainer, stats["abs_rel_gap"], self._buffers.get("train"), stage="val")
 
-    def _has_val(self, trainer: pl.Trainer) -> bool:
-        return "val" in self.stages and "val" in self._buffers
+    def _convergence_stage(self) -> str:
+        if self.monitor_stage is not None:
+            return self.monitor_stage
+        return "val" if "val" in self.stages and "val" in self._buffers else "train"
 
     # -------------------------------------------------------------------------------------- epochs
     def _log_epoch(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -362,7 +374,9 @@ class EntropyMonitor(Callback):
         previous, self._collapsed = self._collapsed, collapsed
         if not self.warn_on_collapse or previous is None or len(previous) != len(collapsed):
             return
-        new = [h for h, (was, now) in enumerate(zip(previous, collapsed)) if now and not was]
+        new = [h for h, (was, now) in enumerate(zip(previous, collapsed))
+               if now and not was and h not in self._warned_collapse]
+        self._warned_collapse.update(new)
         if new:
             rank_zero_warn(
                 f"EntropyMonitor: latent(s) {new} collapsed during epoch {trainer.current_epoch} (criterion"
@@ -375,6 +389,7 @@ class EntropyMonitor(Callback):
         return {
             "gap_ema": None if self._gap_ema is None else float(self._gap_ema),
             "collapsed": self._collapsed,
+            "warned_collapse": sorted(self._warned_collapse),
             "fixed_variance": self._fixed_variance,
             "layout_written": self._layout_written,
             "last_global_step": self._last_global_step,
@@ -386,6 +401,7 @@ class EntropyMonitor(Callback):
         ema = state_dict.get("gap_ema")
         self._gap_ema = None if ema is None else torch.tensor(ema)
         self._collapsed = state_dict.get("collapsed")
+        self._warned_collapse = set(state_dict.get("warned_collapse", []))
         self._fixed_variance = state_dict.get("fixed_variance")
         self._layout_written = bool(state_dict.get("layout_written", False))
         self._last_global_step = int(state_dict.get("last_global_step", -1))

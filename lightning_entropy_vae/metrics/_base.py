@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor
 from torchmetrics import Metric
 
 NAN_STRATEGIES = ("skip", "error")
+
+
+def rank_zero_warn(message: str) -> None:
+    """Warn on global rank 0 only; works with or without Lightning (which sets ranks of its own)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return
+    warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def merge_inputs(owner: str, outputs: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:

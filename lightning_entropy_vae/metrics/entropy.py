@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from lightning_entropy_vae.functional import _inputs as _in
@@ -16,7 +15,7 @@ from lightning_entropy_vae.functional.entropy import (
     _encoder_entropy_update,
     _prior_entropy_update,
 )
-from lightning_entropy_vae.metrics._base import SumAndCountMetric, merge_inputs
+from lightning_entropy_vae.metrics._base import SumAndCountMetric, merge_inputs, rank_zero_warn
 
 __all__ = ["DecoderEntropy", "EncoderEntropy", "EntropySumELBO", "PriorEntropy"]
 
