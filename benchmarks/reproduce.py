@@ -144,6 +144,7 @@ def claim_streaming(args, out) -> list[dict]:
     std_right = [r["std_ratio"][s][m] for s, m in enumerate(right)]
     noise_right = [r["noise_ratio"][s][m] for s, m in enumerate(right)]
     perfect = all(s >= 0.999 for s in share_sum)
+    std_ok = min(std_right) >= 9
     return [{
         "claim": "Streaming model selection (D = 10; intrinsic dims 6, 2, 4; linear VAEs H = 2, 4, 6)",
         "paper": "Fig. 3a: entropy-sum BIC picks the right H in 100 % of the last 5,000 batches;"
@@ -153,9 +154,12 @@ def claim_streaming(args, out) -> list[dict]:
                 + "; std ratio ELBO/sum of the right model per segment (incl. the drift of learning) "
                 + ", ".join(f"{v:.1f}x" for v in std_right)
                 + "; batch-to-batch " + ", ".join(f"{v:.0f}x" for v in noise_right),
-        "verdict": "match" if perfect else "short",
+        "verdict": ("match" if std_ok else "match (selection), short (spread)") if perfect else "short",
         "why": ("entropy-sum BIC right in every evaluated batch" if perfect
-                else "the entropy-sum BIC misses some batches at this segment size"),
+                else "the entropy-sum BIC misses some batches at this segment size")
+        + ("" if std_ok else "; the std over the last batches also holds the slow drift of the still-learning"
+           " models, which both BICs share, so it can fall below 9x where a segment's learning is slow (segment"
+           " 1, H = 6); the batch-to-batch noise is 2-3 orders of magnitude lower with the entropy sum"),
         "command": cmd("streaming_bic", ["--segment-size", str(args.segment_size), *args.common]),
     }]
 
@@ -192,7 +196,10 @@ def claim_stopping(args, out) -> list[dict]:
         "ours": f"stopped after {stopped['epochs']} of {budget['epochs']} epochs ({saved} saved); val ELBO"
                 f" {stopped['val_elbo']:.3f} vs {budget['val_elbo']:.3f} with the full budget",
         "verdict": "match" if ok else "short",
-        "why": "same ELBO within 1 % with fewer epochs" if ok else "the early stop cost ELBO or saved nothing",
+        "why": "same ELBO within 1 % with fewer epochs" if ok else (
+            "the gap closes once the variances are near their stationary values, while the ELBO itself still"
+            f" rises slowly ({abs(delta):.2f} nats here); a smaller tolerance trades saved epochs for ELBO"
+            if saved > 0 else "the early stop saved nothing"),
         "command": cmd("early_stopping", args.common),
     }]
 
@@ -203,15 +210,18 @@ def write_markdown(rows: list[dict], path: Path, seconds: float, argv: list[str]
         "# Reproducing the paper's results",
         "",
         "Damm et al., *The ELBO of Variational Autoencoders Converges to a Sum of Three Entropies*, AISTATS 2023.",
-        f"Written by `python benchmarks/reproduce.py {' '.join(argv)}` in {seconds / 60:.1f} min on"
-        f" {torch.get_num_threads()} CPU thread(s), torch {torch.__version__}. S in a command is the seed"
-        " (0 ... seeds-1).",
+        "Produced by `python benchmarks/reproduce.py` (all claims, default sizes; about 10 minutes on one CPU"
+        f" thread, torch {torch.__version__}). `--only CLAIM ...` re-runs some claims and keeps the other rows"
+        f" of the last run (`runs/reproduce/rows.json`); this file's last writer: `reproduce.py {' '.join(argv)}`"
+        f" ({seconds / 60:.1f} min). S in a command is the seed (0 ... seeds-1). Verdicts follow the rule"
+        " in each row's *why*; they are computed, not edited.",
         "",
         "| claim | paper | ours | verdict | why | command |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        cells = (r["claim"], r["paper"], r["ours"], f"**{r['verdict']}**", r["why"], r["command"])
+        cells = [c.replace("|", "\\|") for c in
+                 (r["claim"], r["paper"], r["ours"], f"**{r['verdict']}**", r["why"], r["command"])]
         lines.append("| " + " | ".join(cells) + " |")
     figures = sorted(p.name for p in (path.parent / "figures").glob("reproduce_*.png"))
     lines += ["", "## Figures from these runs", ""] + [f"![{name}](figures/{name})" for name in figures] + [""]
@@ -226,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap-data", nargs="+", default=["ppca", "pca_ring", "digits"])
     parser.add_argument("--segment-size", type=int, default=100_000, help="streaming segment (paper: 100,000)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (checks the script, not the claims)")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite the results from rows.json")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "reproduce")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args(argv)
@@ -235,10 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    rows: list[dict] = []
-    for name in args.only:
-        rows += globals()[f"claim_{name}"](args, args.out)
-        (args.out / "rows.json").write_text(json.dumps(rows, indent=1, default=str))
+    store = args.out / "rows.json"  # rows of earlier runs: re-running some claims keeps the others
+    previous = json.loads(store.read_text()) if store.exists() and not args.quick else []
+    fresh: dict[str, list[dict]] = {}
+    for name in [] if args.markdown_only else args.only:
+        fresh[name] = [{**row, "key": name} for row in globals()[f"claim_{name}"](args, args.out)]
+    rows = [r for key in CLAIMS for r in (fresh.get(key) or [p for p in previous if p.get("key") == key])]
+    store.write_text(json.dumps(rows, indent=1, default=str))
     seconds = time.perf_counter() - start
     if not args.quick:  # one figure per claim folder (not the per-seed gap runs) next to the results
         figures = args.results.parent / "figures"
