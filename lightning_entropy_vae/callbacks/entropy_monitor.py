@@ -169,9 +169,9 @@ class EntropyMonitor(Callback):
 
     # ---------------------------------------------------------------------------------------- reading
     def _read(self, hook: str, stage: str, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> dict:
-        owner = f"EntropyMonitor ({hook} of {type(pl_module).__name__})"
         values = self.extract(pl_module, outputs, batch) if self.extract is not None else outputs
         if not isinstance(values, Mapping):
+            owner = f"EntropyMonitor ({hook} of {type(pl_module).__name__})"
             got = "None" if values is None else f"a {type(values).__name__}"
             step = "training_step" if stage == "train" else "validation_step"
             raise ValueError(
@@ -250,10 +250,11 @@ class EntropyMonitor(Callback):
         if "train" not in self.stages:
             return
         self._record("on_train_batch_end", "train", trainer, pl_module, outputs, batch)
-        stepped = trainer.global_step != self._last_global_step
-        self._last_global_step = trainer.global_step
+        step = trainer.global_step
+        stepped = step != self._last_global_step
+        self._last_global_step = step
         every = trainer.log_every_n_steps
-        if stepped and every and trainer.global_step % every == 0:
+        if stepped and every and step % every == 0:
             self._log_step(trainer)
 
     def _log_step(self, trainer: pl.Trainer) -> None:
