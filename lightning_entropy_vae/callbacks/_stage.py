@@ -16,6 +16,7 @@ from torch import Tensor
 
 from lightning_entropy_vae.functional import _inputs as _in
 from lightning_entropy_vae.functional.elbo import gaussian_elbo
+from lightning_entropy_vae.functional.stationary import _residual_inputs, _squared_residual
 from lightning_entropy_vae.metrics import EntropySumELBO, GaussianELBO, PosteriorCollapse
 
 #: Flush early once this many batches are pending, to bound memory between log steps.
@@ -120,12 +121,8 @@ class StageBuffer:
         x, mean = kw.get("x"), kw.get("dec_mean")
         if x is None or mean is None:
             return None
-        with torch.no_grad():
-            x = x.detach().reshape(x.shape[0], -1).float()
-            mean = mean.detach().float()
-            mean = mean.reshape(mean.shape[0], mean.shape[1], -1) if mean.dim() > x.dim() else mean.reshape(x.shape)
-            sq = (x - mean).square().sum(-1)
-            return sq.mean(0) if sq.dim() == 2 else sq
+        with torch.no_grad():  # shapes were checked on the stage's first batch
+            return _squared_residual(*_residual_inputs(x.detach(), mean.detach(), "EntropyMonitor"))
 
     def _update_direct(self, kw: Mapping[str, Any]) -> None:
         """Distribution inputs: update the metrics per batch (their own NaN handling applies)."""

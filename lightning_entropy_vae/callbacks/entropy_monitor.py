@@ -209,10 +209,9 @@ class EntropyMonitor(Callback):
         return buffer
 
     def _check_nan_error(self, kw: dict, owner: str) -> None:
-        for key, value in kw.items():
-            floating = key != "loss" and isinstance(value, Tensor) and value.is_floating_point()
-            if floating and not bool(torch.isfinite(value).all()):
-                raise ValueError(f"{owner} got non-finite values (NaN or Inf) in `{key}` (nan_strategy='error').")
+        key = _in.first_nonfinite({k: v for k, v in kw.items() if k != "loss"})
+        if key is not None:
+            raise ValueError(f"{owner} got non-finite values (NaN or Inf) in `{key}` (nan_strategy='error').")
 
     def _record(self, hook: str, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule,
                 outputs: Any, batch: Any) -> None:

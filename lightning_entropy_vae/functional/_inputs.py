@@ -340,6 +340,14 @@ def decoder(
     return Decoder(mean, logvar, layout, batch, data_dim, None)
 
 
+def first_nonfinite(inputs: Mapping[str, Any]) -> str | None:
+    """The first key whose floating-point tensor holds NaN or Inf (a host sync per tensor), else ``None``."""
+    for key, value in inputs.items():
+        if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return key
+    return None
+
+
 def check_batch(owner: str, **sizes: int | None) -> int:
     """Check that every component agrees on the batch size; return it."""
     known = {k: v for k, v in sizes.items() if v is not None}

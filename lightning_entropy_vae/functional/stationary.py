@@ -32,16 +32,24 @@ __all__ = [
 ]
 
 
-def _squared_residual_sum(x: Any, dec_mean: Any, owner: str) -> tuple[Tensor, int, int]:
-    """Sum over (S-averaged) samples and dimensions of ``(x - mu)^2``; returns (sum, B, D)."""
+def _squared_residual(d: _in.Data, mean: Tensor) -> Tensor:
+    """Per-sample ``||x - mu(z)||^2`` averaged over the z samples, shape (B,), from flattened ``x`` and means."""
+    sq = (d.x - mean).square().sum(-1)
+    return sq.mean(0) if sq.dim() == 2 else sq
+
+
+def _residual_inputs(x: Any, dec_mean: Any, owner: str) -> tuple[_in.Data, Tensor]:
+    """Checked, flattened ``x`` (B, D) and ``dec_mean`` (B, D) or (S, B, D)."""
     d = _in.data(x)
     if d.x is None or dec_mean is None:
         raise _in.missing_inputs_error(owner, "`x` and `dec_mean`")
-    mean = _in._flatten_decoder("dec_mean", _in.as_float_tensor("dec_mean", dec_mean), d)
-    sq = (d.x - mean).square().sum()
-    if mean.dim() == 3:
-        sq = sq / mean.shape[0]
-    return sq, d.x.shape[0], d.x.shape[1]
+    return d, _in._flatten_decoder("dec_mean", _in.as_float_tensor("dec_mean", dec_mean), d)
+
+
+def _squared_residual_sum(x: Any, dec_mean: Any, owner: str) -> tuple[Tensor, int, int]:
+    """Sum over (S-averaged) samples and dimensions of ``(x - mu)^2``; returns (sum, B, D)."""
+    d, mean = _residual_inputs(x, dec_mean, owner)
+    return _squared_residual(d, mean).sum(), d.x.shape[0], d.x.shape[1]
 
 
 def optimal_decoder_variance(x: Tensor, dec_mean: Tensor, **_: Any) -> Tensor:

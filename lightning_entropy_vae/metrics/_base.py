@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lightning_entropy_vae.functional._inputs import first_nonfinite
+
 NAN_STRATEGIES = ("skip", "error")
 
 
@@ -102,9 +104,9 @@ class SumAndCountMetric(Metric):
         return getattr(self, f"{self._prefix}_totals")[-1]
 
     def _check_finite(self, inputs: Mapping[str, Any]) -> None:
-        for key, value in inputs.items():
-            if isinstance(value, Tensor) and not bool(torch.isfinite(value).all()):
-                raise ValueError(
+        key = first_nonfinite(inputs)
+        if key is not None:
+            raise ValueError(
                     f"{type(self).__name__}.update() got non-finite values (NaN or Inf) in `{key}`."
                     " Expected finite tensors; use nan_strategy='skip' to skip such batches instead."
                 )

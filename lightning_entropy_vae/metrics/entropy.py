@@ -15,6 +15,7 @@ from lightning_entropy_vae.functional.entropy import (
     _encoder_entropy_update,
     _prior_entropy_update,
 )
+from lightning_entropy_vae.functional.stationary import _squared_residual
 from lightning_entropy_vae.metrics._base import SumAndCountMetric, merge_inputs, rank_zero_warn
 
 __all__ = ["DecoderEntropy", "EncoderEntropy", "EntropySumELBO", "PriorEntropy"]
@@ -46,7 +47,7 @@ def _warn_if_fixed_variance(metric: Any, dec_logvar: Any) -> None:
         )
 
 
-def _squared_residual(kw: Mapping[str, Any], d: _in.Data, dec: _in.Decoder, owner: str) -> Tensor:
+def _squared_residual_total(kw: Mapping[str, Any], d: _in.Data, dec: _in.Decoder, owner: str) -> Tensor:
     """Batch sum of ``||x - mu(z)||^2`` (mean over z samples), or of a given ``dec_sq_residual`` (B,)."""
     given = kw.get("dec_sq_residual")
     if given is not None:
@@ -55,8 +56,7 @@ def _squared_residual(kw: Mapping[str, Any], d: _in.Data, dec: _in.Decoder, owne
         raise _in.missing_inputs_error(
             owner + " with profile_decoder_variance=True", "`x` and `dec_mean` (or `dec_sq_residual`)", kw
         )
-    sq = (d.x - dec.mean).square().sum()
-    return sq / dec.mean.shape[0] if dec.mean.dim() == 3 else sq
+    return _squared_residual(d, dec.mean).sum()
 
 
 class EncoderEntropy(SumAndCountMetric):
@@ -275,7 +275,7 @@ class EntropySumELBO(SumAndCountMetric):
             _decoder_entropy_update(dec),
         ]
         if self.profile_decoder_variance:
-            terms += [(_squared_residual(kw, d, dec, owner), 1.0, 0.0), (None, 0.0, float(batch * dec.data_dim))]
+            terms += [(_squared_residual_total(kw, d, dec, owner), 1.0, 0.0), (None, 0.0, float(batch * dec.data_dim))]
         self._accumulate_affine(terms, batch, enc.logvar)
 
     def compute(self) -> dict[str, Tensor]:
