@@ -12,17 +12,20 @@ Configurations (each measured in interleaved rounds, the order alternating betwe
 - ``train+val``      logger=False, a small validation set every epoch, EntropyMonitor();
 - ``train+csv``      a CSVLogger, EntropyMonitor(stages=("train",)) (includes the logging cost).
 
-Each round runs ``fit`` without a callback, with EntropyMonitor and with a naive callback that calls
-``update()`` of six TorchMetrics metrics on every batch; ratios are per round, the reported value
-their median. Times are taken on two clocks, wall (perf_counter) and process CPU time (process_time,
+Each round runs ``fit`` without a callback and with EntropyMonitor (the first ``--naive-rounds`` also
+with a naive callback that calls ``update()`` of six TorchMetrics metrics on every batch); ratios are
+per round, the reported value their median (11 rounds by default: on a shared 2-core machine single
+ratios scatter by 5-20 %). Times are taken on two clocks, wall (perf_counter) and process CPU time (process_time,
 the default for verdicts: robust to waiting for a core on a shared machine). A ``StepClock`` callback
 (first in every arm) gives the median step time, a steady-state per-step comparison. Then
 ``--hook-runs`` runs per configuration with an instrumented EntropyMonitor time the callback's own
-hooks (every hook it overrides, plus ``_log_step``).
+hooks (every hook it overrides, plus ``_log_step``). The stopwatch's own cost (two clocks read twice
+per call, a wrapper call) is measured in the same fit around the same hooks of an empty callback and
+subtracted per call; the table prints the raw totals too, and the fit time excludes the empty callback.
 
 Targets: fit-time ratio <= 1.03; time in the callback's hooks <= 2 % of fit time.
 
-    python benchmarks/overhead.py [--epochs 1 --pairs 5 --quick]
+    python benchmarks/overhead.py [--epochs 1 --pairs 11 --quick]
 """
 
 from __future__ import annotations
@@ -201,15 +204,21 @@ class _Timer:
         return timed
 
 
-def instrumented_monitor(**kwargs: Any) -> tuple[EntropyMonitor, _Timer]:
-    """An EntropyMonitor whose overridden hooks (and its step-logging method) accumulate their time."""
-    timer = _Timer()
-    monitor = EntropyMonitor(**kwargs)
+def instrumented_monitor(**kwargs: Any) -> tuple[EntropyMonitor, _Timer, Callback, _Timer]:
+    """An EntropyMonitor whose overridden hooks (and its step-logging method) accumulate their time.
+
+    Also returns an empty callback with the same hooks, wrapped by a second timer of the same kind: its
+    totals are what the stopwatch itself adds to each call (clock reads, the wrapper's call), the
+    floor that is subtracted to give the time inside the monitor's own hooks.
+    """
+    timer, floor_timer = _Timer(), _Timer()
+    monitor, empty = EntropyMonitor(**kwargs), Callback()
     for name in overridden_hooks(EntropyMonitor):
         setattr(monitor, name, timer.wrap(name, getattr(monitor, name)))
+        setattr(empty, name, floor_timer.wrap(name, getattr(empty, name)))
     # the logging-step share of on_train_batch_end: called from inside it, through the instance
     monitor._log_step = timer.wrap("_log_step", monitor._log_step)
-    return monitor, timer
+    return monitor, timer, empty, floor_timer
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -256,7 +265,7 @@ class StepClock(Callback):
                 "cpu": statistics.median(b[2] - a[2] for a, b in pairs)}
 
 
-def fit_once(config: str, callback: Callback | None, args: argparse.Namespace, data: dict[str, Tensor],
+def fit_once(config: str, callback: Callback | list[Callback] | None, args: argparse.Namespace, data: dict[str, Tensor],
              limit_batches: int | None = None) -> dict[str, dict[str, float]]:
     """One ``trainer.fit``: its wall and CPU seconds (Trainer construction excluded) and median step times."""
     cfg = CONFIGS[config]
@@ -271,7 +280,7 @@ def fit_once(config: str, callback: Callback | None, args: argparse.Namespace, d
             logger = CSVLogger(stack.enter_context(tempfile.TemporaryDirectory()), name="bench")
         trainer = pl.Trainer(
             accelerator="cpu", devices=1, max_epochs=args.epochs, logger=logger,
-            callbacks=[clock] if callback is None else [clock, callback],
+            callbacks=[clock] + ([] if callback is None else callback if isinstance(callback, list) else [callback]),
             enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
             limit_train_batches=limit_batches, limit_val_batches=limit_batches if cfg["val"] else 0,
             num_sanity_val_steps=0 if limit_batches else None,
@@ -283,10 +292,10 @@ def fit_once(config: str, callback: Callback | None, args: argparse.Namespace, d
 
 
 def run_rounds(config: str, args: argparse.Namespace, data: dict[str, Tensor]) -> dict[str, Any]:
-    """Interleaved rounds of none, monitor, naive (reversed every other round).
+    """Interleaved rounds of none, monitor (naive too in the first ``--naive-rounds``), reversed every other round.
 
     Returns ``times[what][clock][kind]``: lists over rounds, ``what`` is ``fit`` (seconds) or ``step``
-    (median step seconds).
+    (median step seconds); the naive lists cover the first rounds only.
     """
     stages = stages_of(config)
     for kind in KINDS:  # warm-up: imports, allocator, first-call paths
@@ -297,81 +306,103 @@ def run_rounds(config: str, args: argparse.Namespace, data: dict[str, Tensor]) -
           f"  {'ratio: mon':>10}  {'naive':>6}  {'| step us: none':>15}  {'monitor':>7}  {'naive':>7}"
           f"  {'ratio: mon':>10}  {'naive':>6}")
     for r in range(args.pairs):
-        for kind in KINDS if r % 2 == 0 else KINDS[::-1]:
+        kinds = KINDS if r < args.naive_rounds else KINDS[:2]
+        for kind in kinds if r % 2 == 0 else kinds[::-1]:
             result = fit_once(config, make_callback(kind, stages), args, data)
             for what in ("fit", "step"):
                 for c in CLOCKS:
                     times[what][c][kind].append(result[what][c])
         for c in CLOCKS:
-            f0, f1, f2 = (times["fit"][c][k][-1] for k in KINDS)
-            s0, s1, s2 = (times["step"][c][k][-1] * 1e6 for k in KINDS)
+            f0, f1 = (times["fit"][c][k][-1] for k in KINDS[:2])
+            s0, s1 = (times["step"][c][k][-1] * 1e6 for k in KINDS[:2])
+            f2, s2 = ((times["fit"][c]["naive"][-1], times["step"][c]["naive"][-1] * 1e6) if "naive" in kinds
+                      else (math.nan, math.nan))
             print(f"  {r:>5}  {c:>5}  {f0:11.3f}  {f1:7.3f}  {f2:7.3f}  {f1 / f0:10.4f}  {f2 / f0:6.3f}"
                   f"  {s0:15.0f}  {s1:7.0f}  {s2:7.0f}  {s1 / s0:10.4f}  {s2 / s0:6.3f}", flush=True)
     return times
 
 
 def ratios(times: dict[str, list], kind: str) -> list[float]:
-    return [t / b for t, b in zip(times[kind], times["none"], strict=True)]
+    """Per-round ratios to the same round's baseline (the naive arm ran in the first rounds only)."""
+    return [t / b for t, b in zip(times[kind], times["none"][: len(times[kind])], strict=True)]
 
 
 def hook_profile(config: str, args: argparse.Namespace, data: dict[str, Tensor]) -> list[dict[str, Any]]:
-    """Instrumented runs; for each, per clock: fit seconds and the hook-time split."""
+    """Instrumented runs; for each, per clock: fit seconds and the hook-time split, net of the stopwatch.
+
+    ``net[hook]`` is the hook's measured total minus its calls times the per-call time the same
+    stopwatch measures around the empty callback's hook in the same fit (the floor).
+    """
     hooks = overridden_hooks(EntropyMonitor)
     batch_hooks = [h for h in hooks if "batch" in h]
     epoch_hooks = [h for h in hooks if "epoch" in h]
     other_hooks = [h for h in hooks if h not in batch_hooks and h not in epoch_hooks]
     runs = []
     for _ in range(args.hook_runs):
-        monitor, timer = instrumented_monitor(stages=stages_of(config))
-        fit = fit_once(config, monitor, args, data)["fit"]
-        run: dict[str, Any] = {"timer": timer, "fit": fit, "split": {}}
+        monitor, timer, empty, floor_timer = instrumented_monitor(stages=stages_of(config))
+        fit = fit_once(config, [empty, monitor], args, data)["fit"]
+        # the empty callback's wrapped hooks are time the fit would not spend without them: leave it out
+        fit = {c: fit[c] - sum(floor_timer.total[c].values()) for c in CLOCKS}
+        run: dict[str, Any] = {"timer": timer, "fit": fit, "split": {}, "floor": {}, "net": {}, "raw_total": {}}
         for clock in CLOCKS:
-            tot = timer.total[clock]
-            log_step = tot["_log_step"]
+            tot, ftot = timer.total[clock], floor_timer.total[clock]
+            per_call = {h: ftot[h] / floor_timer.calls[h] for h in hooks if floor_timer.calls.get(h)}
+            mean_floor = sum(ftot.values()) / max(1, sum(floor_timer.calls.values()))
+            floor = {h: per_call.get(h, mean_floor) for h in [*hooks, "_log_step"]}
+            net = {h: max(0.0, tot[h] - timer.calls.get(h, 0) * floor[h]) for h in floor}
+            log_step = net["_log_step"]
             split = {
-                "per_batch": sum(tot[h] for h in batch_hooks) - log_step,
+                "per_batch": sum(net[h] for h in batch_hooks) - log_step,
                 "log_step": log_step,
-                "epoch": sum(tot[h] for h in epoch_hooks),
-                "other": sum(tot[h] for h in other_hooks),
+                "epoch": sum(net[h] for h in epoch_hooks),
+                "other": sum(net[h] for h in other_hooks),
             }
             split["total"] = sum(split.values())
-            run["split"][clock] = split
+            run["split"][clock], run["floor"][clock], run["net"][clock] = split, floor, net
+            run["raw_total"][clock] = sum(tot[h] for h in hooks)
         runs.append(run)
     return runs
 
 
 def print_hooks(config: str, runs: list[dict[str, Any]], clock: str, steps: int) -> dict[str, Any]:
-    """Print the median run (by hook share on ``clock``); return it."""
+    """Print the median run (by net hook share on ``clock``); return it."""
     runs = sorted(runs, key=lambda r: r["split"][clock]["total"] / r["fit"][clock])
     run = runs[len(runs) // 2]
     timer, fit, split = run["timer"], run["fit"], run["split"]
     print(f"\n[{config}] (b) time inside EntropyMonitor's hooks (median of {len(runs)} instrumented run(s);"
           f" fit {fit['wall']:.3f} s wall, {fit['cpu']:.3f} s CPU; {steps} train steps)")
-    print(f"  {'hook':<30}  {'calls':>5}  {'wall ms':>8}  {'cpu ms':>8}  {'cpu us/call':>11}"
-          f"  {'% fit wall':>10}  {'% fit cpu':>9}")
+    print(f"  {'hook':<30}  {'calls':>5}  {'raw cpu ms':>10}  {'floor us/call':>13}  {'net cpu ms':>10}"
+          f"  {'net us/call':>11}  {'net % fit wall':>14}  {'net % fit cpu':>13}")
     for name in [*overridden_hooks(EntropyMonitor), "_log_step"]:
         n = timer.calls.get(name, 0)
         if not n:
             continue
-        w, c = timer.total["wall"][name], timer.total["cpu"][name]
+        raw = timer.total["cpu"][name]
+        w, c = run["net"]["wall"][name], run["net"]["cpu"][name]
         label = name if name != "_log_step" else "  (in it: _log_step)"
-        print(f"  {label:<30}  {n:>5}  {w * 1e3:8.2f}  {c * 1e3:8.2f}  {c / n * 1e6:11.1f}"
-              f"  {w / fit['wall'] * 100:10.3f}  {c / fit['cpu'] * 100:9.3f}")
-    print(f"  {'split':<30}  {'':>5}  {'wall ms':>8}  {'cpu ms':>8}  {'cpu us/step':>11}  {'% fit wall':>10}"
-          f"  {'% fit cpu':>9}")
+        print(f"  {label:<30}  {n:>5}  {raw * 1e3:10.2f}  {run['floor']['cpu'][name] * 1e6:13.2f}  {c * 1e3:10.2f}"
+              f"  {c / n * 1e6:11.1f}  {w / fit['wall'] * 100:14.3f}  {c / fit['cpu'] * 100:13.3f}")
+    print(f"  {'split (net of the stopwatch)':<30}  {'':>5}  {'wall ms':>10}  {'cpu ms':>13}  {'cpu us/step':>10}"
+          f"  {'':>11}  {'% fit wall':>14}  {'% fit cpu':>13}")
     for key, label in (("per_batch", "per-batch hooks (excl. log)"), ("log_step", "logging-step work"),
                        ("epoch", "epoch start/end work"), ("other", "other (train start, state)"),
                        ("total", "TOTAL")):
         w, c = split["wall"][key], split["cpu"][key]
-        print(f"  {label:<30}  {'':>5}  {w * 1e3:8.2f}  {c * 1e3:8.2f}  {c / steps * 1e6:11.1f}"
-              f"  {w / fit['wall'] * 100:10.3f}  {c / fit['cpu'] * 100:9.3f}")
+        print(f"  {label:<30}  {'':>5}  {w * 1e3:10.2f}  {c * 1e3:13.2f}  {c / steps * 1e6:10.1f}"
+              f"  {'':>11}  {w / fit['wall'] * 100:14.3f}  {c / fit['cpu'] * 100:13.3f}")
+    raw = run["raw_total"]
+    print(f"  {'TOTAL with the stopwatch':<30}  {'':>5}  {raw['wall'] * 1e3:10.2f}  {raw['cpu'] * 1e3:13.2f}"
+          f"  {raw['cpu'] / steps * 1e6:10.1f}  {'':>11}  {raw['wall'] / fit['wall'] * 100:14.3f}"
+          f"  {raw['cpu'] / fit['cpu'] * 100:13.3f}")
     return run
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=1, help="epochs per fit (default 1)")
-    parser.add_argument("--pairs", type=int, default=5, help="interleaved rounds per config (default 5)")
+    parser.add_argument("--pairs", type=int, default=11, help="interleaved rounds per config (default 11)")
+    parser.add_argument("--naive-rounds", type=int, default=3,
+                        help="rounds that also run the naive callback (default 3; it has no target)")
     parser.add_argument("--hook-runs", type=int, default=3, help="instrumented runs per config (default 3)")
     parser.add_argument("--n", type=int, default=60_000, help="training points (default 60,000: 469 steps)")
     parser.add_argument("--n-val", type=int, default=2_048, help="val points of train+val (default 2,048)")
@@ -382,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     if args.quick:
-        args.pairs, args.n, args.n_val, args.epochs, args.hook_runs = 1, 6_400, 512, 1, 1
+        args.pairs, args.n, args.n_val, args.epochs, args.hook_runs, args.naive_rounds = 1, 6_400, 512, 1, 1, 1
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")

@@ -6,6 +6,7 @@ those records, independently of the package's functional and metric code.
 """
 
 import csv
+import itertools
 import math
 import warnings
 from pathlib import Path
@@ -114,6 +115,27 @@ def test_returned_parameter_uses_pre_step_value(tmp_path, param_output):
     # a learnable variance, however returned, is not mistaken for a fixed one
     assert not _monitor_warnings(record, "decoder variance is fixed")
     assert "entropy/train/sum_profiled" not in trainer.callback_metrics
+
+
+class ShiftsVarianceAfterEachBatch(MonitorVAE):
+    """Changes the returned parameter in place between batches (after the optimizer step), as a projection would."""
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        super().on_train_batch_end(outputs, batch, batch_idx)  # records the post-step value
+        with torch.no_grad():
+            self.dec_logvar.add_(0.3)
+
+
+@pytest.mark.parametrize("param_output", ["live", "view"])
+def test_parameter_changed_between_batches_is_snapshotted_again(tmp_path, param_output):
+    """A change between batches (here after the optimizer step) is in the next batch's snapshot."""
+    torch.manual_seed(0)
+    model = ShiftsVarianceAfterEachBatch(lr=0.5, param_output=param_output)
+    trainer = _fit(tmp_path, model, EntropyMonitor(stages=("train",)), val=None, max_epochs=2)
+    entries = model.train_epoch(1)
+    shifted = [float(b["dec_logvar"] - a["dec_logvar_post"]) for a, b in itertools.pairwise(entries)]
+    assert shifted == pytest.approx([0.3] * len(shifted), abs=1e-6)  # the shift lands after the post-step read
+    assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(entries))
 
 
 # ----------------------------------------------------------------------------- accumulation, bf16

@@ -4,9 +4,11 @@ import csv
 import math
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from helpers import MonitorVAE, monitor_data, monitor_loader, monitor_reference, monitor_trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
@@ -129,6 +131,43 @@ def test_without_logger_values_reach_callback_metrics(tmp_path):
     assert set(EPOCH_KEYS) <= set(trainer.callback_metrics)
     assert float(trainer.callback_metrics["entropy/train/sum"]) == pytest.approx(
         monitor_reference(model.train_epoch(1))["sum"], rel=1e-5)
+
+
+class CopyingCallbackMetrics(pl.Trainer):
+    """A Trainer whose ``callback_metrics`` hands out a copy: writes to it do not stick."""
+
+    @property
+    def callback_metrics(self):
+        return dict(super().callback_metrics)
+
+
+def test_epoch_keys_fall_back_to_pl_module_log(tmp_path):
+    torch.manual_seed(0)
+    model = MonitorVAE(lr=0.05)
+    logger = CSVLogger(tmp_path, name="csv", version=0)
+    trainer = CopyingCallbackMetrics(
+        callbacks=[EntropyMonitor()], max_epochs=2, accelerator="cpu", devices=1, logger=logger,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        num_sanity_val_steps=0, default_root_dir=tmp_path, log_every_n_steps=2,
+    )
+    trainer.fit(model, monitor_loader(TRAIN), monitor_loader(VAL))
+    assert set(EPOCH_KEYS) <= set(trainer.callback_metrics)  # through pl_module.log
+    assert float(trainer.callback_metrics["entropy/train/sum"]) == pytest.approx(
+        monitor_reference(model.train_epoch(1))["sum"], rel=1e-5)
+    rows, last = _csv_last(logger)
+    _assert_last_values(trainer, last)
+    assert sum(1 for r in rows if r.get("entropy/train/sum")) == 2  # once per epoch: logger=False on the fallback
+
+
+def test_model_checkpoint_monitors_an_epoch_key(tmp_path):
+    torch.manual_seed(0)
+    model = MonitorVAE(lr=0.05)
+    best = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="entropy/val/sum", mode="max", save_top_k=1)
+    trainer = monitor_trainer(tmp_path, [EntropyMonitor(), best], max_epochs=3, enable_checkpointing=True)
+    trainer.fit(model, monitor_loader(TRAIN), monitor_loader(VAL))
+    sums = [monitor_reference(model.val_epoch(epoch))["sum"] for epoch in range(3)]
+    assert float(best.best_model_score) == pytest.approx(max(sums), rel=1e-5)
+    assert f"epoch={sums.index(max(sums))}" in Path(best.best_model_path).name
 
 
 # --------------------------------------------------------------------------------------------- W&B

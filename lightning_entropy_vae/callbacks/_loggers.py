@@ -1,6 +1,6 @@
 """Logger-specific extras of the EntropyMonitor: chart layouts, histograms, bar images (private).
 
-Scalars go through ``pl_module.log`` and reach every logger. What only some loggers can show is
+Scalars go to every logger's ``log_metrics``. What only some loggers can show is
 written here, on global rank 0 only: a TensorBoard custom-scalars layout (once per run) that overlays
 the ELBO with the entropy sum and the per-latent entropies with the threshold and prior lines, W&B
 ``define_metric`` groupings, and per-epoch histograms / bar images of the per-latent entropies.

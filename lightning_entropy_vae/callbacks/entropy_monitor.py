@@ -2,6 +2,7 @@ r"""EntropyMonitor: live entropy-sum ELBO, its gap to the minibatch ELBO, and po
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,9 +26,11 @@ _KEYS = frozenset((*_in.VOCABULARY, "loss"))
 Extract = Callable[[pl.LightningModule, Any, Any], Mapping[str, Any]]
 
 
-def relative_gap(gap: Tensor, entropy_sum: Tensor, floor: float) -> Tensor:
-    r"""``gap / max(|sum|, floor)``: the relative gap, kept meaningful where the ELBO crosses zero."""
-    return gap / entropy_sum.abs().clamp_min(floor)
+def relative_gap(gap: Any, entropy_sum: Any, floor: float) -> Any:
+    r"""``gap / max(|sum|, floor)``: the relative gap, kept meaningful where the ELBO crosses zero (tensor or float)."""
+    if isinstance(entropy_sum, Tensor):
+        return gap / entropy_sum.abs().clamp_min(floor)
+    return gap / max(abs(entropy_sum), floor)  # a NaN sum stays NaN: max(nan, floor) is nan
 
 
 class EntropyMonitor(Callback):
@@ -56,6 +59,9 @@ class EntropyMonitor(Callback):
       ``.../prior`` lines; a histogram ``entropy/{stage}/latent_entropy_hist`` (TensorBoard, W&B).
     - Step level, every ``log_every_n_steps`` of the Trainer, aggregated over the batches since the
       last log: ``entropy/train_step/sum``, ``.../elbo``, ``.../gap``, ``.../rel_gap``, ``.../gap_ema``.
+
+    Every key goes straight to the Trainer's loggers (as ``LearningRateMonitor`` does); the epoch-level
+    keys also go into ``trainer.callback_metrics`` for ``EarlyStopping`` and ``ModelCheckpoint``.
 
     The relative gap divides by ``max(|sum|, rel_gap_floor * D)`` (D the data dimension): a plain
     ``gap / |sum|`` explodes where the ELBO crosses zero during training.
@@ -148,11 +154,15 @@ class EntropyMonitor(Callback):
         self._buffers: dict[str, StageBuffer] = {}
         self._snapshots = ParameterSnapshots()
         self._fixed_variance: bool | None = None
-        self._gap_ema: Tensor | None = None
+        self._gap_ema: float | None = None
         self._collapsed: list[bool] | None = None
         self._warned_collapse: set[int] = set()  # each latent is reported once per run
         self._layout_written = False
         self._last_global_step = -1
+        self._train = "train" in self.stages
+        self._loss_scale = 1.0
+        self._callback_metrics_writable: bool | None = None  # found out on the first epoch end
+        self._check_objective = self.convergence.enabled and self.convergence.require_elbo_objective
         # Lightning reads state_key on every hook call: build it once
         self._state_key = self._generate_state_key(
             stages=self.stages, collapse_criterion=self.collapse_criterion, stop=self.convergence.enabled
@@ -168,8 +178,8 @@ class EntropyMonitor(Callback):
         return self.convergence.stop_reason
 
     # ---------------------------------------------------------------------------------------- reading
-    def _read(self, hook: str, stage: str, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> dict:
-        values = self.extract(pl_module, outputs, batch) if self.extract is not None else outputs
+    def _read(self, hook: str, stage: str, pl_module: pl.LightningModule, values: Any) -> dict:
+        """The vocabulary keys of a step's output (or of ``extract``'s result); a clear error for anything else."""
         if not isinstance(values, Mapping):
             owner = f"EntropyMonitor ({hook} of {type(pl_module).__name__})"
             got = "None" if values is None else f"a {type(values).__name__}"
@@ -208,26 +218,34 @@ class EntropyMonitor(Callback):
         self._buffers[stage] = buffer
         return buffer
 
-    def _check_nan_error(self, kw: dict, owner: str) -> None:
-        key = _in.first_nonfinite({k: v for k, v in kw.items() if k != "loss"})
+    def _check_nan_error(self, kw: Mapping[str, Any], owner: str) -> None:
+        key = _in.first_nonfinite({k: kw[k] for k in kw if k in _KEYS and k != "loss"})
         if key is not None:
             raise ValueError(f"{owner} got non-finite values (NaN or Inf) in `{key}` (nan_strategy='error').")
 
     def _record(self, hook: str, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule,
                 outputs: Any, batch: Any) -> None:
-        kw = self._read(hook, stage, pl_module, outputs, batch)
-        raw_logvar = kw.get("dec_logvar")
+        values = self.extract(pl_module, outputs, batch) if self.extract is not None else outputs
+        buffer = self._buffers.get(stage)
+        # hot path: a plain dict after the stage's first batch is read as is (the buffer takes only its keys)
+        kw = values if buffer is not None and type(values) is dict else self._read(hook, stage, pl_module, values)
         if stage == "train":
+            raw_logvar = kw.get("dec_logvar")
             kw = self._snapshots.restore(kw)
-        buffer = self._buffer(stage, hook, pl_module, kw, raw_logvar)
+            if buffer is None:
+                buffer = self._buffer(stage, hook, pl_module, kw, raw_logvar)
+        elif buffer is None:
+            buffer = self._buffer(stage, hook, pl_module, kw, None)
         if self.nan_strategy == "error":
             self._check_nan_error(kw, f"EntropyMonitor ({hook} of {type(pl_module).__name__})")
-        buffer.record(kw, loss_scale=float(trainer.accumulate_grad_batches) if stage == "train" else 0.0)
+        # the loss is stashed only for the objective check of convergence stopping
+        buffer.record(kw, loss_scale=self._loss_scale if stage == "train" and self._check_objective else 0.0)
 
     # ---------------------------------------------------------------------------------------- hooks
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._snapshots.attach(pl_module)
+        self._loss_scale = float(trainer.accumulate_grad_batches)
         # a step-level log needs an optimizer step since the last batch: the first batch of an
         # accumulation window has not stepped (global_step is still the start value)
         self._last_global_step = trainer.global_step
@@ -240,13 +258,13 @@ class EntropyMonitor(Callback):
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        if "train" in self.stages:
+        if self._train:
             self._snapshots.take()
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if "train" not in self.stages:
+        if not self._train:
             return
         self._record("on_train_batch_end", "train", trainer, pl_module, outputs, batch)
         step = trainer.global_step
@@ -257,18 +275,21 @@ class EntropyMonitor(Callback):
             self._log_step(trainer)
 
     def _log_step(self, trainer: pl.Trainer) -> None:
-        window = self._buffers["train"].compute_window()
-        gap = window["elbo"] - window["sum"]
-        if self._gap_ema is None:
+        window = self._buffers["train"].compute_window()  # host floats: one small copy per log step
+        entropy_sum, elbo = window["sum"], window["elbo"]
+        gap = elbo - entropy_sum
+        prev = self._gap_ema
+        if prev is None or not math.isfinite(prev):
             ema = gap
+        elif math.isfinite(gap):
+            ema = self.ema_decay * prev + (1.0 - self.ema_decay) * gap
         else:  # a window whose batches were all skipped (NaN gap) leaves the average as it was
-            prev = self._gap_ema.to(gap.device)
-            ema = torch.where(torch.isfinite(prev), self.ema_decay * prev + (1.0 - self.ema_decay) * gap, gap)
-            ema = torch.where(torch.isfinite(gap), ema, prev)
-        self._gap_ema = ema.detach()
+            ema = prev
+        self._gap_ema = ema
         floor = self.rel_gap_floor * self._buffers["train"].spec.data_dim
-        values = {"sum": window["sum"], "elbo": window["elbo"], "gap": gap,
-                  "rel_gap": relative_gap(gap, window["sum"], floor), "gap_ema": ema}
+        values = {"sum": entropy_sum, "elbo": elbo, "gap": gap,
+                  "rel_gap": relative_gap(gap, entropy_sum, floor),
+                  "gap_ema": ema}
         # straight to the loggers, at the step Lightning uses for this batch's own step metrics
         _log_to_loggers(trainer, {f"entropy/train_step/{k}": v for k, v in values.items()}, trainer.global_step - 1)
 
@@ -326,30 +347,51 @@ class EntropyMonitor(Callback):
         }
         if "sum_profiled" in sums:
             scalars["sum_profiled"] = sums["sum_profiled"]
-        for name, value in zip(scalars, _to_floats(scalars.values())):  # one sync
-            scalars[name] = value
-            pl_module.log(f"entropy/{stage}/{name}", value, on_step=False, on_epoch=True)
-        latent_dim = buffer.spec.latent_dim
-        per_latent = latent_dim <= self.max_latents_as_scalars
-        if per_latent and trainer.loggers:
-            _log_to_loggers(trainer, self._per_latent_scalars(stage, collapse), trainer.global_step)
-        self._write_extras(trainer, stage, collapse, per_latent)
-        return {"abs_rel_gap": scalars["abs_rel_gap"], "collapsed": collapse["collapsed"].tolist()}
-
-    def _per_latent_scalars(self, stage: str, collapse: dict[str, Tensor]) -> dict[str, float]:
-        """Per-latent entropy, KL and flag, plus the threshold and prior lines they overlay with."""
-        latent_dim = collapse["latent_entropy"].shape[0]
-        width = len(str(latent_dim - 1))
+        per_latent = buffer.spec.latent_dim <= self.max_latents_as_scalars and bool(trainer.loggers)
         rows = {"latent_entropy": collapse["latent_entropy"], "latent_kl": collapse["latent_kl"],
-                "collapsed": collapse["collapsed"]}
+                "collapsed": collapse["collapsed"]} if per_latent else {}
+        stacked = torch.stack([v.detach().float() for v in scalars.values()])
+        # one device-to-host copy for the scalars and the per-latent rows
+        flat = torch.cat([stacked, *(r.detach().float() for r in rows.values()),
+                          collapse["prior_latent_entropy"].detach().float().mean().reshape(1)]).cpu().tolist()
+        keys = [f"entropy/{stage}/{name}" for name in scalars]
+        self._publish(trainer, pl_module, dict(zip(keys, stacked.unbind())))
+        metrics = dict(zip(keys, flat))
+        if per_latent:
+            metrics.update(self._per_latent_scalars(stage, flat[len(keys):]))
+        _log_to_loggers(trainer, metrics, trainer.global_step)
+        self._write_extras(trainer, stage, collapse, per_latent)
+        return {"abs_rel_gap": metrics[f"entropy/{stage}/abs_rel_gap"], "collapsed": collapse["collapsed"].tolist()}
+
+    def _publish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, metrics: dict[str, Tensor]) -> None:
+        """Put the epoch keys into ``trainer.callback_metrics``, where EarlyStopping and ModelCheckpoint read.
+
+        Written directly: ``pl_module.log`` costs about 0.3 ms per key and epoch, and the values are
+        already reduced over processes. Should a Lightning version hand out a copy of that dict, the
+        keys go through ``pl_module.log`` instead (found out on the first epoch; loggers get them from us).
+        """
+        if self._callback_metrics_writable is not False:
+            trainer.callback_metrics.update(metrics)
+            if self._callback_metrics_writable is None:
+                self._callback_metrics_writable = next(iter(metrics)) in trainer.callback_metrics
+        if not self._callback_metrics_writable:
+            for key, value in metrics.items():
+                pl_module.log(key, value, on_step=False, on_epoch=True, logger=False)
+
+    def _per_latent_scalars(self, stage: str, flat: list[float]) -> dict[str, float]:
+        """Per-latent entropy, KL and flag (``flat``: the three rows, then the mean prior entropy) and the lines
+        they overlay with: the threshold and the prior."""
+        latent_dim = (len(flat) - 1) // 3
+        width = len(str(latent_dim - 1))
         out = {}
-        for name, row in zip(rows, _to_floats(rows.values())):
+        for i, name in enumerate(("latent_entropy", "latent_kl", "collapsed")):
+            row = flat[i * latent_dim: (i + 1) * latent_dim]
             out.update({f"entropy/{stage}/{name}/{h:0{width}d}": v for h, v in enumerate(row)})
-        prior = collapse["prior_latent_entropy"].mean()
-        out[f"entropy/{stage}/latent_entropy/prior"] = float(prior)
+        prior = flat[-1]
+        out[f"entropy/{stage}/latent_entropy/prior"] = prior
         if self.collapse_criterion == "entropy":
             margin = _in.LOG_2PI_E / 2 - _check_criterion("entropy", self.collapse_threshold)
-            out[f"entropy/{stage}/latent_entropy/threshold"] = float(prior) - margin
+            out[f"entropy/{stage}/latent_entropy/threshold"] = prior - margin
         return out
 
     def _write_extras(self, trainer: pl.Trainer, stage: str, collapse: dict[str, Tensor], per_latent: bool) -> None:
@@ -387,7 +429,7 @@ class EntropyMonitor(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "gap_ema": None if self._gap_ema is None else float(self._gap_ema),
+            "gap_ema": self._gap_ema,
             "collapsed": self._collapsed,
             "warned_collapse": sorted(self._warned_collapse),
             "fixed_variance": self._fixed_variance,
@@ -399,7 +441,7 @@ class EntropyMonitor(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         ema = state_dict.get("gap_ema")
-        self._gap_ema = None if ema is None else torch.tensor(ema)
+        self._gap_ema = None if ema is None else float(ema)
         self._collapsed = state_dict.get("collapsed")
         self._warned_collapse = set(state_dict.get("warned_collapse", []))
         self._fixed_variance = state_dict.get("fixed_variance")
@@ -408,21 +450,15 @@ class EntropyMonitor(Callback):
         self.convergence.load_state_dict(state_dict)
 
 
-def _to_floats(values: Any) -> list:
-    """Tensors (or equal-shape rows) to Python floats (or lists) with one device-to-host copy."""
-    values = list(values)
-    device = next((v.device for v in values if isinstance(v, Tensor)), None)
-    return torch.stack([torch.as_tensor(v, device=device).detach().float() for v in values]).cpu().tolist()
+def _log_to_loggers(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
+    """Write floats straight to every logger (rank 0 only, as Lightning's loggers do), as LearningRateMonitor does.
 
-
-def _log_to_loggers(trainer: pl.Trainer, metrics: dict[str, Any], step: int) -> None:
-    """Write straight to every logger (rank 0 only, as Lightning's loggers do), as LearningRateMonitor does."""
-    if not trainer.loggers:
-        return
-    if any(isinstance(v, Tensor) for v in metrics.values()):
-        metrics = dict(zip(metrics, _to_floats(metrics.values())))
-    for logger in trainer.loggers:
-        logger.log_metrics(metrics, step=step)
+    With an ``epoch`` entry, as Lightning adds to the metrics it logs itself (the CSV's epoch column).
+    """
+    if trainer.loggers:
+        metrics = {**metrics, "epoch": trainer.current_epoch}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
 
 
 def _positive(name: str, value: Any) -> None:

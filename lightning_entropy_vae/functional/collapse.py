@@ -23,7 +23,7 @@ from torch import Tensor
 
 from lightning_entropy_vae.functional import _inputs as _in
 from lightning_entropy_vae.functional._inputs import LOG_2PI_E
-from lightning_entropy_vae.functional.elbo import _kl_per_latent
+from lightning_entropy_vae.functional.elbo import _kl_from_column_sums, _kl_per_latent
 
 __all__ = [
     "COLLAPSE_CRITERIA",
@@ -103,6 +103,32 @@ def _prior_latent_entropy_sum(p: _in.Prior, batch: int, like: Tensor) -> Tensor:
     if p.logvar.dim() == 2:  # (B, H): each sample's own prior
         return 0.5 * (batch * LOG_2PI_E + p.logvar.sum(0))
     return 0.5 * batch * (LOG_2PI_E + p.logvar)
+
+
+#: Rows of the per-latent sums that :class:`~lightning_entropy_vae.PosteriorCollapse` accumulates.
+LATENT_SUM_ROWS = ("latent_entropy", "latent_kl", "mean_sum", "mean_sq_sum", "prior_latent_entropy")
+
+
+def _latent_sums_from_columns(count: Any, logvar_sum: Tensor, exp_logvar_sum: Tensor, mean_sum: Tensor,
+                              mean_sq_sum: Tensor, prior_logvar: Tensor | None) -> Tensor:
+    """Per-latent sums over ``count`` points, shape ``(..., 5, H)`` with rows :data:`LATENT_SUM_ROWS`.
+
+    From the column sums of ``logvar``, ``exp(logvar)``, ``mean`` and ``mean**2`` over the points and a
+    zero-mean prior shared by them (``prior_logvar`` ``None`` for N(0, I), or ``(..., H)``):
+    encoder entropy ``0.5 * (count * log(2 pi e) + sum logvar)``, the KL of :func:`_kl_from_column_sums`,
+    the two mean sums, and ``count`` times the prior's entropy ``0.5 * (log(2 pi e) + prior_logvar)``.
+    ``count`` is a number or a tensor broadcasting against the sums (one row per batch).
+    """
+    prior = 0.5 * count * (LOG_2PI_E if prior_logvar is None else LOG_2PI_E + prior_logvar)
+    # a number (count and prior both plain) is filled on the sums' device: no host-to-device copy
+    prior = prior.expand_as(logvar_sum) if isinstance(prior, Tensor) else torch.full_like(logvar_sum, prior)
+    return torch.stack([
+        0.5 * (count * LOG_2PI_E + logvar_sum),
+        _kl_from_column_sums(count, logvar_sum, exp_logvar_sum, mean_sq_sum, prior_logvar),
+        mean_sum,
+        mean_sq_sum,
+        prior,
+    ], dim=-2)
 
 
 def _check_criterion(criterion: str, threshold: float | None) -> float:

@@ -55,20 +55,29 @@ def _kl_per_latent(enc: _in.Encoder, p: _in.Prior) -> Tensor:
     return 0.5 * (torch.exp(lvq - lvp) + diff.square() * torch.exp(-lvp) - 1.0 - lvq + lvp)
 
 
+def _kl_from_column_sums(count: Any, logvar_sum: Tensor, exp_logvar_sum: Tensor, mean_sq_sum: Tensor,
+                         prior_logvar: Tensor | None) -> Tensor:
+    """Sum over ``count`` points of the per-latent KL to a zero-mean diagonal prior, from column sums.
+
+    The sum over n of ``0.5 * (exp(lvq - lvp) + mean^2 exp(-lvp) - 1 - lvq + lvp)`` is
+    ``0.5 * (exp(-lvp) * (sum exp(lvq) + sum mean^2) - count - sum lvq + count * lvp)``. Elementwise:
+    ``count`` may be a number or a tensor that broadcasts against the ``(..., H)`` sums (one row per batch).
+    """
+    spread = exp_logvar_sum + mean_sq_sum
+    if prior_logvar is None:
+        return 0.5 * (spread - count - logvar_sum)
+    return 0.5 * (torch.exp(-prior_logvar) * spread - count - logvar_sum + count * prior_logvar)
+
+
 def _kl_per_latent_sums(enc: _in.Encoder, p: _in.Prior, logvar_sum: Tensor, mean_sq_sum: Tensor) -> Tensor:
     """Batch sum of :func:`_kl_per_latent`, shape (H,), from column sums where the prior allows.
 
-    For one zero-mean prior ``(H,)`` shared by the batch the sum over n of
-    ``0.5 * (exp(lvq - lvp) + mean^2 exp(-lvp) - 1 - lvq + lvp)`` is
-    ``0.5 * (exp(-lvp) * (sum exp(lvq) + sum mean^2) - B - sum lvq + B lvp)``: one full-size op instead of ten.
+    For one zero-mean prior ``(H,)`` shared by the batch, :func:`_kl_from_column_sums` needs one
+    full-size op (the ``exp``) instead of ten.
     """
     if p.mean is not None or (p.logvar is not None and p.logvar.dim() == 2):
         return _kl_per_latent(enc, p).sum(0)
-    batch = enc.logvar.shape[0]
-    spread = enc.logvar.exp().sum(0) + mean_sq_sum
-    if p.logvar is None:
-        return 0.5 * (spread - batch - logvar_sum)
-    return 0.5 * (torch.exp(-p.logvar) * spread - batch - logvar_sum + batch * p.logvar)
+    return _kl_from_column_sums(enc.logvar.shape[0], logvar_sum, enc.logvar.exp().sum(0), mean_sq_sum, p.logvar)
 
 
 def _kl_per_sample(enc: _in.Encoder, p: _in.Prior, posterior: Any) -> Tensor:

@@ -196,6 +196,15 @@ def _decoder_entropy_per_sample(dec: _in.Decoder) -> Tensor:
     return per.mean(0) if dec.layout == "per_z" else per
 
 
+def _decoder_entropy_from_sums(count: Any, mean_logvar_sum: Tensor, data_dim: int) -> Tensor:
+    """Sum over ``count`` points of the expected decoder entropy, from the sum of each point's mean log-variance.
+
+    Every layout's per-point entropy is ``sum_d 0.5 * log(2 pi e sigma_d^2) = 0.5 * D * (log(2 pi e) + m_n)``
+    with ``m_n`` the mean of the point's ``D`` (and ``S``) log-variances; elementwise in its arguments.
+    """
+    return 0.5 * data_dim * (count * LOG_2PI_E + mean_logvar_sum)
+
+
 def _decoder_entropy_update(dec: _in.Decoder) -> Affine:
     """Batch sum of the per-sample expected decoder entropy, ``0.5 * B * D * log(2 pi e)`` plus log-variances."""
     b, d = dec.batch_size, dec.data_dim

@@ -98,6 +98,17 @@ class SumAndCountMetric(Metric):
         ok = torch.isfinite(values).all()
         getattr(self, f"{self._prefix}_totals").add_(torch.where(ok, values, skip))
 
+    def _add_totals(self, values: Tensor) -> None:
+        """Add already-reduced ``[sums..., count, skipped]`` to the state: what ``update`` does for one batch.
+
+        For callers that reduce many batches in one pass (the EntropyMonitor's flush). Marks the state
+        as updated, as TorchMetrics' ``update`` wrapper does, so ``compute`` neither warns nor returns a
+        cached value.
+        """
+        getattr(self, f"{self._prefix}_totals").add_(values)
+        self._update_count += 1
+        self._computed = None
+
     @property
     def num_skipped_batches(self) -> Tensor:
         """Number of batches skipped for non-finite values (a tensor; reading it as int syncs)."""

@@ -11,7 +11,9 @@ from torch import Tensor
 from lightning_entropy_vae.functional import _inputs as _in
 from lightning_entropy_vae.functional._inputs import LOG_2PI_E
 from lightning_entropy_vae.functional.collapse import (
+    LATENT_SUM_ROWS,
     _check_criterion,
+    _latent_sums_from_columns,
     _prior_latent_entropy_sum,
     collapsed_latents,
 )
@@ -20,7 +22,7 @@ from lightning_entropy_vae.metrics._base import SumAndCountMetric, merge_inputs
 
 __all__ = ["PosteriorCollapse"]
 
-_ROWS = ("latent_entropy", "latent_kl", "mean_sum", "mean_sq_sum", "prior_latent_entropy")
+_ROWS = LATENT_SUM_ROWS
 
 
 class PosteriorCollapse(SumAndCountMetric):
@@ -92,14 +94,19 @@ class PosteriorCollapse(SumAndCountMetric):
         if self.nan_strategy == "error":
             self._check_finite({"enc_mean": enc.mean, "enc_logvar": enc.logvar, "prior_logvar": p.logvar})
 
-        logvar_sum, mean_sq_sum = enc.logvar.sum(0), enc.mean.square().sum(0)
-        rows = torch.stack([
-            0.5 * (batch * LOG_2PI_E + logvar_sum),
-            _kl_per_latent_sums(enc, p, logvar_sum, mean_sq_sum),
-            enc.mean.sum(0),
-            mean_sq_sum,
-            _prior_latent_entropy_sum(p, batch, enc.logvar),
-        ])
+        if p.mean is None and (p.logvar is None or p.logvar.dim() == 1):  # one zero-mean prior: column sums
+            lv, mean = enc.logvar, enc.mean
+            rows = _latent_sums_from_columns(batch, lv.sum(0), lv.exp().sum(0), mean.sum(0), mean.square().sum(0),
+                                             p.logvar)
+        else:  # a per-sample or non-zero-mean prior
+            logvar_sum, mean_sq_sum = enc.logvar.sum(0), enc.mean.square().sum(0)
+            rows = torch.stack([
+                0.5 * (batch * LOG_2PI_E + logvar_sum),
+                _kl_per_latent_sums(enc, p, logvar_sum, mean_sq_sum),
+                enc.mean.sum(0),
+                mean_sq_sum,
+                _prior_latent_entropy_sum(p, batch, enc.logvar),
+            ])
         self._accumulate(rows.reshape(-1), batch)
 
     def compute(self) -> dict[str, Tensor]:
