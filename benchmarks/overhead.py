@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
               f"  {row['naive']['cpu']:9.4f}  {row['naive']['wall']:6.3f}")
     print("  fit ratio: median over rounds of fit(monitor) / fit(none) of the same round.")
     print("  est. ratio: median steady-state step ratio + (logging-step, epoch-end, start) hook time / fit;"
-          " robust to a busy machine.")
+          " a second estimate, as noisy as the first on a shared machine.")
     print("  naive: update() of 6 metrics on every batch (no target; the issue reports 1.36-1.66 for such a"
           " callback).")
     print(f"overall (fit ratio and hooks): {'PASS' if ok else 'FAIL'}")
