@@ -84,6 +84,27 @@ def test_elbo_objective_stops(tmp_path):
     assert monitor.convergence.stopped_epoch == 1 and not any("not -ELBO" in m for m in messages)
 
 
+class SumReducedLoss(MonitorVAE):
+    """The negative ELBO summed over the batch instead of averaged (or, with ``beta``, not the ELBO)."""
+
+    def training_step(self, batch, batch_idx):
+        out = super().training_step(batch, batch_idx)
+        out["loss"] = out["loss"] * batch[0].shape[0]
+        return out
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+def test_sum_reduced_elbo_loss_counts_as_the_elbo(tmp_path, beta):
+    monitor = EntropyMonitor(stop_on_convergence=True, tolerance=1e6, patience=2)
+    trainer, messages = _fit(tmp_path, SumReducedLoss(lr=0.001, beta=beta), [monitor], max_epochs=4)
+    if beta == 1.0:
+        assert monitor.convergence.stopped_epoch == 1 and not any("not -ELBO" in m for m in messages)
+        assert trainer.current_epoch == 2
+    else:  # a summed beta-VAE loss is still not the ELBO
+        assert monitor.stop_reason is None and sum("not -ELBO" in m for m in messages) == 1
+        assert trainer.current_epoch == 4
+
+
 @pytest.mark.parametrize(("threshold", "stopped_epoch"), [(1e6, 0), (1e-9, None)])
 def test_stock_early_stopping_monitors_the_relative_gap(tmp_path, threshold, stopped_epoch):
     stopper = EarlyStopping(monitor="entropy/val/abs_rel_gap", mode="min", stopping_threshold=threshold,

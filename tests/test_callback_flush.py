@@ -89,6 +89,7 @@ def test_flush_equals_per_batch_updates(layout, prior, sizes, profiled):
     points = sum(sizes)
     assert float(buffer.objective_sum) == pytest.approx(-sum(float(b["loss"]) * n for b, n in zip(batches, sizes)),
                                                         rel=1e-5)
+    assert float(buffer.objective_summed) == pytest.approx(-sum(float(b["loss"]) for b in batches), rel=1e-5)
     assert float(buffer.objective_elbo_sum) == pytest.approx(float(ref_elbo) * points, rel=1e-5)
 
 

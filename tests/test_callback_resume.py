@@ -8,7 +8,8 @@ import pytest
 import torch
 from helpers import MonitorVAE, monitor_data, monitor_loader, monitor_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_entropy_vae import EntropyMonitor
 
@@ -91,3 +92,20 @@ def test_resume_reproduces_straight_run(tmp_path, save_on_train_epoch_end):
     assert sorted(got) == sorted(want) == [13, 15, 17, 19, 21, 23]
     for step in want:
         assert got[step] == pytest.approx(want[step], rel=1e-6, abs=1e-6), step
+
+
+def test_resumed_run_writes_the_layout_to_its_new_tensorboard_directory(tmp_path):
+    """The custom-scalars layout belongs to a log directory, not to the callback's checkpointed state."""
+    torch.manual_seed(0)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    for name, epochs, ckpt in (("first", 1, None), ("resumed", 2, tmp_path / "ckpt" / "last.ckpt")):
+        logger = TensorBoardLogger(tmp_path, name=name, version=0)
+        trainer = monitor_trainer(tmp_path, [EntropyMonitor(), checkpoint], max_epochs=epochs, logger=logger,
+                                  enable_checkpointing=True)
+        trainer.fit(MonitorVAE(lr=0.05), monitor_loader(TRAIN), monitor_loader(VAL), ckpt_path=ckpt)
+        logger.experiment.flush()
+        events = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0})
+        events.Reload()
+        assert len(events.Tensors("custom_scalars__config__")) == 1, name
+    assert "layout_written" not in torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["callbacks"][
+        trainer.callbacks[0].state_key]

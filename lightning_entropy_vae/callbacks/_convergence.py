@@ -18,7 +18,8 @@ class ConvergenceTracker:
 
     A check does not count (and resets the count) during ``warmup_epochs``, when the gap is not
     finite, and, with ``require_elbo_objective``, when the epoch's training loss differs from -ELBO
-    (beta != 1, KL annealing): the entropy sum is the limit of the beta = 1 ELBO only.
+    (beta != 1, KL annealing): the entropy sum is the limit of the beta = 1 ELBO only. The loss may be
+    the negative ELBO averaged over the batch (the usual) or summed over it.
     """
 
     def __init__(self, *, enabled: bool, tolerance: float, patience: int, warmup_epochs: int,
@@ -42,10 +43,12 @@ class ConvergenceTracker:
         if not self.require_elbo_objective or train_buffer is None:
             return True
         train_buffer.flush()
-        neg_loss, elbo = float(train_buffer.objective_sum), float(train_buffer.objective_elbo_sum)
-        if neg_loss == 0.0 and elbo == 0.0:  # no loss recorded: nothing to compare
+        elbo = float(train_buffer.objective_elbo_sum)
+        # -loss summed over the epoch's points: the loss read as a batch mean (the usual) or as a batch sum
+        readings = (float(train_buffer.objective_sum), float(train_buffer.objective_summed))
+        if readings[0] == 0.0 and elbo == 0.0:  # no loss recorded: nothing to compare
             return True
-        if abs(neg_loss - elbo) <= OBJECTIVE_RTOL * max(abs(elbo), 1.0):
+        if any(abs(neg_loss - elbo) <= OBJECTIVE_RTOL * max(abs(elbo), 1.0) for neg_loss in readings):
             return True
         if not self._warned_objective:
             self._warned_objective = True

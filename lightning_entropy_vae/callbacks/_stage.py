@@ -82,7 +82,9 @@ class StageBuffer:
         self._window_start: list[float] | None = None
         self.skipped: Tensor | int = 0  # batches dropped for NaN/Inf since the last reset (a tensor after a flush)
         # rank-local sums of -loss and of the ELBO over the same points: equal iff the objective is the ELBO
+        # (objective_sum reads each loss as a batch mean, objective_summed as a batch sum)
         self.objective_sum: Tensor | float = 0.0
+        self.objective_summed: Tensor | float = 0.0
         self.objective_elbo_sum: Tensor | float = 0.0
         self.loss_scale = 1.0  # Lightning divides the returned loss by accumulate_grad_batches
 
@@ -190,7 +192,7 @@ class StageBuffer:
         dec_sum = points[:, 1] if point_dec else torch.stack(self._dec).to(dtype) * counts  # else one value per batch
         prior = torch.stack(self._prior).to(dtype) if spec.has_prior else None  # (K, H)
         rows = _latent_sums_from_columns(counts.unsqueeze(-1), *stats, prior)  # (K, 5, H)
-        # one row per batch laid out as the three states [sums..., count, skipped], then -loss * n:
+        # one row per batch laid out as the three states [sums..., count, skipped], then loss * n and loss:
         # entropy-sum terms (encoder, prior, decoder, (squared residual, its element count)), the ELBO, latent rows
         decoder = _decoder_entropy_from_sums(counts, dec_sum, spec.data_dim)
         entropy_terms = [rows[:, 0].sum(-1), rows[:, 4].sum(-1), decoder]
@@ -198,13 +200,14 @@ class StageBuffer:
             entropy_terms += [points[:, -1], counts * spec.data_dim]
         objective = len(self._loss) == k  # -loss over the points, to tell a beta != 1 or annealed loss
         columns = [*entropy_terms, counts, zeros, points[:, 0], counts, zeros]
-        if objective:
-            columns.append(torch.stack(self._loss).to(dtype).nan_to_num(0.0) * counts)
+        if objective:  # -loss over the points read as a mean over the batch, and as a sum
+            loss = torch.stack(self._loss).to(dtype).nan_to_num(0.0)
+            columns += [loss * counts, loss]
         table = torch.cat([torch.stack(columns, dim=-1), rows.reshape(k, -1), torch.stack([counts, zeros], -1)], -1)
         # a NaN or Inf in any input reaches its batch's row (sums, exp, products with finite counts): mask it out
         finite = torch.isfinite(table).all(-1)
         totals = torch.where(finite.unsqueeze(-1), table, zeros.new_zeros(())).sum(0)
-        n_sum, n_extra = len(entropy_terms) + 2, int(objective)
+        n_sum, n_extra = len(entropy_terms) + 2, 2 * objective
         n_collapse = totals.shape[0] - n_sum - 3 - n_extra
         sum_part, elbo_part, extra, collapse_part = totals.split([n_sum, 3, n_extra, n_collapse])
         self.epoch_sum._add_totals(sum_part)
@@ -213,6 +216,7 @@ class StageBuffer:
         self.skipped = self.skipped + (k - finite.sum())
         if objective:
             self.objective_sum = self.objective_sum - extra[0] * self.loss_scale
+            self.objective_summed = self.objective_summed - extra[1] * self.loss_scale
             self.objective_elbo_sum = self.objective_elbo_sum + elbo_part[0]
         self._clear_stash()
 
@@ -266,4 +270,4 @@ class StageBuffer:
         for m in self.metrics:
             m.reset()
         self.skipped = 0
-        self.objective_sum = self.objective_elbo_sum = 0.0
+        self.objective_sum = self.objective_summed = self.objective_elbo_sum = 0.0

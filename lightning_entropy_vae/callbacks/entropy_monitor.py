@@ -83,7 +83,7 @@ class EntropyMonitor(Callback):
             small data sets the held-out gap also holds the generalisation gap (an overfitting model's
             held-out ELBO stays below its entropy sum), so it may never reach the tolerance: use ``"train"``.
         require_elbo_objective: do not count epochs whose training loss is not -ELBO (beta != 1, KL
-            annealing); needs ``loss`` and ``elbo`` in the step output.
+            annealing), averaged or summed over the batch; needs ``loss`` and ``elbo`` in the step output.
         extract: ``extract(pl_module, outputs, batch) -> mapping`` for modules whose step output cannot change.
         nan_strategy: ``"skip"`` (default) drops and counts batches holding NaN/Inf; ``"error"`` raises.
         warn_on_collapse: warn when a latent collapses during training.
@@ -246,6 +246,7 @@ class EntropyMonitor(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._snapshots.attach(pl_module)
         self._loss_scale = float(trainer.accumulate_grad_batches)
+        self._layout_written = False  # once per fit: a resumed run may log to a new directory
         # a step-level log needs an optimizer step since the last batch: the first batch of an
         # accumulation window has not stepped (global_step is still the start value)
         self._last_global_step = trainer.global_step
@@ -433,7 +434,6 @@ class EntropyMonitor(Callback):
             "collapsed": self._collapsed,
             "warned_collapse": sorted(self._warned_collapse),
             "fixed_variance": self._fixed_variance,
-            "layout_written": self._layout_written,
             "last_global_step": self._last_global_step,
             **self.convergence.state_dict(),
         }
@@ -445,7 +445,6 @@ class EntropyMonitor(Callback):
         self._collapsed = state_dict.get("collapsed")
         self._warned_collapse = set(state_dict.get("warned_collapse", []))
         self._fixed_variance = state_dict.get("fixed_variance")
-        self._layout_written = bool(state_dict.get("layout_written", False))
         self._last_global_step = int(state_dict.get("last_global_step", -1))
         self.convergence.load_state_dict(state_dict)
 
