@@ -138,6 +138,19 @@ def test_parameter_changed_between_batches_is_snapshotted_again(tmp_path, param_
     assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(entries))
 
 
+def test_large_returned_parameter_warns_once_and_is_snapshotted_from_the_second_batch(tmp_path, monkeypatch):
+    """A parameter above the first-batch size limit is only known after batch 1: warned, then snapshotted."""
+    from lightning_entropy_vae.callbacks import _params
+
+    monkeypatch.setattr(_params, "SMALL", 0)  # every parameter counts as large
+    torch.manual_seed(0)
+    model = MonitorVAE(lr=0.5, param_output="live")
+    with pytest.warns(UserWarning, match="aliases a large parameter") as record:
+        trainer = _fit(tmp_path, model, EntropyMonitor(stages=("train",)), val=None, max_epochs=2)
+    assert len(_monitor_warnings(record, "aliases a large parameter")) == 1
+    assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(1)))
+
+
 # ----------------------------------------------------------------------------- accumulation, bf16
 def test_gradient_accumulation(tmp_path):
     torch.manual_seed(0)

@@ -56,33 +56,22 @@ class ParameterSnapshots:
         """Replace returned tensors that alias a parameter by the pre-step snapshot (same view)."""
         if not self._by_storage or self._watched == []:  # nothing aliases a parameter: nothing to do
             return kw
-        first = self._watched is None
-        out = kw
-        if not first:  # hot path: the keys that aliased a parameter on the first batch, usually the parameter itself
-            for key, p in self._aliases:
-                v = kw.get(key)
-                snap = self._snapshots.get(id(p)) if v is p else None
-                if snap is None:
-                    snap = self._view_of_snapshot(key, v)
-                if snap is not None:
-                    if out is kw:
-                        out = dict(kw)
-                    out[key] = snap
-            return out
-        self._watched, self._aliases = [], []
-        for key in kw:
+        if self._watched is None:  # first batch: which keys alias which parameters
+            self._watched, self._aliases = [], []
+            for key in kw:
+                p = self._param_of(key, kw.get(key))
+                if p is not None:
+                    self._watched.append(p)
+                    self._aliases.append((key, p))
+        swaps = {}
+        for key, p in self._aliases:  # usually the parameter itself: one identity test
             v = kw.get(key)
-            p = self._param_of(key, v)
-            if p is None:
-                continue
-            self._watched.append(p)
-            self._aliases.append((key, p))
-            snap = self._view_of_snapshot(key, v)
+            snap = self._snapshots.get(id(p)) if v is p else None
+            if snap is None:
+                snap = self._view_of_snapshot(key, v)
             if snap is not None:
-                if out is kw:
-                    out = dict(kw)
-                out[key] = snap
-        return out
+                swaps[key] = snap
+        return {**kw, **swaps} if swaps else kw
 
     def _param_of(self, key: str, v: Any) -> nn.Parameter | None:
         """The parameter whose storage ``v`` shares, if any."""
