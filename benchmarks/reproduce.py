@@ -32,6 +32,10 @@ GAP_ARGS = {
 
 
 def example(name: str):
+    """Import ``examples/{name}.py`` as ``python examples/{name}.py`` would see it (its folder on the path)."""
+    folder = str(ROOT / "examples")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # the scripts share examples/_common.py
     spec = importlib.util.spec_from_file_location(f"examples_{name}", ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -36,21 +36,19 @@ from lightning_entropy_vae import EntropyMonitor
 from lightning_entropy_vae.data import TensorDataModule, make_ppca_data, split_tensor
 from lightning_entropy_vae.models import GaussianVAE
 
+from _common import example_parser, pyplot, save_figure
+
 NAME = "early_stopping"
 LABELS = {"fixed budget": "fixed budget", "convergence stop": "EntropyMonitor(stop_on_convergence)",
           "stock early stopping": "EarlyStopping(stopping_threshold)"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = example_parser(__doc__, NAME)
     parser.add_argument("--epochs", type=int, default=60, help="the fixed epoch budget (default: 60)")
     parser.add_argument("--tolerance", type=float, default=0.01, help="relative-gap tolerance (default: 1%%)")
     parser.add_argument("--patience", type=int, default=3, help="epochs below the tolerance (default: 3)")
     parser.add_argument("--n", type=int, default=10_000, help="pPCA points, 20%% held out (default: 10,000)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    parser.add_argument("--out", type=Path, default=Path("runs/examples") / NAME, help="output folder")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes for CI (a few seconds)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.epochs, args.n, args.patience = 3, 600, 1
@@ -89,10 +87,7 @@ def fit(data: TensorDataModule, args: argparse.Namespace, callbacks: list[Callba
 
 
 def plot(runs: dict[str, dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
     budget = runs["fixed budget"]["history"]
@@ -109,9 +104,7 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     bottom.set_ylim(-5, 5)
     bottom.set_ylabel("relative gap [%]")
     bottom.set_xlabel("epoch")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

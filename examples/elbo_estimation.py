@@ -23,11 +23,13 @@ import lightning_entropy_vae.functional as F
 from lightning_entropy_vae.data import DigitsDataModule, TensorDataModule, make_ppca_data
 from lightning_entropy_vae.models import GaussianVAE
 
+from _common import example_parser, pyplot, save_figure
+
 NAME = "elbo_estimation"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = example_parser(__doc__, NAME)
     parser.add_argument("--data", choices=("ppca", "digits"), default="ppca", help="data set (default: ppca)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 30, 100, 300, 1000, 3000, 10000],
                         help="held-out sample sizes n (default: 10 30 ... 10000)")
@@ -36,10 +38,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latents", type=int, default=4, help="latents H (default: 4)")
     parser.add_argument("--epochs", type=int, default=60, help="training epochs (default: 60)")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam lr, cosine decay to 0 (default: 1e-2)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    parser.add_argument("--out", type=Path, default=Path("runs/examples") / NAME, help="output folder")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes for CI (a few seconds)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.sizes, args.repeats, args.n_train, args.epochs = [10, 100, 1000], 3, 500, 2
@@ -116,10 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def plot(sizes: list[int], mean: dict[str, Tensor], std: dict[str, Tensor], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (("elbo", "sampled ELBO"), ("sum", "entropy sum")):
@@ -133,9 +128,7 @@ def plot(sizes: list[int], mean: dict[str, Tensor], std: dict[str, Tensor], path
     right.set_yscale("log")
     right.set_xlabel("held-out points n")
     right.set_ylabel("standard deviation over repeats")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

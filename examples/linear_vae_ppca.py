@@ -22,11 +22,13 @@ import lightning_entropy_vae.functional as F
 from lightning_entropy_vae.data import make_ppca_data
 from lightning_entropy_vae.models import GaussianVAE
 
+from _common import example_parser, pyplot, save_figure
+
 NAME = "linear_vae_ppca"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = example_parser(__doc__, NAME)
     parser.add_argument("--n", type=int, default=2000, help="number of data points N (default: 2000)")
     parser.add_argument("--data-dim", type=int, default=10, help="data dimension D (default: 10)")
     parser.add_argument("--latents", type=int, default=3, help="latents H of data and model (default: 3)")
@@ -35,10 +37,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.05, help="Adam lr, cosine decay (default: 0.05)")
     parser.add_argument("--eval-samples", type=int, default=200,
                         help="z samples per point for the final ELBO (default: 200)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    parser.add_argument("--out", type=Path, default=Path("runs/examples") / NAME, help="output folder")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes for CI (a few seconds)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.n, args.steps, args.eval_samples = 500, 300, 20
@@ -46,10 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def plot(history: dict[str, list[float]], reference: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(history["step"], history["elbo"], lw=0.8, label="sampled ELBO (1 sample)")
@@ -59,9 +54,7 @@ def plot(history: dict[str, list[float]], reference: float, path: Path) -> None:
     ax.set_xlabel("Adam step (full batch)")
     ax.set_ylabel("nats per data point")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -22,6 +22,8 @@ import lightning_entropy_vae.functional as F
 from lightning_entropy_vae import EntropySumELBO, GaussianELBO, PosteriorCollapse
 from lightning_entropy_vae.data import load_digits_tensor, split_tensor
 
+from _common import example_parser, pyplot, save_figure
+
 NAME = "plain_pytorch"
 
 
@@ -44,16 +46,12 @@ class VAE(nn.Module):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = example_parser(__doc__, NAME)
     parser.add_argument("--epochs", type=int, default=150, help="training epochs (default: 150)")
     parser.add_argument("--latents", type=int, default=16, help="number of latents H (default: 16)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default: 3e-3)")
     parser.add_argument("--print-every", type=int, default=15, help="print every n epochs (default: 15)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    parser.add_argument("--out", type=Path, default=Path("runs/examples") / NAME, help="output folder")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes for CI (a few seconds)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.epochs, args.print_every = 2, 1
@@ -106,10 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def plot(history: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(history["epoch"], history["elbo"], label="ELBO (GaussianELBO)")
@@ -117,9 +112,7 @@ def plot(history: dict[str, list[float]], path: Path) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image (training epoch)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

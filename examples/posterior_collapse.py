@@ -32,22 +32,20 @@ from lightning_entropy_vae import EntropyMonitor, PosteriorCollapse
 from lightning_entropy_vae.data import DigitsDataModule, TensorDataModule, make_ppca_data, split_tensor
 from lightning_entropy_vae.models import GaussianVAE
 
+from _common import example_parser, save_figure
+
 NAME = "posterior_collapse"
 CRITERIA = ("entropy", "kl", "active_units")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = example_parser(__doc__, NAME)
     parser.add_argument("--latents", type=int, default=32, help="latents H of the digits VAE (default: 32)")
     parser.add_argument("--epochs", type=int, default=100, help="digits training epochs (default: 100)")
     parser.add_argument("--ppca-dims", type=int, nargs="*", default=[2, 5],
                         help="intrinsic dimensions k of the pPCA data sets (default: 2 5; none: skip part 2)")
     parser.add_argument("--ppca-latents", type=int, default=8, help="latents H of the pPCA VAEs (default: 8)")
     parser.add_argument("--ppca-epochs", type=int, default=40, help="pPCA training epochs (default: 40)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    parser.add_argument("--out", type=Path, default=Path("runs/examples") / NAME, help="output folder")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes for CI (a few seconds)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.latents, args.epochs, args.ppca_dims, args.ppca_epochs = 8, 2, [2], 2
@@ -145,9 +143,7 @@ def plot_digits(metrics_csv: Path, latents: int, path: Path) -> None:
     bottom.plot(range(len(active)), active)
     bottom.set_ylabel("active latents")
     bottom.set_xlabel("epoch")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

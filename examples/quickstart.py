@@ -26,6 +26,8 @@ from torch.distributions import Normal
 from lightning_entropy_vae import EntropyMonitor
 from lightning_entropy_vae.data import DigitsDataModule
 
+from _common import example_parser, pyplot, save_figure
+
 NAME = "quickstart"
 
 
@@ -63,14 +65,10 @@ class VAE(L.LightningModule):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = example_parser(__doc__, NAME)
     parser.add_argument("--epochs", type=int, default=150, help="training epochs (default: 150)")
     parser.add_argument("--latents", type=int, default=8, help="number of latents H (default: 8)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    parser.add_argument("--out", type=Path, default=Path("runs/examples") / NAME, help="output folder")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes for CI (a few seconds)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.epochs = 2
@@ -79,10 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def plot(metrics_csv: Path, path: Path) -> None:
     """The ELBO and the entropy sum per epoch, and their relative gap (from the CSVLogger's file)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     with metrics_csv.open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("entropy/train/sum")]
@@ -97,9 +92,7 @@ def plot(metrics_csv: Path, path: Path) -> None:
     bottom.set_ylim(-4, 4)
     bottom.set_ylabel("relative gap [%]")
     bottom.set_xlabel("epoch")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -37,11 +37,13 @@ from torch import Tensor, nn
 import lightning_entropy_vae.functional as F
 from lightning_entropy_vae.data import make_streaming_data
 
+from _common import example_parser, pyplot, save_figure
+
 NAME = "streaming_bic"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = example_parser(__doc__, NAME)
     parser.add_argument("--segment-size", type=int, default=100_000,
                         help="points per segment (default: 100,000, the paper's)")
     parser.add_argument("--dims", type=int, nargs="+", default=[6, 2, 4],
@@ -53,10 +55,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval-batches", type=int, default=5000,
                         help="score the last this many batches of each segment (default: 5,000;"
                              " at most half a segment)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    parser.add_argument("--out", type=Path, default=Path("runs/examples") / NAME, help="output folder")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes for CI (a few seconds)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.segment_size, args.eval_batches = 1_000, 50
@@ -143,10 +141,7 @@ def score(bics: dict[str, Tensor], latents: list[int], dims: list[int], per_segm
 
 def plot(bics: dict[str, Tensor], latents: list[int], dims: list[int], per_segment: int, batch_size: int,
          path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(2, 1, figsize=(9, 6), sharex=True, sharey=True)
     steps = torch.arange(bics["sum"].shape[1]) * batch_size
@@ -165,9 +160,7 @@ def plot(bics: dict[str, Tensor], latents: list[int], dims: list[int], per_segme
     axes[0].set_ylim(low - 0.15 * (high - low), high + 0.15 * (high - low))
     axes[0].legend(loc="upper right", fontsize="small", ncols=len(latents))
     axes[1].set_xlabel("data points seen")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

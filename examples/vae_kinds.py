@@ -37,12 +37,14 @@ from lightning_entropy_vae.data import (
 )
 from lightning_entropy_vae.models import GaussianVAE
 
+from _common import example_parser, pyplot, save_figure
+
 NAME = "vae_kinds"
 KINDS = ("vae0", "vae1", "vae2", "vae3")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = example_parser(__doc__, NAME)
     parser.add_argument("--data", choices=("ppca", "pca_ring", "digits"), default="ppca",
                         help="data set (default: ppca)")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="models to train")
@@ -53,10 +55,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
     parser.add_argument("--lr", type=float, default=1e-2,
                         help="initial Adam learning rate, cosine decay to 0 (default: 1e-2)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    parser.add_argument("--out", type=Path, default=Path("runs/examples") / NAME, help="output folder")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes for CI (a few seconds)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.n, args.epochs, args.hidden = 500, 2, [16]
@@ -106,10 +104,7 @@ def plot(out: Path, kinds: list[str], path: Path) -> None:
     """Relative gap per epoch of every kind, from the CSVLogger files."""
     import csv
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     for kind in kinds:
@@ -126,9 +121,7 @@ def plot(out: Path, kinds: list[str], path: Path) -> None:
     axes[0].set_title("validation data")
     axes[1].set_title("zoomed in")
     axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

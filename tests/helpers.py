@@ -30,6 +30,17 @@ def monitor_data(n: int, seed: int, data_dim: int = D) -> Tensor:
     return z @ w + 0.3 * torch.randn(n, data_dim, generator=gen)
 
 
+def train_full_batch(model: pl.LightningModule, x: Tensor, steps: int) -> None:
+    """Adam at the model's learning rate, cosine-annealed to zero over ``steps`` full-batch steps."""
+    opt = model.configure_optimizers()
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for i in range(steps):
+        opt.zero_grad()
+        model.training_step(x, i)["loss"].backward()
+        opt.step()
+        schedule.step()
+
+
 def monitor_loader(x: Tensor, batch_size: int = 4) -> DataLoader:
     return DataLoader(TensorDataset(x), batch_size=batch_size, shuffle=False)
 

@@ -6,6 +6,7 @@ and 0-5 (PCA-ring, largest relative gap 2.5e-3 after 3000 steps); the thresholds
 
 import pytest
 import torch
+from helpers import train_full_batch
 from sklearn.decomposition import PCA
 
 from lightning_entropy_vae.data import make_pca_ring, make_ppca_data
@@ -20,17 +21,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def _train_full_batch(model, x, steps):
-    """Adam at the model's learning rate, cosine-annealed to zero over ``steps`` full-batch steps."""
-    opt = model.configure_optimizers()
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for i in range(steps):
-        opt.zero_grad()
-        model.training_step(x, i)["loss"].backward()
-        opt.step()
-        schedule.step()
 
 
 def _elbo_and_entropy_sum(model, x, num_samples):
@@ -54,7 +44,7 @@ def test_linear_vae_elbo_and_entropy_sum_reach_the_ppca_log_likelihood():
     model = GaussianVAE(10, 3, kind="linear", lr=0.05)
     elbo, total = _elbo_and_entropy_sum(model, x, num_samples=200)
     assert _relative(elbo, reference) > 0.05 and _relative(total, reference) > 0.05  # untrained: far off
-    _train_full_batch(model, x, steps=2000)
+    train_full_batch(model, x, steps=2000)
     elbo, total = _elbo_and_entropy_sum(model, x, num_samples=200)
     print(
         f"pPCA: sklearn {reference:.4f}, ELBO {elbo:.4f} (rel. error {_relative(elbo, reference):.1e}),"
@@ -71,7 +61,7 @@ def test_vae1_mlp_elbo_converges_to_the_entropy_sum_on_the_pca_ring():
     model = GaussianVAE(10, 2, kind="vae1", hidden_dims=(32, 32), lr=0.01)
     elbo, total = _elbo_and_entropy_sum(model, x, num_samples=100)
     assert _relative(elbo, total) > 0.05  # untrained: far from a stationary point
-    _train_full_batch(model, x, steps=3000)
+    train_full_batch(model, x, steps=3000)
     elbo, total = _elbo_and_entropy_sum(model, x, num_samples=100)
     sigma2 = model.dec_logvar.exp().item()
     print(

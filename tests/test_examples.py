@@ -69,8 +69,9 @@ def test_every_example_is_listed():
 
 
 @pytest.mark.parametrize("script", [e[0] for e in EXAMPLES])
-def test_example_exposes_main(script):
+def test_example_exposes_main(script, monkeypatch):
     """``main(argv=None) -> dict`` is what benchmarks import; importing a script must not run it."""
+    monkeypatch.syspath_prepend(str(EXAMPLES_DIR))  # as `python examples/<script>` sees it: _common.py is there
     spec = importlib.util.spec_from_file_location(f"example_{script[:-3]}", EXAMPLES_DIR / script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -6,6 +6,7 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers import train_full_batch
 from sklearn.decomposition import PCA
 from torch.nn.utils import parametrize
 
@@ -229,13 +230,7 @@ def test_linear_vae_reaches_ppca_log_likelihood():
     torch.manual_seed(0)
     steps = 3000
     model = GaussianVAE(10, 3, kind="linear", lr=0.05)
-    opt = model.configure_optimizers()
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for i in range(steps):
-        opt.zero_grad()
-        model.training_step(x, i)["loss"].backward()
-        opt.step()
-        schedule.step()
+    train_full_batch(model, x, steps)
     model.num_samples = 200
     with torch.no_grad():
         elbo = model.step(x)["elbo"].mean().item()
