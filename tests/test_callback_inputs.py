@@ -121,6 +121,31 @@ def test_missing_keys_and_wrong_shapes_raise(tmp_path, edit, match):
         _fit(tmp_path, Edited(edit), EntropyMonitor(stages=("train",)), val=False)
 
 
+class DropsAfterFirstBatch(MonitorVAE):
+    """The first training batch returns ``key`` (``prior_logvar`` is added for it); later ones do not."""
+
+    def __init__(self, key, **kwargs):
+        super().__init__(**kwargs)
+        self.key, self.calls = key, 0
+
+    def _returned(self, out):
+        out = super()._returned(out)
+        if self.key == "prior_logvar":
+            out["prior_logvar"] = torch.zeros(out["enc_logvar"].shape[-1])
+        self.calls += 1
+        if self.calls > 1:
+            del out[self.key]
+        return out
+
+
+@pytest.mark.parametrize("key", ["elbo", "prior_logvar", "enc_mean"])
+def test_key_missing_after_the_first_batch_raises(tmp_path, key):
+    message = (rf"on_train_batch_end of DropsAfterFirstBatch\) expected `{key}` in every batch's output, as in"
+               r" the stage's first batch, but got the keys \['dec_logvar', ")
+    with pytest.raises(ValueError, match=message):
+        _fit(tmp_path, DropsAfterFirstBatch(key), EntropyMonitor(stages=("train",)), val=False)
+
+
 # -------------------------------------------------------------------------------------- NaN batches
 def test_nan_strategy_error_names_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"on_train_batch_end of MonitorVAE\) got non-finite values"

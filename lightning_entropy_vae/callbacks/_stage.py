@@ -105,7 +105,10 @@ class StageBuffer:
 
     # ------------------------------------------------------------------------------------ hot path
     def record(self, kw: Mapping[str, Any], loss_scale: float) -> None:
-        """Stash one batch. No host-device sync; D-sized tensors are reduced here."""
+        """Stash one batch. No host-device sync; D-sized tensors are reduced here.
+
+        Raises ``KeyError(key)`` when a key the stage's first batch had is missing.
+        """
         spec = self.spec
         if spec.direct:
             self._update_direct(kw)
@@ -127,8 +130,7 @@ class StageBuffer:
         if spec.has_prior:
             prior_logvar = kw.get("prior_logvar")
             if prior_logvar is None:
-                raise ValueError("EntropyMonitor expected `prior_logvar` in every batch of a stage whose first"
-                                 " batch had it, but a later batch has none.")
+                raise KeyError("prior_logvar")  # the caller names the hook and the keys it got
             self._prior.append(_detached(prior_logvar))
         if spec.has_elbo:
             self._elbo.append(_detached(kw["elbo"]))

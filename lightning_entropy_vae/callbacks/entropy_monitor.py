@@ -239,7 +239,13 @@ class EntropyMonitor(Callback):
         if self.nan_strategy == "error":
             self._check_nan_error(kw, f"EntropyMonitor ({hook} of {type(pl_module).__name__})")
         # the loss is stashed only for the objective check of convergence stopping
-        buffer.record(kw, loss_scale=self._loss_scale if stage == "train" and self._check_objective else 0.0)
+        try:
+            buffer.record(kw, loss_scale=self._loss_scale if stage == "train" and self._check_objective else 0.0)
+        except KeyError as err:  # a key of the stage's first batch is missing now
+            raise ValueError(
+                f"EntropyMonitor ({hook} of {type(pl_module).__name__}) expected `{err.args[0]}` in every batch's"
+                f" output, as in the stage's first batch, but got the keys {sorted(str(k) for k in kw)}."
+            ) from None
 
     # ---------------------------------------------------------------------------------------- hooks
     @override
