@@ -130,3 +130,20 @@ def test_window_is_the_points_since_the_last_read():
         assert window["elbo"] == pytest.approx(float(ref_elbo), rel=1e-6)
     empty = buffer.compute_window()  # nothing since: NaN, not a division error
     assert math.isnan(empty["sum"]) and math.isnan(empty["elbo"])
+
+
+def test_stash_is_flushed_once_it_holds_max_pending_batches(monkeypatch):
+    """Between logging steps (or in a long validation epoch) the stash stays bounded."""
+    from lightning_entropy_vae.callbacks import _stage
+
+    monkeypatch.setattr(_stage, "MAX_PENDING", 2)
+    gen = torch.Generator().manual_seed(3)
+    batches = [_batch(gen, 4, "scalar", prior=False) for _ in range(5)]
+    buffer = _buffer(batches, profiled=False)
+    for i, b in enumerate(batches):
+        buffer.record(b, loss_scale=1.0)
+        assert len(buffer._sizes) == (i + 1) % 2  # flushed at 2 and 4
+    sums, elbo, _ = buffer.compute_epoch()
+    ref_sums, ref_elbo, _, _ = _reference(batches, profiled=False)
+    assert float(sums["sum"]) == pytest.approx(float(ref_sums["sum"]), rel=1e-5)
+    assert float(elbo) == pytest.approx(float(ref_elbo), rel=1e-6)

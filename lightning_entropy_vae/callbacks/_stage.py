@@ -51,7 +51,6 @@ class Spec:
             prior.logvar is not None and prior.logvar.dim() != 1
         )
         self.has_prior = prior.logvar is not None
-        self.has_residual = d.x is not None and dec.mean is not None  # what sum_profiled needs
         self.has_elbo = kw.get("elbo") is not None
         if self.has_elbo:  # a mean ELBO () or a (B, 1) column would be averaged over the wrong count
             elbo_shape = tuple(_in.as_float_tensor("elbo", kw["elbo"]).shape)
@@ -97,11 +96,6 @@ class StageBuffer:
         self._sq: list[Tensor] = []
         self._loss: list[Tensor] = []
         self._sizes: list[int] = []
-
-    @property
-    def pending(self) -> int:
-        """Batches stashed since the last flush."""
-        return len(self._sizes)
 
     # ------------------------------------------------------------------------------------ hot path
     def record(self, kw: Mapping[str, Any], loss_scale: float) -> None:
