@@ -36,8 +36,8 @@ def identity_errors(seed: int) -> tuple[float, float]:
     out = {"x": x, "enc_mean": nu, "enc_logvar": lv, "dec_mean": mu, "dec_logvar": dlv, "prior_logvar": plv}
     closed = 0.5 * (1 - m / plv.exp()).sum() + 0.5 * (D - R / dlv.exp())
     err = abs(float(F.gaussian_elbo(**out) - F.entropy_sum(**out) - closed))
-    out["dec_logvar"] = F.optimal_decoder_variance(x, mu).log()
-    out["prior_logvar"] = F.optimal_prior_variance(nu, lv).log()
+    out["dec_logvar"] = F.optimal_decoder_variance(x=x, dec_mean=mu).log()
+    out["prior_logvar"] = F.optimal_prior_variance(enc_mean=nu, enc_logvar=lv).log()
     zero = abs(float(F.gaussian_elbo(**out) - F.entropy_sum(**out)))
     return err, zero
 
@@ -52,14 +52,14 @@ def entropy_errors() -> float:
     factor, diag = torch.randn(B, H, 2, **kw), torch.rand(B, H, **kw) + 0.1
     dlv = torch.randn(B, D, **kw)
     pairs = [
-        (F.encoder_entropy(lv, reduction="none"), Independent(Normal(mean, (0.5 * lv).exp()), 1).entropy()),
+        (F.encoder_entropy(enc_logvar=lv, reduction="none"), Independent(Normal(mean, (0.5 * lv).exp()), 1).entropy()),
         (F.encoder_entropy(posterior=MultivariateNormal(mean, cov), reduction="none"),
          MultivariateNormal(mean, cov).entropy()),
         (F.encoder_entropy(posterior=LowRankMultivariateNormal(mean, factor, diag), reduction="none"),
          LowRankMultivariateNormal(mean, factor, diag).entropy()),
-        (F.prior_entropy(lv[0]), Independent(Normal(torch.zeros(H, dtype=torch.float64), (0.5 * lv[0]).exp()), 1)
+        (F.prior_entropy(prior_logvar=lv[0]), Independent(Normal(torch.zeros(H, dtype=torch.float64), (0.5 * lv[0]).exp()), 1)
          .entropy()),
-        (F.decoder_entropy(dlv, reduction="none"), Independent(Normal(torch.zeros_like(dlv), (0.5 * dlv).exp()), 1)
+        (F.decoder_entropy(dec_logvar=dlv, reduction="none"), Independent(Normal(torch.zeros_like(dlv), (0.5 * dlv).exp()), 1)
          .entropy()),
     ]
     return max(float((ours - ref).abs().max()) for ours, ref in pairs)

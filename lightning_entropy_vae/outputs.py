@@ -1,9 +1,9 @@
-"""The typed step output: a dataclass that is also a read-only mapping of the vocabulary."""
+"""The typed step output: a dataclass that is also a mutable mapping of the vocabulary."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from torch import Tensor
@@ -13,12 +13,14 @@ __all__ = ["VAEOutput"]
 
 
 @dataclass
-class VAEOutput(Mapping):
-    """What a VAE step returns, typed. Also a :class:`~collections.abc.Mapping` of its non-``None`` fields.
+class VAEOutput(MutableMapping):
+    """What a VAE step returns, typed. Also a :class:`~collections.abc.MutableMapping` of its non-``None`` fields.
 
     Because it is a mapping, Lightning accepts it as a ``training_step`` return value (it needs
     ``"loss"``), and every metric and function takes it as ``metric.update(**out)`` or ``metric(out)``.
-    A plain ``dict`` with the same keys works everywhere too.
+    A plain ``dict`` with the same keys works everywhere too. Like a ``dict`` it has :meth:`copy`, and its
+    fields can be set and deleted by key (Lightning's manual optimization copies the output and detaches
+    its ``"loss"``); a key that is not a field is a ``KeyError``.
 
     Attributes:
         loss: the scalar the optimizer minimises (Lightning's ``training_step`` needs it).
@@ -38,6 +40,10 @@ class VAEOutput(Mapping):
         ['enc_logvar', 'loss']
         >>> out["loss"]
         tensor(1.)
+        >>> copy = out.copy()
+        >>> copy["loss"] = torch.tensor(2.0)
+        >>> out["loss"], copy["loss"]
+        (tensor(1.), tensor(2.))
     """
 
     loss: Tensor | None = None
@@ -57,6 +63,19 @@ class VAEOutput(Mapping):
         if value is None:
             raise KeyError(key)
         return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in self._names():
+            raise KeyError(f"VAEOutput has no field {key!r}; its fields are {', '.join(self._names())}.")
+        setattr(self, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self[key]  # a KeyError for a field that is not set
+        setattr(self, key, None)
+
+    def copy(self) -> VAEOutput:
+        """A shallow copy, as ``dict.copy`` makes (the tensors are shared)."""
+        return replace(self)
 
     def __iter__(self) -> Iterator[str]:
         return (name for name in self._names() if getattr(self, name) is not None)

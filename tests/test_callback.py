@@ -140,14 +140,14 @@ def test_parameter_changed_between_batches_is_snapshotted_again(tmp_path, param_
 
 def test_large_returned_parameter_warns_once_and_is_snapshotted_from_the_second_batch(tmp_path, monkeypatch):
     """A parameter above the first-batch size limit is only known after batch 1: warned, then snapshotted."""
-    from lightning_entropy_vae.callbacks import _params
+    from lightning_entropy_vae.callbacks import _live_params
 
-    monkeypatch.setattr(_params, "SMALL", 0)  # every parameter counts as large
+    monkeypatch.setattr(_live_params, "SMALL", 0)  # every parameter counts as large
     torch.manual_seed(0)
     model = MonitorVAE(lr=0.5, param_output="live")
-    with pytest.warns(UserWarning, match="aliases a large parameter") as record:
+    with pytest.warns(UserWarning, match="larger than the first batch's copy limit") as record:
         trainer = _fit(tmp_path, model, EntropyMonitor(stages=("train",)), val=None, max_epochs=2)
-    assert len(_monitor_warnings(record, "aliases a large parameter")) == 1
+    assert len(_monitor_warnings(record, "aliases a parameter")) == 1
     assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(1)))
 
 

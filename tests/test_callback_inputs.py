@@ -61,8 +61,9 @@ class NoneValidation(MonitorVAE):
 
 
 def test_validation_step_returning_none(tmp_path):
-    with pytest.raises(ValueError, match=r"(?s)on_validation_batch_end of NoneValidation.*`validation_step`"
-                                         r".*but got None.*EntropyMonitor\(stages=\('train',\)\)"):
+    with pytest.raises(ValueError, match=r"(?s)on_validation_epoch_end of NoneValidation.*`validation_step`"
+                                         r".*but got None from all 2 batches of the epoch"
+                                         r".*EntropyMonitor\(stages=\('train',\)\)"):
         _fit(tmp_path, NoneValidation(), EntropyMonitor())
     # monitoring the training stage only is the way out
     trainer = _fit(tmp_path, NoneValidation(), EntropyMonitor(stages=("train",)))
@@ -149,7 +150,8 @@ def test_key_missing_after_the_first_batch_raises(tmp_path, key):
 # -------------------------------------------------------------------------------------- NaN batches
 def test_nan_strategy_error_names_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"on_train_batch_end of MonitorVAE\) got non-finite values"
-                                         r" \(NaN or Inf\) in `enc_logvar` \(nan_strategy='error'\)"):
+                                         r" \(NaN or Inf\) in `enc_logvar` in a batch since the last logging step"
+                                         r" \(nan_strategy='error'\)"):
         _fit(tmp_path, MonitorVAE(nan_batch=(0, 2)), EntropyMonitor(nan_strategy="error"))
 
 

@@ -34,20 +34,20 @@ class ConvergenceTracker:
         self.patience = patience
         self.warmup_epochs = warmup_epochs
         self.require_elbo_objective = bool(require_elbo_objective)
+        self.reset()
+
+    def reset(self) -> None:
+        """A new fit: no patience carried over from an earlier one (a checkpoint restores it afterwards)."""
         self.wait_count = 0
-        self.stopped_epoch: int | None = None
-        self.stop_reason: str | None = None
+        self.stopped_epoch = None
+        self.stop_reason = None
         self._warned_objective = False
 
-    def _objective_is_elbo(self, train_buffer: Any) -> bool:
-        if not self.require_elbo_objective or train_buffer is None:
+    def _objective_is_elbo(self, objective: tuple[float, float, float] | None) -> bool:
+        """``objective``: mean -loss per point, read as a batch mean and as a batch sum, and the mean ELBO."""
+        if not self.require_elbo_objective or objective is None:  # no loss recorded: nothing to compare
             return True
-        train_buffer.flush()
-        elbo = float(train_buffer.objective_elbo_sum)
-        # -loss summed over the epoch's points: the loss read as a batch mean (the usual) or as a batch sum
-        readings = (float(train_buffer.objective_sum), float(train_buffer.objective_summed))
-        if readings[0] == 0.0 and elbo == 0.0:  # no loss recorded: nothing to compare
-            return True
+        *readings, elbo = objective
         if any(abs(neg_loss - elbo) <= OBJECTIVE_RTOL * max(abs(elbo), 1.0) for neg_loss in readings):
             return True
         if not self._warned_objective:
@@ -58,14 +58,15 @@ class ConvergenceTracker:
             )
         return False
 
-    def check(self, trainer: pl.Trainer, abs_rel_gap: float, train_buffer: Any, stage: str) -> None:
+    def check(self, trainer: pl.Trainer, abs_rel_gap: float, objective: tuple[float, float, float] | None,
+              stage: str) -> None:
         """Update the count on every rank and stop (collectively) once it reaches ``patience``."""
         if not self.enabled or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return  # trainer.validate() alone trains nothing: no check counts and nothing stops
         counts = (
             trainer.current_epoch >= self.warmup_epochs
             and math.isfinite(abs_rel_gap)
-            and self._objective_is_elbo(train_buffer)
+            and self._objective_is_elbo(objective)
         )
         self.wait_count = self.wait_count + 1 if counts and abs_rel_gap < self.tolerance else 0
         should_stop = trainer.strategy.reduce_boolean_decision(self.wait_count >= self.patience, all=False)

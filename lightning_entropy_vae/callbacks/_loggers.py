@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
+
+from lightning_entropy_vae.functional import relative_gap
 
 
 def tensorboard_layout(stages: list[str], per_latent: bool) -> dict[str, dict[str, list]]:
@@ -63,3 +66,85 @@ def write_latent_figures(
             if figure is not None:
                 payload[f"entropy/{stage}/latent_entropy_bars"] = wandb.Image(figure)
             logger.experiment.log(payload)
+
+
+def log_to_loggers(trainer: Any, metrics: dict[str, float], step: int) -> None:
+    """Write floats straight to every logger (rank 0 only, as Lightning's loggers do), as LearningRateMonitor does.
+
+    With an ``epoch`` entry, as Lightning adds to the metrics it logs itself (the CSV's epoch column).
+    """
+    if trainer.loggers:
+        metrics = {**metrics, "epoch": trainer.current_epoch}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+
+class CallbackMetrics:
+    """Puts epoch keys into ``trainer.callback_metrics``, where EarlyStopping and ModelCheckpoint read them.
+
+    Written directly: ``pl_module.log`` costs about 0.4 ms per key and epoch, and the values are already
+    reduced over processes. Should a Lightning version hand out a copy of that dict, the keys go through
+    ``pl_module.log(logger=False)`` instead (found out on the first epoch; the loggers get them from us).
+    """
+
+    def __init__(self) -> None:
+        self.writable: bool | None = None
+
+    def publish(self, trainer: Any, pl_module: Any, metrics: dict[str, Tensor]) -> None:
+        if self.writable is not False:
+            trainer.callback_metrics.update(metrics)
+            if self.writable is None:
+                self.writable = next(iter(metrics)) in trainer.callback_metrics
+        if not self.writable:
+            for key, value in metrics.items():
+                pl_module.log(key, value, on_step=False, on_epoch=True, logger=False)
+
+
+def per_latent_keys(stage: str, rows: dict[str, list[float]], prior: float,
+                    threshold: float | None) -> dict[str, float]:
+    """Per-latent keys ``entropy/{stage}/{row}/{h}`` (h zero-padded), and the lines they overlay with."""
+    out = {}
+    for name, row in rows.items():
+        width = len(str(len(row) - 1))
+        out.update({f"entropy/{stage}/{name}/{h:0{width}d}": v for h, v in enumerate(row)})
+    out[f"entropy/{stage}/latent_entropy/prior"] = prior
+    if threshold is not None:
+        out[f"entropy/{stage}/latent_entropy/threshold"] = threshold
+    return out
+
+
+def epoch_metrics(stage: str, sums: dict[str, Tensor], elbo: Tensor, collapse: dict[str, Tensor], skipped: Tensor, *,
+                  data_dim: int, floor: float, per_latent: bool) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """An epoch's keys: the scalars as tensors (for ``callback_metrics``), and after one device-to-host copy
+    the scalars and the per-latent keys as floats (for the loggers).
+
+    With no point kept (``num_active`` NaN), the collapse flags are NaN too: unknown, not "active".
+    """
+    rel = relative_gap(elbo, sums["sum"], data_dim=data_dim, floor=floor)
+    scalars = {
+        "encoder": sums["encoder"], "prior": sums["prior"], "decoder": sums["decoder"], "sum": sums["sum"],
+        "elbo": elbo, "gap": elbo - sums["sum"], "rel_gap": rel, "abs_rel_gap": rel.abs(),
+        "active_latents": collapse["num_active"], "skipped_batches": skipped,
+    }
+    if "sum_profiled" in sums:
+        scalars["sum_profiled"] = sums["sum_profiled"]
+    dtype = elbo.dtype
+    stacked = torch.stack([v.detach().to(dtype) for v in scalars.values()])
+    pieces = [stacked]
+    if per_latent:
+        flags = torch.where(collapse["num_active"].isnan(), float("nan"), collapse["collapsed"].to(dtype))
+        threshold = collapse.get("entropy_threshold")
+        lines = [collapse["prior_latent_entropy"].mean(), *([threshold.mean()] if threshold is not None else [])]
+        pieces += [collapse["latent_entropy"].to(dtype), collapse["latent_kl"].to(dtype), flags,
+                   torch.stack(lines).to(dtype)]
+    flat = torch.cat(pieces).cpu().tolist()  # the one copy to the host
+    keys = [f"entropy/{stage}/{name}" for name in scalars]
+    floats = dict(zip(keys, flat))
+    if per_latent:
+        latent_dim = collapse["latent_entropy"].shape[0]
+        rest = flat[len(keys):]
+        rows = {name: rest[i * latent_dim:(i + 1) * latent_dim]
+                for i, name in enumerate(("latent_entropy", "latent_kl", "collapsed"))}
+        lines = rest[3 * latent_dim:]
+        floats.update(per_latent_keys(stage, rows, lines[0], lines[1] if len(lines) > 1 else None))
+    return dict(zip(keys, stacked.unbind())), floats

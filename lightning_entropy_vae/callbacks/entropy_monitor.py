@@ -1,4 +1,10 @@
-r"""EntropyMonitor: live entropy-sum ELBO, its gap to the minibatch ELBO, and posterior-collapse flags."""
+r"""EntropyMonitor: live entropy-sum ELBO, its gap to the minibatch ELBO, and posterior-collapse flags.
+
+The story of a batch: read the step's output (:mod:`._step_outputs`), keep references to its tensors
+(:mod:`._pending`; returned parameters as the forward pass saw them, :mod:`._live_params`), and at the
+logging cadence reduce the kept batches into the stage's metrics in one call each (:mod:`._stage_metrics`),
+log (:mod:`._loggers`) and warn.
+"""
 
 from __future__ import annotations
 
@@ -10,27 +16,17 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning_utilities.core.rank_zero import rank_zero_warn
-from torch import Tensor
 from typing_extensions import override
 
 from lightning_entropy_vae.callbacks import _loggers
 from lightning_entropy_vae.callbacks._convergence import ConvergenceTracker
-from lightning_entropy_vae.callbacks._params import ParameterSnapshots
-from lightning_entropy_vae.callbacks._stage import Spec, StageBuffer
-from lightning_entropy_vae.functional import _inputs as _in
-from lightning_entropy_vae.functional.collapse import COLLAPSE_CRITERIA, _check_criterion
+from lightning_entropy_vae.callbacks._recorder import Stage, StageRecorder
+from lightning_entropy_vae.callbacks._step_outputs import read_output
+from lightning_entropy_vae.functional import COLLAPSE_CRITERIA, collapsed_latents, relative_gap
 
 __all__ = ["EntropyMonitor"]
 
-_KEYS = frozenset((*_in.VOCABULARY, "loss"))
 Extract = Callable[[pl.LightningModule, Any, Any], Mapping[str, Any]]
-
-
-def relative_gap(gap: Any, entropy_sum: Any, floor: float) -> Any:
-    r"""``gap / max(|sum|, floor)``: the relative gap, kept meaningful where the ELBO crosses zero (tensor or float)."""
-    if isinstance(entropy_sum, Tensor):
-        return gap / entropy_sum.abs().clamp_min(floor)
-    return gap / max(abs(entropy_sum), floor)  # a NaN sum stays NaN: max(nan, floor) is nan
 
 
 class EntropyMonitor(Callback):
@@ -121,7 +117,9 @@ class EntropyMonitor(Callback):
             raise ValueError(
                 f"Expected `collapse_criterion` to be one of {COLLAPSE_CRITERIA}, but got {collapse_criterion!r}."
             )
-        _check_criterion(collapse_criterion, collapse_threshold)
+        zero = torch.zeros(1)  # the criterion's and threshold's own checks
+        collapsed_latents(zero, latent_kl=zero, latent_mean_variance=zero, criterion=collapse_criterion,
+                          threshold=collapse_threshold)
         _positive("rel_gap_floor", rel_gap_floor)
         if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"Expected `ema_decay` in [0, 1), but got {ema_decay!r}.")
@@ -151,22 +149,27 @@ class EntropyMonitor(Callback):
             enabled=stop_on_convergence, tolerance=tolerance, patience=patience, warmup_epochs=warmup_epochs,
             require_elbo_objective=require_elbo_objective,
         )
-        self._buffers: dict[str, StageBuffer] = {}
-        self._snapshots = ParameterSnapshots()
-        self._fixed_variance: bool | None = None
-        self._gap_ema: float | None = None
-        self._collapsed: list[bool] | None = None
-        self._warned_collapse: set[int] = set()  # each latent is reported once per run
-        self._layout_written = False
-        self._last_global_step = -1
-        self._train = "train" in self.stages
-        self._loss_scale = 1.0
-        self._callback_metrics_writable: bool | None = None  # found out on the first epoch end
         self._check_objective = self.convergence.enabled and self.convergence.require_elbo_objective
+        self._recorder = StageRecorder(extract=extract, nan_strategy=nan_strategy, criterion=collapse_criterion,
+                                       threshold=collapse_threshold, objective=self._check_objective)
+        self._stages = self._recorder.stages  # the monitored stages, filled by their first batches
+        self._callback_metrics = _loggers.CallbackMetrics()
+        self._train = "train" in self.stages
+        self._reset_run()
         # Lightning reads state_key on every hook call: build it once
         self._state_key = self._generate_state_key(
             stages=self.stages, collapse_criterion=self.collapse_criterion, stop=self.convergence.enabled
         )
+
+    def _reset_run(self) -> None:
+        """State of one fit (restored from a checkpoint by ``load_state_dict``, after ``setup``)."""
+        self._recorder.fixed_variance = None
+        self._gap_ema: float | None = None
+        self._collapsed: list[bool] | None = None
+        self._warned_collapse: set[int] = set()  # each latent is reported once per run
+        self._warned_empty: set[str] = set()
+        self._layout_written = False
+        self._last_global_step = -1
 
     @property
     def state_key(self) -> str:
@@ -177,81 +180,17 @@ class EntropyMonitor(Callback):
         """Why training was stopped by convergence, or ``None``."""
         return self.convergence.stop_reason
 
-    # ---------------------------------------------------------------------------------------- reading
-    def _read(self, hook: str, stage: str, pl_module: pl.LightningModule, values: Any) -> dict:
-        """The vocabulary keys of a step's output (or of ``extract``'s result); a clear error for anything else."""
-        if not isinstance(values, Mapping):
-            owner = f"EntropyMonitor ({hook} of {type(pl_module).__name__})"
-            got = "None" if values is None else f"a {type(values).__name__}"
-            step = "training_step" if stage == "train" else "validation_step"
-            raise ValueError(
-                f"{owner} expected `{step}` to return a dict (or VAEOutput) with the keys `enc_mean`,"
-                f" `enc_logvar`, `dec_logvar`, `dec_mean`, `x` and optionally `elbo`, `prior_logvar`, but got {got}."
-                " Return them from the step, for example:\n" + _in.EXAMPLE_RETURN
-                + ("\nor pass EntropyMonitor(stages=('train',)) to skip validation." if stage != "train" else "")
-            )
-        return {k: values[k] for k in values if k in _KEYS}
-
-    def _buffer(self, stage: str, hook: str, pl_module: pl.LightningModule, kw: dict, raw_logvar: Any) -> StageBuffer:
-        buffer = self._buffers.get(stage)
-        if buffer is not None:
-            return buffer
-        owner = f"EntropyMonitor ({hook} of {type(pl_module).__name__})"
-        spec = Spec(kw, owner)
-        if stage == "train" and self._fixed_variance is None:
-            lv = raw_logvar  # as returned: a snapshot would never require grad
-            # a detached learnable parameter (`self.dec_logvar.detach()`) is not a fixed variance
-            self._fixed_variance = (isinstance(lv, Tensor) and not lv.requires_grad and lv.dim() <= 1
-                                    and not self._snapshots.aliases_trainable(lv))
-            if self._fixed_variance:
-                rank_zero_warn(
-                    f"{owner}: `dec_logvar` does not require grad, so the decoder variance is fixed (VAE-0 / plain MSE"
-                    " training). The ELBO of such a model does not converge to the entropy sum; their gap stays"
-                    " 0.5*(D - R/sigma^2) per point. Also logging `sum_profiled`: the entropy sum at the optimal"
-                    " variance sigma^2* = mean squared residual, which a learned variance would reach."
-                )
-        device = kw["enc_logvar"].device if isinstance(kw.get("enc_logvar"), Tensor) else pl_module.device
-        buffer = StageBuffer(
-            spec, profiled=bool(self._fixed_variance), criterion=self.collapse_criterion,
-            threshold=self.collapse_threshold, nan_strategy=self.nan_strategy, device=device,
-        )
-        self._buffers[stage] = buffer
-        return buffer
-
-    def _check_nan_error(self, kw: Mapping[str, Any], owner: str) -> None:
-        key = _in.first_nonfinite({k: kw[k] for k in kw if k in _KEYS and k != "loss"})
-        if key is not None:
-            raise ValueError(f"{owner} got non-finite values (NaN or Inf) in `{key}` (nan_strategy='error').")
-
-    def _record(self, hook: str, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                outputs: Any, batch: Any) -> None:
-        values = self.extract(pl_module, outputs, batch) if self.extract is not None else outputs
-        buffer = self._buffers.get(stage)
-        # hot path: a plain dict after the stage's first batch is read as is (the buffer takes only its keys)
-        kw = values if buffer is not None and type(values) is dict else self._read(hook, stage, pl_module, values)
-        if stage == "train":
-            raw_logvar = kw.get("dec_logvar")
-            kw = self._snapshots.restore(kw)
-            if buffer is None:
-                buffer = self._buffer(stage, hook, pl_module, kw, raw_logvar)
-        elif buffer is None:
-            buffer = self._buffer(stage, hook, pl_module, kw, None)
-        if self.nan_strategy == "error":
-            self._check_nan_error(kw, f"EntropyMonitor ({hook} of {type(pl_module).__name__})")
-        # the loss is stashed only for the objective check of convergence stopping
-        try:
-            buffer.record(kw, loss_scale=self._loss_scale if stage == "train" and self._check_objective else 0.0)
-        except KeyError as err:  # a key of the stage's first batch is missing now
-            raise ValueError(
-                f"EntropyMonitor ({hook} of {type(pl_module).__name__}) expected `{err.args[0]}` in every batch's"
-                f" output, as in the stage's first batch, but got the keys {sorted(str(k) for k in kw)}."
-            ) from None
-
     # ---------------------------------------------------------------------------------------- hooks
     @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._recorder.clear()  # each run reads its own layouts: a reused callback may meet another model
+        if stage == "fit":
+            self._reset_run()
+            self.convergence.reset()
+
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._snapshots.attach(pl_module)
-        self._loss_scale = float(trainer.accumulate_grad_batches)
+        self._recorder.live.attach(pl_module)
         self._layout_written = False  # once per fit: a resumed run may log to a new directory
         # a step-level log needs an optimizer step since the last batch: the first batch of an
         # accumulation window has not stepped (global_step is still the start value)
@@ -259,31 +198,103 @@ class EntropyMonitor(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if "train" in self._buffers:
-            self._buffers["train"].reset_epoch(carry_window=True)
+        self._recorder.loss_scale = float(trainer.accumulate_grad_batches)  # a GradientAccumulationScheduler
+        self._recorder.skipped_none["train"] = 0
+        if "train" in self._stages:
+            self._stages["train"].metrics.reset_epoch(carry_window=True)
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         if self._train:
-            self._snapshots.take()
+            self._recorder.live.start_batch()
+
+    @override
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if self._train:
+            self._recorder.live.before_optimizer_step()
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if not self._train:
             return
-        self._record("on_train_batch_end", "train", trainer, pl_module, outputs, batch)
+        self._recorder.keep("on_train_batch_end", "train", pl_module, outputs, batch)
         step = trainer.global_step
         stepped = step != self._last_global_step
         self._last_global_step = step
         every = trainer.log_every_n_steps
-        if stepped and every and step % every == 0:
-            self._log_step(trainer)
+        if stepped and every and step % every == 0 and "train" in self._stages:
+            self._log_step(trainer, pl_module, self._stages["train"])
 
-    def _log_step(self, trainer: pl.Trainer) -> None:
-        window = self._buffers["train"].compute_window()  # host floats: one small copy per log step
-        entropy_sum, elbo = window["sum"], window["elbo"]
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        current = self._stages.get("train")
+        if current is None:
+            self._no_output("train", "on_train_epoch_end", trainer, pl_module)
+            return
+        stats = self._log_epoch("train", current, trainer, pl_module)
+        self._warn_on_new_collapse(trainer, stats["collapsed"])
+        if self._convergence_stage() == "train":
+            self.convergence.check(trainer, stats["abs_rel_gap"], self._objective(pl_module), stage="train")
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for stage, current in self._stages.items():
+            if stage.startswith("val"):
+                current.pending.clear()
+                current.metrics.reset_epoch(carry_window=False)
+                self._recorder.skipped_none[stage] = 0
+
+    @override
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if "val" not in self.stages or trainer.sanity_checking:
+            return
+        stage = "val" if dataloader_idx == 0 else f"val_{dataloader_idx}"
+        self._recorder.keep("on_validation_batch_end", stage, pl_module, outputs, batch)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if "val" in self.stages and "val" not in self._stages:
+            self._no_output("val", "on_validation_epoch_end", trainer, pl_module)
+        for stage in sorted(s for s in self._stages if s.startswith("val")):
+            stats = self._log_epoch(stage, self._stages[stage], trainer, pl_module)
+            if stage == "val" and self._convergence_stage() == "val":
+                self.convergence.check(trainer, stats["abs_rel_gap"], self._objective(pl_module), stage="val")
+
+    def _no_output(self, stage: str, hook: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """An epoch whose every step returned None: an error for validation (its step returns nothing), a
+        warning for training (each None is Lightning's "skip this batch")."""
+        skipped = self._recorder.skipped_none.get(stage, 0)
+        if not skipped:
+            return
+        if stage == "val":
+            read_output(0, hook, stage, pl_module, got=f"None from all {skipped} batches of the epoch")
+        if stage not in self._warned_empty:
+            self._warned_empty.add(stage)
+            rank_zero_warn(f"EntropyMonitor: every `training_step` of epoch {trainer.current_epoch} returned None"
+                           f" ({skipped} batches skipped); there is nothing to monitor.")
+
+    def _convergence_stage(self) -> str:
+        if self.monitor_stage is not None:
+            return self.monitor_stage
+        return "val" if "val" in self.stages and "val" in self._stages else "train"
+
+    def _objective(self, pl_module: pl.LightningModule) -> tuple[float, float, float] | None:
+        """Rank-local -loss per point (read as a batch mean and as a batch sum) and ELBO, for the objective guard."""
+        current = self._stages.get("train")
+        if current is None or not self._check_objective:
+            return None
+        self._recorder.reduce(current, "on_train_batch_end", pl_module)
+        return current.metrics.objective()
+
+    # ---------------------------------------------------------------------------------------- logs
+    def _log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, current: Stage) -> None:
+        self._recorder.reduce(current, "on_train_batch_end", pl_module)
+        entropy_sum, elbo = current.metrics.window_values()  # host floats: one small copy per log step
         gap = elbo - entropy_sum
         prev = self._gap_ema
         if prev is None or not math.isfinite(prev):
@@ -293,115 +304,41 @@ class EntropyMonitor(Callback):
         else:  # a window whose batches were all skipped (NaN gap) leaves the average as it was
             ema = prev
         self._gap_ema = ema
-        floor = self.rel_gap_floor * self._buffers["train"].spec.data_dim
         values = {"sum": entropy_sum, "elbo": elbo, "gap": gap,
-                  "rel_gap": relative_gap(gap, entropy_sum, floor),
+                  "rel_gap": relative_gap(elbo, entropy_sum, data_dim=current.layout.data_dim,
+                                          floor=self.rel_gap_floor),
                   "gap_ema": ema}
         # straight to the loggers, at the step Lightning uses for this batch's own step metrics
-        _log_to_loggers(trainer, {f"entropy/train_step/{k}": v for k, v in values.items()}, trainer.global_step - 1)
+        _loggers.log_to_loggers(trainer, {f"entropy/train_step/{k}": v for k, v in values.items()},
+                                trainer.global_step - 1)
 
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        buffer = self._buffers.get("train")
-        if buffer is None:
-            return
-        stats = self._log_epoch("train", trainer, pl_module, buffer)
-        self._warn_on_new_collapse(trainer, stats["collapsed"])
-        if self._convergence_stage() == "train":
-            self.convergence.check(trainer, stats["abs_rel_gap"], buffer, stage="train")
+    def _log_epoch(self, stage: str, current: Stage, trainer: pl.Trainer,
+                   pl_module: pl.LightningModule) -> dict[str, Any]:
+        self._recorder.reduce(current, "on_train_epoch_end" if stage == "train" else "on_validation_epoch_end",
+                              pl_module)
+        sums, elbo, collapse = current.metrics.epoch_values()  # collectives: every rank calls them here
+        # rank-local counts of dropped (NaN/Inf) and skipped (None) batches, summed over ranks
+        skipped = trainer.strategy.reduce(torch.as_tensor(current.metrics.dropped, device=elbo.device)
+                                          + self._recorder.skipped_none.get(stage, 0), reduce_op="sum")
+        per_latent = current.layout.latent_dim <= self.max_latents_as_scalars and bool(trainer.loggers)
+        tensors, floats = _loggers.epoch_metrics(stage, sums, elbo, collapse, skipped, data_dim=current.layout.data_dim,
+                                                 floor=self.rel_gap_floor, per_latent=per_latent)
+        self._callback_metrics.publish(trainer, pl_module, tensors)
+        _loggers.log_to_loggers(trainer, floats, trainer.global_step)
+        self._write_extras(trainer, stage, current, collapse, per_latent)
+        nothing = math.isnan(floats[f"entropy/{stage}/active_latents"])  # no point kept: flags unknown, not active
+        if nothing and stage not in self._warned_empty:
+            self._warned_empty.add(stage)
+            rank_zero_warn(
+                f"EntropyMonitor: no batch of the `{stage}` epoch {trainer.current_epoch} was kept"
+                f" ({int(floats[f'entropy/{stage}/skipped_batches'])} skipped: NaN/Inf values, or a step that"
+                " returned None), so its values, active latents and collapse flags are NaN."
+            )
+        return {"abs_rel_gap": floats[f"entropy/{stage}/abs_rel_gap"],
+                "collapsed": None if nothing else collapse["collapsed"].tolist()}
 
-    @override
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for stage, buffer in self._buffers.items():
-            if stage.startswith("val"):
-                buffer.reset_epoch()
-
-    @override
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
-        if "val" not in self.stages or trainer.sanity_checking:
-            return
-        stage = "val" if dataloader_idx == 0 else f"val_{dataloader_idx}"
-        self._record("on_validation_batch_end", stage, trainer, pl_module, outputs, batch)
-
-    @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        for stage in sorted(s for s in self._buffers if s.startswith("val")):
-            stats = self._log_epoch(stage, trainer, pl_module, self._buffers[stage])
-            if stage == "val" and self._convergence_stage() == "val":
-                self.convergence.check(trainer, stats["abs_rel_gap"], self._buffers.get("train"), stage="val")
-
-    def _convergence_stage(self) -> str:
-        if self.monitor_stage is not None:
-            return self.monitor_stage
-        return "val" if "val" in self.stages and "val" in self._buffers else "train"
-
-    # -------------------------------------------------------------------------------------- epochs
-    def _log_epoch(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                   buffer: StageBuffer) -> dict[str, Any]:
-        sums, elbo, collapse = buffer.compute_epoch()  # collectives: every rank calls them here
-        # both counts are rank-local (the metric's state is unsynced again after compute): sum over ranks
-        skipped = trainer.strategy.reduce(buffer.epoch_sum.num_skipped_batches + buffer.skipped, reduce_op="sum")
-        gap = elbo - sums["sum"]
-        rel = relative_gap(gap, sums["sum"], self.rel_gap_floor * buffer.spec.data_dim)
-        scalars = {
-            "encoder": sums["encoder"], "prior": sums["prior"], "decoder": sums["decoder"], "sum": sums["sum"],
-            "elbo": elbo, "gap": gap, "rel_gap": rel, "abs_rel_gap": rel.abs(),
-            "active_latents": collapse["num_active"].to(elbo.dtype),
-            "skipped_batches": skipped,
-        }
-        if "sum_profiled" in sums:
-            scalars["sum_profiled"] = sums["sum_profiled"]
-        per_latent = buffer.spec.latent_dim <= self.max_latents_as_scalars and bool(trainer.loggers)
-        rows = {"latent_entropy": collapse["latent_entropy"], "latent_kl": collapse["latent_kl"],
-                "collapsed": collapse["collapsed"]} if per_latent else {}
-        stacked = torch.stack([v.detach().float() for v in scalars.values()])
-        # one device-to-host copy for the scalars and the per-latent rows
-        flat = torch.cat([stacked, *(r.detach().float() for r in rows.values()),
-                          collapse["prior_latent_entropy"].detach().float().mean().reshape(1)]).cpu().tolist()
-        keys = [f"entropy/{stage}/{name}" for name in scalars]
-        self._publish(trainer, pl_module, dict(zip(keys, stacked.unbind())))
-        metrics = dict(zip(keys, flat))
-        if per_latent:
-            metrics.update(self._per_latent_scalars(stage, flat[len(keys):]))
-        _log_to_loggers(trainer, metrics, trainer.global_step)
-        self._write_extras(trainer, stage, collapse, per_latent)
-        return {"abs_rel_gap": metrics[f"entropy/{stage}/abs_rel_gap"], "collapsed": collapse["collapsed"].tolist()}
-
-    def _publish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, metrics: dict[str, Tensor]) -> None:
-        """Put the epoch keys into ``trainer.callback_metrics``, where EarlyStopping and ModelCheckpoint read.
-
-        Written directly: ``pl_module.log`` costs about 0.4 ms per key and epoch, and the values are
-        already reduced over processes. Should a Lightning version hand out a copy of that dict, the
-        keys go through ``pl_module.log`` instead (found out on the first epoch; loggers get them from us).
-        """
-        if self._callback_metrics_writable is not False:
-            trainer.callback_metrics.update(metrics)
-            if self._callback_metrics_writable is None:
-                self._callback_metrics_writable = next(iter(metrics)) in trainer.callback_metrics
-        if not self._callback_metrics_writable:
-            for key, value in metrics.items():
-                pl_module.log(key, value, on_step=False, on_epoch=True, logger=False)
-
-    def _per_latent_scalars(self, stage: str, flat: list[float]) -> dict[str, float]:
-        """Per-latent entropy, KL and flag (``flat``: the three rows, then the mean prior entropy) and the lines
-        they overlay with: the threshold and the prior."""
-        latent_dim = (len(flat) - 1) // 3
-        width = len(str(latent_dim - 1))
-        out = {}
-        for i, name in enumerate(("latent_entropy", "latent_kl", "collapsed")):
-            row = flat[i * latent_dim: (i + 1) * latent_dim]
-            out.update({f"entropy/{stage}/{name}/{h:0{width}d}": v for h, v in enumerate(row)})
-        prior = flat[-1]
-        out[f"entropy/{stage}/latent_entropy/prior"] = prior
-        if self.collapse_criterion == "entropy":
-            margin = _in.LOG_2PI_E / 2 - _check_criterion("entropy", self.collapse_threshold)
-            out[f"entropy/{stage}/latent_entropy/threshold"] = prior - margin
-        return out
-
-    def _write_extras(self, trainer: pl.Trainer, stage: str, collapse: dict[str, Tensor], per_latent: bool) -> None:
+    def _write_extras(self, trainer: pl.Trainer, stage: str, current: Stage, collapse: dict[str, torch.Tensor],
+                      per_latent: bool) -> None:
         if not trainer.is_global_zero or not trainer.loggers:
             return
         if not self._layout_written:
@@ -413,13 +350,15 @@ class EntropyMonitor(Callback):
         if every and trainer.current_epoch % every == 0:
             import matplotlib.pyplot as plt
 
-            figure, _ = self._buffers[stage].collapse.plot(collapse)
+            figure, _ = current.metrics.collapse.plot(collapse)
             plt.close(figure)
         if self.log_histograms or figure is not None:
             _loggers.write_latent_figures(trainer.loggers, stage, collapse, trainer.global_step,
                                           histogram=self.log_histograms, figure=figure)
 
-    def _warn_on_new_collapse(self, trainer: pl.Trainer, collapsed: list[bool]) -> None:
+    def _warn_on_new_collapse(self, trainer: pl.Trainer, collapsed: list[bool] | None) -> None:
+        if collapsed is None:  # an epoch without kept points says nothing about collapse
+            return
         previous, self._collapsed = self._collapsed, collapsed
         if not self.warn_on_collapse or previous is None or len(previous) != len(collapsed):
             return
@@ -439,7 +378,7 @@ class EntropyMonitor(Callback):
             "gap_ema": self._gap_ema,
             "collapsed": self._collapsed,
             "warned_collapse": sorted(self._warned_collapse),
-            "fixed_variance": self._fixed_variance,
+            "fixed_variance": self._recorder.fixed_variance,
             "last_global_step": self._last_global_step,
             **self.convergence.state_dict(),
         }
@@ -450,20 +389,9 @@ class EntropyMonitor(Callback):
         self._gap_ema = None if ema is None else float(ema)
         self._collapsed = state_dict.get("collapsed")
         self._warned_collapse = set(state_dict.get("warned_collapse", []))
-        self._fixed_variance = state_dict.get("fixed_variance")
+        self._recorder.fixed_variance = state_dict.get("fixed_variance")
         self._last_global_step = int(state_dict.get("last_global_step", -1))
         self.convergence.load_state_dict(state_dict)
-
-
-def _log_to_loggers(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
-    """Write floats straight to every logger (rank 0 only, as Lightning's loggers do), as LearningRateMonitor does.
-
-    With an ``epoch`` entry, as Lightning adds to the metrics it logs itself (the CSV's epoch column).
-    """
-    if trainer.loggers:
-        metrics = {**metrics, "epoch": trainer.current_epoch}
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
 
 
 def _positive(name: str, value: Any) -> None:

@@ -1,16 +1,20 @@
 """Pure-torch functions for the three-entropies ELBO of Gaussian VAEs (no Lightning import).
 
-Every function takes the package's vocabulary as keyword arguments (``enc_mean``, ``enc_logvar``,
-``dec_mean``, ``dec_logvar``, ``prior_logvar``, ``x``, ``posterior``, ``prior``, ``likelihood``)
-and ignores keys it does not need, so one step output feeds them all::
+Every function takes the package's vocabulary as keyword-only arguments (``enc_mean``, ``enc_logvar``,
+``dec_mean``, ``dec_logvar``, ``prior_logvar``, ``x``, ``elbo``, ``posterior``, ``prior``,
+``likelihood``). Vocabulary names a function does not need are accepted and ignored, so a dict of
+the vocabulary (a step's output, ``loss`` included) feeds them all; any other keyword, such as a
+misspelt ``reductoin`` or ``prior_log_var``, raises ``TypeError``::
 
     out = model.step(x)                      # a dict of the vocabulary
     F.entropy_sum(**out), F.gaussian_elbo(**out)
 
-All values are nats per data point, computed in float32 or wider.
+All values are nats per data point, computed in float32 or wider. Each quantity is implemented once:
+``_<name>_update`` gives its per-sample sufficient statistic, ``_<name>_compute`` the value from their
+sum, and the metrics of :mod:`lightning_entropy_vae.metrics` call the same two.
 """
 
-from lightning_entropy_vae.functional._inputs import LOG_2PI_E, VOCABULARY
+from lightning_entropy_vae.functional._checks import LOG_2PI_E, VOCABULARY
 from lightning_entropy_vae.functional.collapse import (
     COLLAPSE_CRITERIA,
     DEFAULT_THRESHOLDS,
@@ -20,7 +24,7 @@ from lightning_entropy_vae.functional.collapse import (
     latent_mean_variance,
     posterior_collapse,
 )
-from lightning_entropy_vae.functional.elbo import gaussian_elbo, gaussian_kl, gaussian_log_likelihood
+from lightning_entropy_vae.functional.elbo import gaussian_elbo, gaussian_kl, gaussian_log_likelihood, relative_gap
 from lightning_entropy_vae.functional.entropy import (
     decoder_entropy,
     encoder_entropy,
@@ -30,6 +34,7 @@ from lightning_entropy_vae.functional.entropy import (
 )
 from lightning_entropy_vae.functional.model_selection import bic
 from lightning_entropy_vae.functional.stationary import (
+    fixed_decoder_variance,
     optimal_decoder_variance,
     optimal_prior_variance,
     profiled_decoder_entropy,
@@ -46,6 +51,7 @@ __all__ = [
     "decoder_entropy",
     "encoder_entropy",
     "entropy_sum",
+    "fixed_decoder_variance",
     "gaussian_elbo",
     "gaussian_entropy",
     "gaussian_kl",
@@ -59,4 +65,5 @@ __all__ = [
     "prior_entropy",
     "profiled_decoder_entropy",
     "profiled_entropy_sum",
+    "relative_gap",
 ]

@@ -1,8 +1,8 @@
-"""Input checking and canonical shapes for the shared vocabulary (private).
+"""Canonical shapes for the shared vocabulary: encoder, prior, data and decoder (private).
 
 Every public function and metric goes through these helpers, so a shape, dtype or missing-key
-error reads the same wherever it is raised. Nothing here synchronises with the device: checks
-look at shapes, dtypes and Python attributes only.
+error reads the same wherever it is raised. Nothing here computes a formula or synchronises with
+the device: the helpers look at shapes, dtypes and Python attributes, and reshape (views only).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-import torch
 from torch import Tensor
 from torch.distributions import (
     Distribution,
@@ -21,69 +20,12 @@ from torch.distributions import (
     Normal,
 )
 
-#: ``log(2 * pi * e)``: twice the entropy of a standard normal, in nats.
-LOG_2PI_E = math.log(2.0 * math.pi * math.e)
-#: ``log(2 * pi)``.
-LOG_2PI = math.log(2.0 * math.pi)
-
-#: The names every function, metric and callback understands.
-VOCABULARY = (
-    "enc_mean",
-    "enc_logvar",
-    "dec_mean",
-    "dec_logvar",
-    "prior_logvar",
-    "x",
-    "elbo",
-    "posterior",
-    "prior",
-    "likelihood",
-    "data_dim",
-    "dec_sq_residual",
-)
+from lightning_entropy_vae.functional._checks import as_float_tensor, missing_inputs_error
+from lightning_entropy_vae.functional._checks import shape_of as _shape
 
 _GAUSSIANS = (Normal, MultivariateNormal, LowRankMultivariateNormal)
 
-EXAMPLE_RETURN = (
-    '    return {"loss": loss, "x": x, "enc_mean": mu, "enc_logvar": logvar,\n'
-    '            "dec_mean": x_hat, "dec_logvar": self.dec_logvar,\n'
-    '            "elbo": elbo}  # elbo: (B,) per-sample ELBO, optional'
-)
-
-
-def missing_inputs_error(owner: str, needed: str, given: Mapping[str, Any] | None = None) -> ValueError:
-    """Build the error for missing vocabulary keys, with the ``return {...}`` a user should write.
-
-    ``given``: the keys the caller received (a metric's mapping); ``None`` when the caller is a function
-    whose missing argument was ``None``.
-    """
-    if given is None:
-        got = "None"
-    else:
-        got = ", ".join(f"`{k}`" for k in given) if given else "nothing"
-    return ValueError(
-        f"{owner} needs {needed}, but got {got}."
-        " Return the encoder and decoder statistics from your step, for example:\n" + EXAMPLE_RETURN
-    )
-
-
-def as_float_tensor(name: str, value: Any) -> Tensor:
-    """Check that ``value`` is a floating-point tensor and upcast it to at least float32.
-
-    float64 stays float64; float16/bfloat16 become float32 so that sums over many dimensions
-    keep their precision.
-    """
-    if not isinstance(value, Tensor):
-        raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(value).__name__}.")
-    if not value.is_floating_point():
-        raise TypeError(f"Expected `{name}` to be a floating-point tensor, but got dtype {value.dtype}.")
-    if value.dtype in (torch.float16, torch.bfloat16):
-        return value.float()
-    return value
-
-
-def _shape(t: Tensor | torch.Size) -> tuple[int, ...]:
-    return tuple(t.shape if isinstance(t, Tensor) else t)
+_GAUSSIANS = (Normal, MultivariateNormal, LowRankMultivariateNormal)
 
 
 def check_gaussian(name: str, dist: Any, role: str) -> Distribution:
@@ -104,18 +46,18 @@ def _dist_full_shape(dist: Distribution) -> tuple[int, ...]:
     return _shape(dist.batch_shape) + _shape(dist.event_shape)
 
 
-def _sum_to(t: Tensor, ndim: int) -> Tensor:
+def sum_to(t: Tensor, ndim: int) -> Tensor:
     """Sum all trailing dimensions beyond the first ``ndim``."""
     return t.sum(dim=tuple(range(ndim, t.dim()))) if t.dim() > ndim else t
 
 
 # ----------------------------------------------------------------------------------------- encoder
 class Encoder(NamedTuple):
-    """Canonical encoder statistics: marginal means and log-variances (B, H), per-sample entropy."""
+    """Canonical encoder statistics: marginal means and log-variances (B, H); a full-covariance posterior."""
 
     mean: Tensor | None
     logvar: Tensor
-    entropy: Tensor | None  # (B,) only when the posterior is not diagonal
+    full: Distribution | None  # the posterior, only when it is not diagonal (its entropy needs the covariance)
 
 
 def encoder(
@@ -140,9 +82,7 @@ def encoder(
             )
         mean = as_float_tensor("posterior.mean", dist.mean)
         logvar = as_float_tensor("posterior.variance", dist.variance).log()
-        diagonal = isinstance(dist.base_dist if isinstance(dist, Independent) else dist, Normal)
-        entropy = None if diagonal else _sum_to(as_float_tensor("posterior.entropy()", dist.entropy()), 1)
-        return Encoder(mean, logvar, entropy)
+        return Encoder(mean, logvar, None if is_diagonal(dist) else dist)
     if enc_logvar is None:
         raise missing_inputs_error(owner, "`enc_logvar` (or a `posterior` distribution)", given)
     logvar = as_float_tensor("enc_logvar", enc_logvar)
@@ -161,19 +101,18 @@ def encoder(
 
 # ------------------------------------------------------------------------------------------- prior
 class Prior(NamedTuple):
-    """Canonical prior: marginal means and log-variances (H,) and the (joint) entropy."""
+    """Canonical prior: marginal means and log-variances; a non-diagonal or distribution prior as given."""
 
     mean: Tensor | None  # None: zero mean
     logvar: Tensor | None  # None: standard normal; (H,) or (B, H)
-    entropy: Tensor | float  # () or (B,)
-    dist: Distribution | None
+    dist: Distribution | None  # a `prior` distribution, as given
 
 
 def prior(prior_logvar: Any = None, prior_dist: Any = None, *, latent_dim: int, batch: int | None = None) -> Prior:
     """Resolve the prior; the default is the standard normal N(0, I) over ``latent_dim`` latents.
 
     ``prior_logvar`` is ``(H,)``, or ``(B, H)`` when each sample carries the prior that was in effect
-    for it (the callback concatenates batches of a learnable prior this way). ``entropy`` is then ``(B,)``.
+    for it (the callback concatenates batches of a learnable prior this way).
     """
     if prior_dist is not None:
         dist = check_gaussian("prior", prior_dist, "prior")
@@ -182,10 +121,9 @@ def prior(prior_logvar: Any = None, prior_dist: Any = None, *, latent_dim: int, 
             raise ValueError(f"Expected `prior` with batch and event shape (H,) = ({latent_dim},), but got {full}.")
         mean = as_float_tensor("prior.mean", dist.mean)
         logvar = as_float_tensor("prior.variance", dist.variance).log()
-        entropy = as_float_tensor("prior.entropy()", dist.entropy()).sum()
-        return Prior(mean, logvar, entropy, dist)
+        return Prior(mean, logvar, dist)
     if prior_logvar is None:
-        return Prior(None, None, 0.5 * latent_dim * LOG_2PI_E, None)
+        return Prior(None, None, None)
     logvar = as_float_tensor("prior_logvar", prior_logvar)
     if logvar.dim() not in (1, 2) or logvar.shape[-1] != latent_dim or (batch is not None and logvar.dim() == 2
                                                                           and logvar.shape[0] != batch):
@@ -193,7 +131,12 @@ def prior(prior_logvar: Any = None, prior_dist: Any = None, *, latent_dim: int, 
             f"Expected `prior_logvar` of shape (H,) = ({latent_dim},) matching the encoder's latents"
             f" (or (B, H), the prior in effect for each sample), but got {_shape(logvar)}."
         )
-    return Prior(None, logvar, 0.5 * (latent_dim * LOG_2PI_E + logvar.sum(-1)), None)
+    return Prior(None, logvar, None)
+
+
+def is_diagonal(dist: Distribution | None) -> bool:
+    """Whether a Gaussian distribution has a diagonal covariance (Normal or Independent(Normal))."""
+    return isinstance(dist.base_dist if isinstance(dist, Independent) else dist, Normal)
 
 
 # ----------------------------------------------------------------------------------------- decoder
@@ -210,20 +153,22 @@ def data(x: Any) -> Data:
     if x is None:
         return Data(None, None, None, None)
     t = as_float_tensor("x", x)
-    if t.dim() < 2:
+    shape = t.shape
+    if len(shape) < 2:
         raise ValueError(f"Expected `x` of shape (B, D) (or (B, C, H, W) images), but got {_shape(t)}.")
-    return Data(t.reshape(t.shape[0], -1), t, t.shape[0], _shape(t)[1:])
+    flat = t if len(shape) == 2 else t.reshape(shape[0], -1)
+    return Data(flat, t, shape[0], tuple(shape[1:]))
 
 
-def _flatten_decoder(name: str, t: Tensor, d: Data) -> Tensor:
+def flatten_decoder(name: str, t: Tensor, d: Data) -> Tensor:
     """Bring a decoder tensor to (B, D) or (S, B, D) using x's per-sample shape when known."""
     shape = _shape(t)
     if d.data_shape is not None:
         k = len(d.data_shape)
         if shape[1:] == (d.batch_size, *d.data_shape) and len(shape) == k + 2:
-            return t.reshape(shape[0], shape[1], -1)
+            return t if k == 1 else t.reshape(shape[0], shape[1], -1)
         if shape == (d.batch_size, *d.data_shape):
-            return t.reshape(shape[0], -1)
+            return t if k == 1 else t.reshape(shape[0], -1)
         raise ValueError(
             f"Expected `{name}` of shape (B, *data) = {(d.batch_size, *d.data_shape)} or (S, B, *data)"
             f" matching `x` {(d.batch_size, *d.data_shape)}, but got {shape}."
@@ -290,7 +235,7 @@ def decoder(
     logvar = as_float_tensor("dec_logvar", dec_logvar)
     mean = None
     if dec_mean is not None:
-        mean = _flatten_decoder("dec_mean", as_float_tensor("dec_mean", dec_mean), d)
+        mean = flatten_decoder("dec_mean", as_float_tensor("dec_mean", dec_mean), d)
         if d.batch_size is not None and mean.shape[-2] != d.batch_size:
             raise ValueError(
                 f"Expected `dec_mean` with batch size {d.batch_size} matching `x`, but got {_shape(mean)}."
@@ -299,7 +244,9 @@ def decoder(
         raise missing_inputs_error(owner, "`dec_mean` and `x`", given)
 
     lshape = _shape(logvar)
-    if logvar.numel() == 1 and logvar.dim() <= 1:
+    if lshape == ():
+        layout = "scalar"
+    elif lshape == (1,):
         layout, logvar = "scalar", logvar.reshape(())
     elif d.data_shape is not None and (lshape == d.data_shape or lshape == (d.x.shape[1],)):
         layout, logvar = "per_dim", logvar.reshape(-1)
@@ -308,7 +255,7 @@ def decoder(
     elif logvar.dim() in (2, 3) and lshape[-1] == 1 and (d.data_shape is None or d.data_shape != (1,)):
         layout = "per_sample" if logvar.dim() == 2 else "per_z"
     else:
-        logvar = _flatten_decoder("dec_logvar", logvar, d)
+        logvar = flatten_decoder("dec_logvar", logvar, d)
         layout = "per_sample" if logvar.dim() == 2 else "per_z"
         if mean is not None and logvar.shape != mean.shape and not (layout == "per_sample" and mean.dim() == 3):
             raise ValueError(
@@ -338,23 +285,3 @@ def decoder(
             f"Expected `dec_logvar` of shape (B, D) = {(batch, data_dim)}, (B, 1) or (S, B, D), but got {lshape}."
         )
     return Decoder(mean, logvar, layout, batch, data_dim, None)
-
-
-def first_nonfinite(inputs: Mapping[str, Any]) -> str | None:
-    """The first key whose floating-point tensor holds NaN or Inf (a host sync per tensor), else ``None``."""
-    for key, value in inputs.items():
-        if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            return key
-    return None
-
-
-def check_batch(owner: str, **sizes: int | None) -> int:
-    """Check that every component agrees on the batch size; return it."""
-    known = {k: v for k, v in sizes.items() if v is not None}
-    values = set(known.values())
-    if len(values) > 1:
-        listing = ", ".join(f"`{k}`: {v}" for k, v in known.items())
-        raise ValueError(f"Expected one batch size B across the inputs of {owner}, but got {listing}.")
-    if not values:
-        raise missing_inputs_error(owner, "tensors with a batch dimension")
-    return values.pop()

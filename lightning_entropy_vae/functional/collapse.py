@@ -12,6 +12,10 @@ criterion counts latent h as collapsed when
 prior entropy: collapsed when :math:`\bar{\mathcal{H}}_h \ge \mathcal{H}[p(z_h)] - (1.4189 - 1.0)`.
 Companions: the per-latent KL, and "active units" (Burda et al., 2016):
 :math:`\operatorname{Var}_x \mathbb{E}_q[z_h] > 0.01`.
+
+All per-latent statistics come from one per-point table (:func:`_latent_statistics_update`) whose sum
+over the points :func:`_latent_statistics_compute` turns into values; :class:`PosteriorCollapse` sums the
+same table over batches.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import torch
 from torch import Tensor
 
 from lightning_entropy_vae.functional import _inputs as _in
-from lightning_entropy_vae.functional._inputs import LOG_2PI_E
-from lightning_entropy_vae.functional.elbo import _kl_from_column_sums, _kl_per_latent
+from lightning_entropy_vae.functional._checks import LOG_2PI_E, check_keywords, missing_inputs_error
+from lightning_entropy_vae.functional.elbo import _kl_update
+from lightning_entropy_vae.functional.entropy import _entropy_from_logdet
 
 __all__ = [
     "COLLAPSE_CRITERIA",
@@ -40,95 +45,30 @@ Criterion = Literal["entropy", "kl", "active_units"]
 COLLAPSE_CRITERIA: tuple[str, ...] = ("entropy", "kl", "active_units")
 #: Default thresholds: 1.0 nat average encoder entropy (the paper), 0.01 nats KL, 0.01 variance.
 DEFAULT_THRESHOLDS: dict[str, float] = {"entropy": 1.0, "kl": 0.01, "active_units": 0.01}
+#: Rows of the per-point table of :func:`_latent_statistics_update`.
+LATENT_ROWS = ("logvar", "kl", "mean", "mean_sq", "prior_logvar")
 
 
-def latent_entropy(enc_logvar: Tensor | None = None, *, posterior: Any = None, **_: Any) -> Tensor:
-    r"""Average encoder entropy per latent :math:`\bar{\mathcal{H}}_h`, shape ``(H,)``.
+def _latent_statistics_update(enc: _in.Encoder, p: _in.Prior) -> Tensor:
+    """Per-point, per-latent sufficient statistics, shape ``(B, 5, H)`` with rows :data:`LATENT_ROWS`."""
+    lv, mean = enc.logvar, enc.mean
+    prior_logvar = p.logvar.expand_as(lv) if p.logvar is not None else torch.zeros_like(lv)
+    return torch.stack([lv, _kl_update(enc, p), mean, mean.square(), prior_logvar], dim=-2)
 
-    For a full-covariance posterior this uses the marginal variances.
 
-    Example:
-        >>> latent_entropy(torch.zeros(5, 3))
-        tensor([1.4189, 1.4189, 1.4189])
+def _mean_variance_compute(mean_sum: Tensor, mean_sq_sum: Tensor, count: Any) -> Tensor:
+    """Population variance from the sums of x and x^2 over ``count`` points (clamped at 0 against rounding)."""
+    return (mean_sq_sum / count - (mean_sum / count).square()).clamp_min(0.0)
+
+
+def _entropy_collapse_level(prior_latent_entropy: Tensor | None, threshold: float) -> Tensor | float:
+    """The average encoder entropy from which a latent counts as collapsed under the ``"entropy"`` criterion.
+
+    ``threshold`` below a standard normal's 0.5*log(2 pi e); a learnable prior moves it with its entropy.
     """
-    enc = _in.encoder(None, enc_logvar, posterior, owner="latent_entropy()")
-    return 0.5 * (LOG_2PI_E + enc.logvar.mean(0))
-
-
-def latent_kl(
-    enc_mean: Tensor | None = None,
-    enc_logvar: Tensor | None = None,
-    *,
-    prior_logvar: Tensor | None = None,
-    posterior: Any = None,
-    prior: Any = None,
-    **_: Any,
-) -> Tensor:
-    r"""Average KL per latent :math:`\frac1N\sum_n \mathrm{KL}(q(z_h|x_n)\,\|\,p(z_h))`, shape ``(H,)``.
-
-    Exact for diagonal posteriors and priors; for full covariances it is the KL of the marginals.
-
-    Example:
-        >>> latent_kl(torch.zeros(5, 2), torch.zeros(5, 2))
-        tensor([0., 0.])
-    """
-    enc = _in.encoder(enc_mean, enc_logvar, posterior, owner="latent_kl()")
-    if enc.mean is None:
-        raise _in.missing_inputs_error("latent_kl()", "`enc_mean` and `enc_logvar` (or a `posterior`)")
-    p = _in.prior(prior_logvar, prior, latent_dim=enc.logvar.shape[-1], batch=enc.logvar.shape[0])
-    return _kl_per_latent(enc, p).mean(0)
-
-
-def latent_mean_variance(enc_mean: Tensor | None = None, *, posterior: Any = None, **_: Any) -> Tensor:
-    r"""Variance over the data of the posterior mean, :math:`\operatorname{Var}_x \mathbb{E}_q[z_h]`, ``(H,)``.
-
-    Population variance (divides by N), as in Burda et al.'s active-unit count.
-
-    Example:
-        >>> latent_mean_variance(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
-        tensor([1., 0.])
-    """
-    if posterior is not None:
-        enc_mean = _in.encoder(None, None, posterior, owner="latent_mean_variance()").mean
-    if enc_mean is None:
-        raise _in.missing_inputs_error("latent_mean_variance()", "`enc_mean` (or a `posterior`)")
-    mean = _in.as_float_tensor("enc_mean", enc_mean)
-    return mean.var(0, correction=0)
-
-
-def _prior_latent_entropy_sum(p: _in.Prior, batch: int, like: Tensor) -> Tensor:
-    """Sum over the batch of each latent's prior entropy ``0.5 * log(2 pi e alpha_h^2)``, shape ``(H,)``."""
-    if p.logvar is None:
-        return torch.full(like.shape[-1:], 0.5 * LOG_2PI_E * batch, dtype=like.dtype, device=like.device)
-    if p.logvar.dim() == 2:  # (B, H): each sample's own prior
-        return 0.5 * (batch * LOG_2PI_E + p.logvar.sum(0))
-    return 0.5 * batch * (LOG_2PI_E + p.logvar)
-
-
-#: Rows of the per-latent sums that :class:`~lightning_entropy_vae.PosteriorCollapse` accumulates.
-LATENT_SUM_ROWS = ("latent_entropy", "latent_kl", "mean_sum", "mean_sq_sum", "prior_latent_entropy")
-
-
-def _latent_sums_from_columns(count: Any, logvar_sum: Tensor, exp_logvar_sum: Tensor, mean_sum: Tensor,
-                              mean_sq_sum: Tensor, prior_logvar: Tensor | None) -> Tensor:
-    """Per-latent sums over ``count`` points, shape ``(..., 5, H)`` with rows :data:`LATENT_SUM_ROWS`.
-
-    From the column sums of ``logvar``, ``exp(logvar)``, ``mean`` and ``mean**2`` over the points and a
-    zero-mean prior shared by them (``prior_logvar`` ``None`` for N(0, I), or ``(..., H)``):
-    encoder entropy ``0.5 * (count * log(2 pi e) + sum logvar)``, the KL of :func:`_kl_from_column_sums`,
-    the two mean sums, and ``count`` times the prior's entropy ``0.5 * (log(2 pi e) + prior_logvar)``.
-    ``count`` is a number or a tensor broadcasting against the sums (one row per batch).
-    """
-    prior = 0.5 * count * (LOG_2PI_E if prior_logvar is None else LOG_2PI_E + prior_logvar)
-    # a number (count and prior both plain) is filled on the sums' device: no host-to-device copy
-    prior = prior.expand_as(logvar_sum) if isinstance(prior, Tensor) else torch.full_like(logvar_sum, prior)
-    return torch.stack([
-        0.5 * (count * LOG_2PI_E + logvar_sum),
-        _kl_from_column_sums(count, logvar_sum, exp_logvar_sum, mean_sq_sum, prior_logvar),
-        mean_sum,
-        mean_sq_sum,
-        prior,
-    ], dim=-2)
+    if prior_latent_entropy is None:
+        return threshold
+    return prior_latent_entropy - (0.5 * LOG_2PI_E - threshold)
 
 
 def _check_criterion(criterion: str, threshold: float | None) -> float:
@@ -139,6 +79,93 @@ def _check_criterion(criterion: str, threshold: float | None) -> float:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise TypeError(f"Expected `threshold` to be a float, but got {type(threshold).__name__}.")
     return float(threshold)
+
+
+def _latent_statistics_compute(sums: Tensor, count: Any, criterion: str, threshold: float) -> dict[str, Tensor]:
+    """Values and flags from the table of :func:`_latent_statistics_update` summed over ``count`` points.
+
+    With no points (``count`` 0) every statistic and ``num_active``/``num_collapsed`` are NaN and no
+    latent is flagged.
+    """
+    logvar, kl, mean, mean_sq, prior_logvar = sums.unbind(-2)
+    stats = {
+        "latent_entropy": _entropy_from_logdet(logvar, count, 1) / count,
+        "prior_latent_entropy": _entropy_from_logdet(prior_logvar, count, 1) / count,
+        "latent_kl": kl / count,
+        "latent_mean_variance": _mean_variance_compute(mean, mean_sq, count),
+    }
+    collapsed = collapsed_latents(**stats, criterion=criterion, threshold=threshold)
+    seen = torch.as_tensor(count, device=sums.device) > 0
+    nan = torch.full((), float("nan"), dtype=sums.dtype, device=sums.device)
+    out = {**stats, "collapsed": collapsed,
+           "num_active": torch.where(seen, (~collapsed).sum().to(sums.dtype), nan),
+           "num_collapsed": torch.where(seen, collapsed.sum().to(sums.dtype), nan)}
+    if criterion == "entropy":
+        out["entropy_threshold"] = _entropy_collapse_level(stats["prior_latent_entropy"], threshold)
+    return out
+
+
+def latent_entropy(*, enc_logvar: Tensor | None = None, posterior: Any = None, **vocabulary: Any) -> Tensor:
+    r"""Average encoder entropy per latent :math:`\bar{\mathcal{H}}_h`, shape ``(H,)``.
+
+    For a full-covariance posterior this uses the marginal variances.
+
+    Example:
+        >>> latent_entropy(enc_logvar=torch.zeros(5, 3))
+        tensor([1.4189, 1.4189, 1.4189])
+    """
+    check_keywords("latent_entropy()", vocabulary, ("enc_logvar", "posterior"))
+    enc = _in.encoder(None, enc_logvar, posterior, owner="latent_entropy()")
+    count = enc.logvar.shape[0]
+    return _entropy_from_logdet(enc.logvar.sum(0), count, 1) / count
+
+
+def _encoder_with_mean(owner: str, enc_mean: Any, enc_logvar: Any, posterior: Any) -> _in.Encoder:
+    enc = _in.encoder(enc_mean, enc_logvar, posterior, owner=owner)
+    if enc.mean is None:
+        raise missing_inputs_error(owner, "`enc_mean` and `enc_logvar` (or a `posterior`)")
+    return enc
+
+
+def latent_kl(
+    *,
+    enc_mean: Tensor | None = None,
+    enc_logvar: Tensor | None = None,
+    prior_logvar: Tensor | None = None,
+    posterior: Any = None,
+    prior: Any = None,
+    **vocabulary: Any,
+) -> Tensor:
+    r"""Average KL per latent :math:`\frac1N\sum_n \mathrm{KL}(q(z_h|x_n)\,\|\,p(z_h))`, shape ``(H,)``.
+
+    Exact for diagonal posteriors and priors; for full covariances it is the KL of the marginals.
+
+    Example:
+        >>> latent_kl(enc_mean=torch.zeros(5, 2), enc_logvar=torch.zeros(5, 2))
+        tensor([0., 0.])
+    """
+    check_keywords("latent_kl()", vocabulary, ("enc_mean", "enc_logvar", "prior_logvar", "posterior", "prior"))
+    enc = _encoder_with_mean("latent_kl()", enc_mean, enc_logvar, posterior)
+    p = _in.prior(prior_logvar, prior, latent_dim=enc.logvar.shape[-1], batch=enc.logvar.shape[0])
+    return _kl_update(enc, p).mean(0)
+
+
+def latent_mean_variance(*, enc_mean: Tensor | None = None, posterior: Any = None, **vocabulary: Any) -> Tensor:
+    r"""Variance over the data of the posterior mean, :math:`\operatorname{Var}_x \mathbb{E}_q[z_h]`, ``(H,)``.
+
+    Population variance (divides by N), as in Burda et al.'s active-unit count.
+
+    Example:
+        >>> latent_mean_variance(enc_mean=torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+        tensor([1., 0.])
+    """
+    check_keywords("latent_mean_variance()", vocabulary, ("enc_mean", "posterior"))
+    if posterior is not None:
+        enc_mean = _in.encoder(None, None, posterior, owner="latent_mean_variance()").mean
+    if enc_mean is None:
+        raise missing_inputs_error("latent_mean_variance()", "`enc_mean` (or a `posterior`)")
+    mean = _in.as_float_tensor("enc_mean", enc_mean)
+    return _mean_variance_compute(mean.sum(0), mean.square().sum(0), mean.shape[0])
 
 
 def collapsed_latents(
@@ -165,9 +192,7 @@ def collapsed_latents(
     if criterion == "entropy":
         if latent_entropy is None:
             raise ValueError("collapsed_latents(criterion='entropy') needs `latent_entropy`, but got None.")
-        if prior_latent_entropy is None:
-            return latent_entropy >= t
-        return latent_entropy >= prior_latent_entropy - (0.5 * LOG_2PI_E - t)
+        return latent_entropy >= _entropy_collapse_level(prior_latent_entropy, t)
     if criterion == "kl":
         if latent_kl is None:
             raise ValueError("collapsed_latents(criterion='kl') needs `latent_kl`, but got None.")
@@ -178,39 +203,34 @@ def collapsed_latents(
 
 
 def posterior_collapse(
+    *,
     enc_mean: Tensor | None = None,
     enc_logvar: Tensor | None = None,
-    *,
     prior_logvar: Tensor | None = None,
     posterior: Any = None,
     prior: Any = None,
     criterion: Criterion = "entropy",
     threshold: float | None = None,
-    **_: Any,
+    **vocabulary: Any,
 ) -> dict[str, Tensor]:
     r"""All per-latent statistics and the collapse flags for one batch (or a whole data set).
 
     Returns:
         A dict of ``(H,)`` tensors: ``latent_entropy``, ``prior_latent_entropy``, ``latent_kl``,
-        ``latent_mean_variance``, ``collapsed`` (bool), and the scalar ``num_active`` (int).
+        ``latent_mean_variance``, ``collapsed`` (bool), the scalars ``num_active`` and ``num_collapsed``
+        (float, NaN with no points), and for the ``"entropy"`` criterion ``entropy_threshold``: each
+        latent's collapse threshold (the threshold line of a plot).
 
     Example:
-        >>> stats = posterior_collapse(torch.randn(100, 2) * torch.tensor([1.0, 0.0]),
-        ...                            torch.tensor([-3.0, 0.0]).expand(100, 2))
+        >>> stats = posterior_collapse(enc_mean=torch.randn(100, 2) * torch.tensor([1.0, 0.0]),
+        ...                            enc_logvar=torch.tensor([-3.0, 0.0]).expand(100, 2))
         >>> stats["collapsed"], stats["num_active"]
-        (tensor([False,  True]), tensor(1))
+        (tensor([False,  True]), tensor(1.))
     """
+    check_keywords("posterior_collapse()", vocabulary, ("enc_mean", "enc_logvar", "prior_logvar", "posterior",
+                                                        "prior", "criterion", "threshold"))
     t = _check_criterion(criterion, threshold)
-    enc = _in.encoder(enc_mean, enc_logvar, posterior, owner="posterior_collapse()")
-    if enc.mean is None:
-        raise _in.missing_inputs_error("posterior_collapse()", "`enc_mean` and `enc_logvar` (or a `posterior`)")
+    enc = _encoder_with_mean("posterior_collapse()", enc_mean, enc_logvar, posterior)
     p = _in.prior(prior_logvar, prior, latent_dim=enc.logvar.shape[-1], batch=enc.logvar.shape[0])
-    stats = {
-        "latent_entropy": 0.5 * (LOG_2PI_E + enc.logvar.mean(0)),
-        "prior_latent_entropy": _prior_latent_entropy_sum(p, enc.logvar.shape[0], enc.logvar) / enc.logvar.shape[0],
-        "latent_kl": _kl_per_latent(enc, p).mean(0),
-        "latent_mean_variance": enc.mean.var(0, correction=0),
-    }
-    stats["collapsed"] = collapsed_latents(**stats, criterion=criterion, threshold=t)
-    stats["num_active"] = (~stats["collapsed"]).sum()
-    return stats
+    sums = _latent_statistics_update(enc, p).sum(0)
+    return _latent_statistics_compute(sums, enc.logvar.shape[0], criterion, t)

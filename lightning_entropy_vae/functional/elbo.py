@@ -1,9 +1,12 @@
-r"""The sampled Gaussian ELBO from the same pieces: reconstruction log-likelihood minus KL.
+r"""The sampled Gaussian ELBO from the same pieces: reconstruction log-likelihood minus KL; its gap to the sum.
 
 .. math::
 
     \mathcal{F}(x) = \frac1S\sum_{s}\log\mathcal{N}\!\left(x;\,\mu(z_s),\,\operatorname{diag}\sigma^2(z_s)\right)
     - \mathrm{KL}\!\left(q(z|x)\,\|\,p(z)\right),\qquad z_s \sim q(z|x)
+
+Each quantity has an ``_update`` returning its per-sample values (its sufficient statistic: the mean
+over points is their sum over the count) and the public function reduces them.
 """
 
 from __future__ import annotations
@@ -12,20 +15,27 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
+from torch.distributions import MultivariateNormal, kl_divergence
 
 from lightning_entropy_vae.functional import _inputs as _in
-from lightning_entropy_vae.functional._inputs import LOG_2PI
-from lightning_entropy_vae.functional.entropy import Reduction, _reduce
+from lightning_entropy_vae.functional._checks import (
+    LOG_2PI,
+    as_float_tensor,
+    check_batch,
+    check_keywords,
+    missing_inputs_error,
+)
+from lightning_entropy_vae.functional.entropy import Reduction, _check_reduction, _per_point
 
-__all__ = ["gaussian_elbo", "gaussian_kl", "gaussian_log_likelihood"]
+__all__ = ["gaussian_elbo", "gaussian_kl", "gaussian_log_likelihood", "relative_gap"]
 
 
-def _log_likelihood_per_sample(dec: _in.Decoder, d: _in.Data) -> Tensor:
+def _log_likelihood_update(dec: _in.Decoder, d: _in.Data) -> Tensor:
+    """Per-sample Gaussian log-likelihood of x (B,), averaged over the S z-samples."""
     if dec.layout == "dist":
         target = d.raw if dec.lead == 1 else d.raw.unsqueeze(0)
-        ll = _in.as_float_tensor("likelihood.log_prob(x)", dec.dist.log_prob(target))
-        ll = _in._sum_to(ll, dec.lead)
+        ll = as_float_tensor("likelihood.log_prob(x)", dec.dist.log_prob(target))
+        ll = _in.sum_to(ll, dec.lead)
         return ll.mean(0) if dec.lead == 2 else ll
     sq = (d.x - dec.mean).square()  # (B, D) or (S, B, D)
     lv, dim = dec.logvar, dec.data_dim
@@ -39,99 +49,89 @@ def _log_likelihood_per_sample(dec: _in.Decoder, d: _in.Data) -> Tensor:
     return ll.mean(0) if ll.dim() == 2 else ll
 
 
+def _kl_update(enc: _in.Encoder, p: _in.Prior) -> Tensor:
+    r"""Per-sample, per-latent KL (B, H) between the diagonal marginals of q(z|x) and p(z).
+
+    :math:`\tfrac12\left(\tau^2/\alpha^2 + (\nu - m)^2/\alpha^2 - 1 - \log(\tau^2/\alpha^2)\right)`; exact for
+    diagonal q and p. ``prior_logvar`` may be ``(H,)`` or ``(B, H)``; ``None`` means N(0, I).
+    """
+    lvq, lvp = enc.logvar, p.logvar
+    diff = enc.mean if p.mean is None else enc.mean - p.mean
+    if lvp is None:  # N(0, I): alpha^2 = 1
+        log_ratio, scaled_sq = lvq, diff.square()
+    else:
+        log_ratio, scaled_sq = lvq - lvp, diff.square() * torch.exp(-lvp)
+    return 0.5 * (torch.exp(log_ratio) + scaled_sq - 1.0 - log_ratio)
+
+
 def _as_mvn(mean: Tensor, logvar: Tensor, dist: Any) -> MultivariateNormal:
-    if dist is not None:
-        base = dist.base_dist if isinstance(dist, Independent) else dist
-        if not isinstance(base, Normal):
-            return MultivariateNormal(dist.mean, covariance_matrix=dist.covariance_matrix)
+    if dist is not None and not _in.is_diagonal(dist):
+        return MultivariateNormal(dist.mean, covariance_matrix=dist.covariance_matrix)
     return MultivariateNormal(mean, covariance_matrix=torch.diag_embed(logvar.exp()))
 
 
-def _kl_per_latent(enc: _in.Encoder, p: _in.Prior) -> Tensor:
-    """Marginal KL per latent (B, H) between diagonal Gaussians (exact for diagonal q and p)."""
-    lvq, mean = enc.logvar, enc.mean
-    lvp = p.logvar if p.logvar is not None else torch.zeros((), dtype=lvq.dtype, device=lvq.device)
-    diff = mean if p.mean is None else mean - p.mean
-    return 0.5 * (torch.exp(lvq - lvp) + diff.square() * torch.exp(-lvp) - 1.0 - lvq + lvp)
-
-
-def _kl_from_column_sums(count: Any, logvar_sum: Tensor, exp_logvar_sum: Tensor, mean_sq_sum: Tensor,
-                         prior_logvar: Tensor | None) -> Tensor:
-    """Sum over ``count`` points of the per-latent KL to a zero-mean diagonal prior, from column sums.
-
-    The sum over n of ``0.5 * (exp(lvq - lvp) + mean^2 exp(-lvp) - 1 - lvq + lvp)`` is
-    ``0.5 * (exp(-lvp) * (sum exp(lvq) + sum mean^2) - count - sum lvq + count * lvp)``. Elementwise:
-    ``count`` may be a number or a tensor that broadcasts against the ``(..., H)`` sums (one row per batch).
-    """
-    spread = exp_logvar_sum + mean_sq_sum
-    if prior_logvar is None:
-        return 0.5 * (spread - count - logvar_sum)
-    return 0.5 * (torch.exp(-prior_logvar) * spread - count - logvar_sum + count * prior_logvar)
-
-
-def _kl_per_latent_sums(enc: _in.Encoder, p: _in.Prior, logvar_sum: Tensor, mean_sq_sum: Tensor) -> Tensor:
-    """Batch sum of :func:`_kl_per_latent`, shape (H,), from column sums where the prior allows.
-
-    For one zero-mean prior ``(H,)`` shared by the batch, :func:`_kl_from_column_sums` needs one
-    full-size op (the ``exp``) instead of ten.
-    """
-    if p.mean is not None or (p.logvar is not None and p.logvar.dim() == 2):
-        return _kl_per_latent(enc, p).sum(0)
-    return _kl_from_column_sums(enc.logvar.shape[0], logvar_sum, enc.logvar.exp().sum(0), mean_sq_sum, p.logvar)
-
-
-def _kl_per_sample(enc: _in.Encoder, p: _in.Prior, posterior: Any) -> Tensor:
-    full_q = enc.entropy is not None
-    full_p = p.dist is not None and not isinstance(
-        p.dist.base_dist if isinstance(p.dist, Independent) else p.dist, Normal
-    )
-    if not (full_q or full_p):
-        return _kl_per_latent(enc, p).sum(-1)
-    q = _as_mvn(enc.mean, enc.logvar, posterior)
+def _kl_per_sample_update(enc: _in.Encoder, p: _in.Prior) -> Tensor:
+    """Per-sample KL (B,): the sum of :func:`_kl_update` for diagonal q and p, the general Gaussian KL else."""
+    if enc.full is None and (p.dist is None or _in.is_diagonal(p.dist)):
+        return _kl_update(enc, p).sum(-1)
     prior_mean = p.mean if p.mean is not None else torch.zeros_like(enc.logvar[0])
     prior_logvar = p.logvar if p.logvar is not None else torch.zeros_like(enc.logvar[0])
-    pz = _as_mvn(prior_mean, prior_logvar, p.dist)
-    return kl_divergence(q, pz)
+    return kl_divergence(_as_mvn(enc.mean, enc.logvar, enc.full), _as_mvn(prior_mean, prior_logvar, p.dist))
+
+
+def _gaussian_elbo_update(enc: _in.Encoder, p: _in.Prior, dec: _in.Decoder, d: _in.Data) -> Tensor:
+    """Per-sample ELBO (B,): log-likelihood minus KL."""
+    return _log_likelihood_update(dec, d) - _kl_per_sample_update(enc, p)
+
+
+def _reduce(per_sample: Tensor, reduction: Reduction) -> Tensor:
+    """Per-sample values (B,) as ``reduction`` asks: as they are, their sum, or their mean."""
+    if reduction == "none":
+        return per_sample
+    return _per_point(per_sample.sum(0), per_sample.shape[0], reduction)
 
 
 def gaussian_log_likelihood(
-    x: Tensor,
+    *,
+    x: Tensor | None = None,
     dec_mean: Tensor | None = None,
     dec_logvar: Tensor | None = None,
-    *,
     likelihood: Any = None,
     reduction: Reduction = "mean",
-    **_: Any,
+    **vocabulary: Any,
 ) -> Tensor:
     r"""Gaussian reconstruction log-likelihood :math:`\frac1S\sum_s \log\mathcal{N}(x;\mu(z_s),\sigma^2(z_s))`.
 
     Args:
         x: data ``(B, D)`` (or ``(B, C, H, W)``, flattened).
         dec_mean: decoder means ``(B, D)`` or ``(S, B, D)``.
-        dec_logvar: ``()``, ``(D,)``, ``(B, D)`` or ``(S, B, D)``.
+        dec_logvar: ``()``, ``(D,)``, ``(B, D)``, ``(B, 1)`` or ``(S, B, D)``.
         likelihood: instead of the two tensors, a Gaussian ``torch.distributions`` object.
         reduction: ``"mean"`` (nats per data point), ``"sum"`` or ``"none"`` (shape ``(B,)``).
 
     Example:
-        >>> gaussian_log_likelihood(torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor(0.0))
+        >>> gaussian_log_likelihood(x=torch.zeros(2, 3), dec_mean=torch.zeros(2, 3), dec_logvar=torch.tensor(0.0))
         tensor(-2.7568)
     """
+    check_keywords("gaussian_log_likelihood()", vocabulary, ("x", "dec_mean", "dec_logvar", "likelihood",
+                                                             "reduction"))
+    _check_reduction(reduction)
     d = _in.data(x)
     if d.x is None:
-        raise _in.missing_inputs_error("gaussian_log_likelihood()", "`x`")
+        raise missing_inputs_error("gaussian_log_likelihood()", "`x`")
     dec = _in.decoder(dec_mean, dec_logvar, likelihood, d, owner="gaussian_log_likelihood()", need_mean=True)
-    return _reduce(_log_likelihood_per_sample(dec, d), reduction)
+    return _reduce(_log_likelihood_update(dec, d), reduction)
 
 
 def gaussian_kl(
+    *,
     enc_mean: Tensor | None = None,
     enc_logvar: Tensor | None = None,
-    *,
     prior_logvar: Tensor | None = None,
     posterior: Any = None,
     prior: Any = None,
     reduction: Reduction = "mean",
-    **_: Any,
+    **vocabulary: Any,
 ) -> Tensor:
     r"""KL divergence :math:`\mathrm{KL}(q(z|x)\,\|\,p(z))` in closed form.
 
@@ -140,32 +140,35 @@ def gaussian_kl(
         \tfrac12\sum_h\left(\frac{\tau_h^2 + \nu_h^2}{\alpha_h^2} - 1 - \log\frac{\tau_h^2}{\alpha_h^2}\right)
 
     Full-covariance posteriors or priors (``MultivariateNormal``, ``LowRankMultivariateNormal``) use
-    the general Gaussian KL.
+    the general Gaussian KL of ``torch.distributions``.
 
     Example:
-        >>> gaussian_kl(torch.zeros(4, 2), torch.zeros(4, 2))  # q = p
+        >>> gaussian_kl(enc_mean=torch.zeros(4, 2), enc_logvar=torch.zeros(4, 2))  # q = p
         tensor(0.)
     """
+    check_keywords("gaussian_kl()", vocabulary, ("enc_mean", "enc_logvar", "prior_logvar", "posterior", "prior",
+                                                 "reduction"))
+    _check_reduction(reduction)
     enc = _in.encoder(enc_mean, enc_logvar, posterior, owner="gaussian_kl()")
     if enc.mean is None:
-        raise _in.missing_inputs_error("gaussian_kl()", "`enc_mean` and `enc_logvar` (or a `posterior`)")
+        raise missing_inputs_error("gaussian_kl()", "`enc_mean` and `enc_logvar` (or a `posterior`)")
     p = _in.prior(prior_logvar, prior, latent_dim=enc.logvar.shape[-1], batch=enc.logvar.shape[0])
-    return _reduce(_kl_per_sample(enc, p, posterior), reduction)
+    return _reduce(_kl_per_sample_update(enc, p), reduction)
 
 
 def gaussian_elbo(
+    *,
     x: Tensor | None = None,
     enc_mean: Tensor | None = None,
     enc_logvar: Tensor | None = None,
     dec_mean: Tensor | None = None,
     dec_logvar: Tensor | None = None,
-    *,
     prior_logvar: Tensor | None = None,
     posterior: Any = None,
     prior: Any = None,
     likelihood: Any = None,
     reduction: Reduction = "mean",
-    **_: Any,
+    **vocabulary: Any,
 ) -> Tensor:
     r"""Sampled Gaussian ELBO of a minibatch, from the pieces a VAE step computes.
 
@@ -179,18 +182,49 @@ def gaussian_elbo(
 
     Example:
         >>> x = torch.zeros(2, 3)
-        >>> gaussian_elbo(x, torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2, 3), torch.tensor(0.0))
+        >>> gaussian_elbo(x=x, enc_mean=torch.zeros(2, 1), enc_logvar=torch.zeros(2, 1), dec_mean=torch.zeros(2, 3),
+        ...               dec_logvar=torch.tensor(0.0))
         tensor(-2.7568)
     """
+    check_keywords("gaussian_elbo()", vocabulary, ("x", "enc_mean", "enc_logvar", "dec_mean", "dec_logvar",
+                                                   "prior_logvar", "posterior", "prior", "likelihood", "reduction"))
+    _check_reduction(reduction)
     d = _in.data(x)
     if d.x is None and likelihood is None:
-        raise _in.missing_inputs_error("gaussian_elbo()", "`x`")
+        raise missing_inputs_error("gaussian_elbo()", "`x`")
     if d.x is None:
-        raise _in.missing_inputs_error("gaussian_elbo()", "`x` (the data the `likelihood` scores)")
+        raise missing_inputs_error("gaussian_elbo()", "`x` (the data the `likelihood` scores)")
     enc = _in.encoder(enc_mean, enc_logvar, posterior, owner="gaussian_elbo()")
     if enc.mean is None:
-        raise _in.missing_inputs_error("gaussian_elbo()", "`enc_mean` and `enc_logvar` (or a `posterior`)")
+        raise missing_inputs_error("gaussian_elbo()", "`enc_mean` and `enc_logvar` (or a `posterior`)")
     p = _in.prior(prior_logvar, prior, latent_dim=enc.logvar.shape[-1], batch=enc.logvar.shape[0])
     dec = _in.decoder(dec_mean, dec_logvar, likelihood, d, owner="gaussian_elbo()", need_mean=True)
-    _in.check_batch("gaussian_elbo()", encoder=enc.logvar.shape[0], decoder=dec.batch_size, x=d.batch_size)
-    return _reduce(_log_likelihood_per_sample(dec, d) - _kl_per_sample(enc, p, posterior), reduction)
+    check_batch("gaussian_elbo()", encoder=enc.logvar.shape[0], decoder=dec.batch_size, x=d.batch_size)
+    return _reduce(_gaussian_elbo_update(enc, p, dec, d), reduction)
+
+
+def relative_gap(elbo: Any, entropy_sum: Any, *, data_dim: int, floor: float = 0.1) -> Any:
+    r"""The gap between the ELBO and the entropy sum, relative to the sum: the convergence signal.
+
+    .. math::
+
+        \frac{\mathcal{F} - S}{\max(|S|,\ \text{floor}\cdot D)}
+
+    A plain :math:`(\mathcal{F} - S)/|S|` explodes where the ELBO crosses zero during training; the
+    floor (nats per data dimension) keeps the ratio meaningful there. Works on floats and tensors
+    (elementwise); a NaN sum gives NaN.
+
+    Args:
+        elbo: mean ELBO per data point. entropy_sum: the entropy sum over the same points.
+        data_dim: D. floor: the denominator's floor in nats per data dimension.
+
+    Example:
+        >>> relative_gap(-10.5, -10.0, data_dim=4)
+        -0.05
+        >>> relative_gap(torch.tensor(0.3), torch.tensor(0.1), data_dim=4)  # floor 0.4 nats
+        tensor(0.5000)
+    """
+    bound = floor * data_dim
+    if isinstance(entropy_sum, Tensor):
+        return (elbo - entropy_sum) / entropy_sum.abs().clamp_min(bound)
+    return (elbo - entropy_sum) / max(abs(entropy_sum), bound)  # max(nan, bound) is nan

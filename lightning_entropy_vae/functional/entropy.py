@@ -8,6 +8,11 @@ a sum over latent dimensions H and data dimensions D.
     \mathcal{F} \;\to\; \underbrace{\tfrac1N\sum_n \mathcal{H}[q(z|x_n)]}_{\text{encoder}}
     - \underbrace{\mathcal{H}[p(z)]}_{\text{prior}}
     - \underbrace{\tfrac1N\sum_n \mathbb{E}_{q(z|x_n)}\mathcal{H}[p(x|z)]}_{\text{decoder}}
+
+Every entropy here is one formula, :func:`_entropy_from_logdet`: the entropy of ``count`` Gaussians of
+dimension ``dim`` whose covariances' log-determinants sum to ``logdet``. Each quantity has an ``_update``
+that returns its per-sample sufficient statistic (a log-determinant) and a ``_compute`` that turns
+their sum over ``count`` points into nats; the metrics call the same two.
 """
 
 from __future__ import annotations
@@ -18,11 +23,25 @@ import torch
 from torch import Tensor
 
 from lightning_entropy_vae.functional import _inputs as _in
-from lightning_entropy_vae.functional._inputs import LOG_2PI_E
+from lightning_entropy_vae.functional._checks import LOG_2PI_E, as_float_tensor, check_batch, check_keywords
 
 __all__ = ["decoder_entropy", "encoder_entropy", "entropy_sum", "gaussian_entropy", "prior_entropy"]
 
 Reduction = Literal["mean", "sum", "none"]
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _entropy_from_logdet(logdet: Tensor, count: Any, dim: Any) -> Tensor:
+    r"""Entropy of ``count`` Gaussians in ``dim`` dimensions: :math:`\tfrac12(\sum\log\det\Sigma + c\,k\log 2\pi e)`.
+
+    Elementwise in its arguments: per sample (``count`` 1), summed over points, per latent (``dim`` 1).
+    """
+    return 0.5 * (logdet + count * dim * LOG_2PI_E)
+
+
+def _logdet_from_entropy(entropy: Tensor, dim: int) -> Tensor:
+    """The inverse of :func:`_entropy_from_logdet` for one Gaussian: the log-det behind a torch ``entropy()``."""
+    return 2.0 * entropy - dim * LOG_2PI_E
 
 
 def gaussian_entropy(logvar: Tensor | None = None, *, covariance: Tensor | None = None) -> Tensor:
@@ -54,55 +73,52 @@ def gaussian_entropy(logvar: Tensor | None = None, *, covariance: Tensor | None 
         raise ValueError("Expected exactly one of `logvar` and `covariance`, but got " + (
             "both." if logvar is not None else "neither."))
     if logvar is not None:
-        lv = _in.as_float_tensor("logvar", logvar)
-        return 0.5 * (lv.shape[-1] * LOG_2PI_E + lv.sum(-1))
-    cov = _in.as_float_tensor("covariance", covariance)
+        lv = as_float_tensor("logvar", logvar)
+        return _entropy_from_logdet(lv.sum(-1), 1, lv.shape[-1])
+    cov = as_float_tensor("covariance", covariance)
     if cov.dim() < 2 or cov.shape[-1] != cov.shape[-2]:
         raise ValueError(f"Expected `covariance` of shape (..., K, K), but got {tuple(cov.shape)}.")
-    return 0.5 * (cov.shape[-1] * LOG_2PI_E + torch.linalg.cholesky(cov).diagonal(dim1=-2, dim2=-1).log().sum(-1) * 2)
+    logdet = 2.0 * torch.linalg.cholesky(cov).diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return _entropy_from_logdet(logdet, 1, cov.shape[-1])
 
 
-def _reduce(per_sample: Tensor, reduction: Reduction) -> Tensor:
-    if reduction == "mean":
-        return per_sample.mean()
-    if reduction == "sum":
-        return per_sample.sum()
+def _check_reduction(reduction: Any) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"Expected `reduction` to be one of 'mean', 'sum', 'none', but got {reduction!r}.")
+
+
+def _points(statistic: Tensor, batch: int, reduction: Reduction) -> tuple[Tensor, Any]:
+    """An ``_update``'s statistic and its count as ``_compute`` takes them: per sample (count 1) for
+    ``reduction="none"`` (a per-point constant expanded to ``(B,)``), else the batch sum (count B)."""
     if reduction == "none":
-        return per_sample
-    raise ValueError(f"Expected `reduction` to be one of 'mean', 'sum', 'none', but got {reduction!r}.")
+        return statistic.expand(batch), 1
+    return statistic, batch
+
+
+def _per_sample(reduction: Reduction) -> bool:
+    return reduction == "none"
+
+
+def _per_point(total: Tensor, count: Any, reduction: Reduction) -> Tensor:
+    return total / count if reduction == "mean" else total
 
 
 # ----------------------------------------------------------------------------------------- encoder
-def _encoder_entropy_per_sample(enc: _in.Encoder) -> Tensor:
-    if enc.entropy is not None:
-        return enc.entropy
-    return 0.5 * (enc.logvar.shape[-1] * LOG_2PI_E + enc.logvar.sum(-1))
+def _encoder_entropy_update(enc: _in.Encoder, per_sample: bool = False) -> Tensor:
+    """Log-determinant of the posterior covariance: summed over the batch (``()``), or per sample ``(B,)``."""
+    if enc.full is None:
+        return enc.logvar.sum(-1) if per_sample else enc.logvar.sum()
+    entropy = as_float_tensor("posterior.entropy()", _in.sum_to(enc.full.entropy(), 1))
+    logdet = _logdet_from_entropy(entropy, enc.logvar.shape[-1])
+    return logdet if per_sample else logdet.sum()
 
 
-#: A batch sum written as ``raw * scale + offset``: one 0-d tensor (or None for a constant) and two
-#: Python floats. Metrics stack the raws of several terms and apply all constants in one fused op.
-Affine = tuple[Tensor | None, float, float]
-
-
-def _encoder_entropy_update(enc: _in.Encoder) -> Affine:
-    """Batch sum of the per-sample encoder entropy: ``0.5 * sum(logvar) + 0.5 * B * H * log(2 pi e)``."""
-    if enc.entropy is not None:
-        return enc.entropy.sum(), 1.0, 0.0
-    return enc.logvar.sum(), 0.5, 0.5 * enc.logvar.numel() * LOG_2PI_E
-
-
-def _prior_entropy_update(p: _in.Prior, batch: int, latent_dim: int) -> Affine:
-    """Batch sum of the prior entropy (B times ``0.5 * (H log(2 pi e) + sum(prior_logvar))``)."""
-    if p.dist is not None:
-        return p.entropy, float(batch), 0.0
-    if p.logvar is None:
-        return None, 0.0, batch * p.entropy
-    per_sample = p.logvar.dim() == 2  # (B, H): each sample's own prior
-    return p.logvar.sum(), 0.5 if per_sample else 0.5 * batch, 0.5 * batch * latent_dim * LOG_2PI_E
+def _encoder_entropy_compute(logdet: Tensor, count: Any, latent_dim: int, reduction: Reduction = "mean") -> Tensor:
+    return _per_point(_entropy_from_logdet(logdet, count, latent_dim), count, reduction)
 
 
 def encoder_entropy(
-    enc_logvar: Tensor | None = None, *, posterior: Any = None, reduction: Reduction = "mean", **_: Any
+    *, enc_logvar: Tensor | None = None, posterior: Any = None, reduction: Reduction = "mean", **vocabulary: Any
 ) -> Tensor:
     r"""Average encoder entropy :math:`\frac1B \sum_n \mathcal{H}[q(z|x_n)]`.
 
@@ -116,119 +132,126 @@ def encoder_entropy(
             event shape ``(B, H)`` (``Normal``, ``Independent(Normal)``, ``MultivariateNormal``,
             ``LowRankMultivariateNormal``).
         reduction: ``"mean"`` (nats per data point), ``"sum"`` or ``"none"`` (shape ``(B,)``).
-
-    Other vocabulary keys are accepted and ignored, so one dict feeds every function.
+        vocabulary: other names of the vocabulary are accepted and ignored, so a step's output dict
+            feeds every function; any other keyword is a ``TypeError``.
 
     Example:
-        >>> encoder_entropy(torch.zeros(8, 2))  # q = N(0, I) for every x: 2 * 1.4189
+        >>> encoder_entropy(enc_logvar=torch.zeros(8, 2))  # q = N(0, I) for every x: 2 * 1.4189
         tensor(2.8379)
     """
+    check_keywords("encoder_entropy()", vocabulary, ("enc_logvar", "posterior", "reduction"))
+    _check_reduction(reduction)
     enc = _in.encoder(None, enc_logvar, posterior, owner="encoder_entropy()")
-    return _reduce(_encoder_entropy_per_sample(enc), reduction)
+    logdet, count = _points(_encoder_entropy_update(enc, _per_sample(reduction)), enc.logvar.shape[0], reduction)
+    return _encoder_entropy_compute(logdet, count, enc.logvar.shape[-1], reduction)
 
 
 # ------------------------------------------------------------------------------------------- prior
+def _prior_entropy_update(p: _in.Prior, like: Tensor, per_sample: bool = False) -> Tensor:
+    """Log-determinant of the prior covariance, summed over the ``like.shape[0]`` points of the batch (``()``),
+    or per sample (``()`` when one prior holds for all of them, ``(B,)`` for a ``(B, H)`` ``prior_logvar``).
+
+    ``like``: the encoder's ``(B, H)`` log-variances, whose dtype and device a standard normal's zero takes.
+    """
+    batch = like.shape[0]
+    if p.dist is not None and not _in.is_diagonal(p.dist):
+        logdet = _logdet_from_entropy(as_float_tensor("prior.entropy()", p.dist.entropy()), like.shape[-1])
+        return logdet if per_sample else logdet * batch
+    if p.logvar is None:
+        return torch.zeros((), dtype=like.dtype, device=like.device)
+    if p.logvar.dim() == 2:
+        return p.logvar.sum(-1) if per_sample else p.logvar.sum()
+    return p.logvar.sum() if per_sample else p.logvar.sum() * batch
+
+
+def _prior_entropy_compute(logdet: Tensor, count: Any, latent_dim: int, reduction: Reduction = "mean") -> Tensor:
+    return _per_point(_entropy_from_logdet(logdet, count, latent_dim), count, reduction)
+
+
 def prior_entropy(
-    prior_logvar: Tensor | None = None,
     *,
+    prior_logvar: Tensor | None = None,
     latent_dim: int | None = None,
     prior: Any = None,
     enc_logvar: Tensor | None = None,
     enc_mean: Tensor | None = None,
     posterior: Any = None,
-    **_: Any,
+    **vocabulary: Any,
 ) -> Tensor:
     r"""Prior entropy :math:`\mathcal{H}[p(z)] = \sum_h \tfrac12\log(2\pi e\,\alpha_h^2)`.
 
     The default prior is the standard normal (:math:`\alpha^2 = 1`), whose entropy is
     :math:`\tfrac{H}{2}\log(2\pi e)`. ``H`` comes from ``latent_dim``, ``prior_logvar`` or the
-    encoder inputs.
+    encoder inputs; a ``(B, H)`` ``prior_logvar`` (each sample's own prior) gives the mean over samples.
 
     Args:
         prior_logvar: learnable prior log-variances :math:`\log\alpha^2` of shape ``(H,)`` (VAE-2).
         latent_dim: number of latents H, for the standard normal prior.
         prior: instead, a Gaussian ``torch.distributions`` object over ``(H,)``.
-        enc_logvar, enc_mean, posterior: used only to read H.
+        enc_logvar, enc_mean, posterior: used only to read H (and the dtype and device).
 
     Example:
         >>> prior_entropy(latent_dim=2)
         tensor(2.8379)
-        >>> prior_entropy(torch.zeros(2))
+        >>> prior_entropy(prior_logvar=torch.zeros(2))
         tensor(2.8379)
     """
+    check_keywords("prior_entropy()", vocabulary,
+                   ("prior_logvar", "latent_dim", "prior", "enc_logvar", "enc_mean", "posterior"))
+    tensors = [v for v in (prior_logvar, enc_logvar, enc_mean) if isinstance(v, Tensor) and v.dim() >= 1]
     if latent_dim is None:
-        for value in (prior_logvar, enc_logvar, enc_mean):
-            if isinstance(value, Tensor) and value.dim() >= 1:
-                latent_dim = value.shape[-1]
-                break
+        if tensors:
+            latent_dim = tensors[0].shape[-1]
+        elif prior is not None or posterior is not None:
+            dist = prior if prior is not None else posterior
+            latent_dim = (tuple(dist.batch_shape) + tuple(dist.event_shape))[-1]
         else:
-            if prior is not None or posterior is not None:
-                dist = prior if prior is not None else posterior
-                latent_dim = (tuple(dist.batch_shape) + tuple(dist.event_shape))[-1]
-            else:
-                raise ValueError(
-                    "prior_entropy() needs the number of latents: pass `latent_dim`, `prior_logvar`,"
-                    " `prior` or `enc_logvar`, but got none of them."
-                )
+            raise ValueError(
+                "prior_entropy() needs the number of latents: pass `latent_dim`, `prior_logvar`,"
+                " `prior` or `enc_logvar`, but got none of them."
+            )
     p = _in.prior(prior_logvar, prior, latent_dim=latent_dim)
-    if isinstance(p.entropy, float):  # standard normal: follow the encoder's dtype and device (float64 stays)
-        tensors = (v for v in (enc_logvar, enc_mean) if isinstance(v, Tensor) and v.is_floating_point())
-        like = next(tensors, None)
-        if like is None:
-            return torch.as_tensor(p.entropy, dtype=torch.get_default_dtype())
-        return torch.as_tensor(p.entropy, dtype=torch.promote_types(like.dtype, torch.float32), device=like.device)
-    return p.entropy.mean() if p.entropy.dim() else p.entropy
+    floats = [as_float_tensor(n, v) for n, v in (("enc_logvar", enc_logvar), ("enc_mean", enc_mean))
+              if isinstance(v, Tensor)]
+    if p.logvar is not None and p.logvar.dim() == 2:  # (B, H): each sample's own prior, the mean over them
+        like = p.logvar
+    else:  # one prior: the entropy of one point (a standard normal follows the encoder's dtype and device)
+        like = (floats[0] if floats else torch.zeros(())).new_empty((1, latent_dim))
+    return _prior_entropy_compute(_prior_entropy_update(p, like), like.shape[0], latent_dim)
 
 
 # ----------------------------------------------------------------------------------------- decoder
-def _decoder_entropy_per_sample(dec: _in.Decoder) -> Tensor:
-    d = dec.data_dim
+def _decoder_entropy_update(dec: _in.Decoder, per_sample: bool = False) -> Tensor:
+    r"""Log-determinant of the decoder covariance, averaged over the S z-samples: summed over the batch
+    (``()``), or per sample (``()`` when one variance holds for every point: ``dec_logvar`` ``()`` or
+    ``(D,)``; else ``(B,)``)."""
+    d, lv = dec.data_dim, dec.logvar
+    if dec.layout == "scalar":
+        return lv * (d if per_sample else d * dec.batch_size)
+    if dec.layout == "per_dim":
+        return lv.sum() if per_sample else lv.sum() * dec.batch_size
     if dec.layout == "dist":
-        ent = _in._sum_to(dec.dist.entropy(), dec.lead)
-        ent = _in.as_float_tensor("likelihood.entropy()", ent)
-        return ent.mean(0) if dec.lead == 2 else ent
-    lv = dec.logvar
-    if dec.layout == "scalar":
-        return (0.5 * d * (LOG_2PI_E + lv)).expand(dec.batch_size)
-    if dec.layout == "per_dim":
-        return (0.5 * (d * LOG_2PI_E + lv.sum())).expand(dec.batch_size)
-    per = 0.5 * (d * LOG_2PI_E + lv.sum(-1) * (d if lv.shape[-1] == 1 else 1))
-    return per.mean(0) if dec.layout == "per_z" else per
+        ent = as_float_tensor("likelihood.entropy()", _in.sum_to(dec.dist.entropy(), dec.lead))
+        logdet = _logdet_from_entropy(ent, d)
+        logdet = logdet.mean(0) if dec.lead == 2 else logdet
+    else:
+        logdet = lv.sum(-1) * (d if lv.shape[-1] == 1 else 1)  # (B, 1) or (S, B, 1): one variance for all D
+        logdet = logdet.mean(0) if dec.layout == "per_z" else logdet
+    return logdet if per_sample else logdet.sum()
 
 
-def _decoder_entropy_from_sums(count: Any, mean_logvar_sum: Tensor, data_dim: int) -> Tensor:
-    """Sum over ``count`` points of the expected decoder entropy, from the sum of each point's mean log-variance.
-
-    Every layout's per-point entropy is ``sum_d 0.5 * log(2 pi e sigma_d^2) = 0.5 * D * (log(2 pi e) + m_n)``
-    with ``m_n`` the mean of the point's ``D`` (and ``S``) log-variances; elementwise in its arguments.
-    """
-    return 0.5 * data_dim * (count * LOG_2PI_E + mean_logvar_sum)
-
-
-def _decoder_entropy_update(dec: _in.Decoder) -> Affine:
-    """Batch sum of the per-sample expected decoder entropy, ``0.5 * B * D * log(2 pi e)`` plus log-variances."""
-    b, d = dec.batch_size, dec.data_dim
-    lv, offset = dec.logvar, 0.5 * b * d * LOG_2PI_E
-    if dec.layout == "scalar":
-        return lv, 0.5 * d * b, offset
-    if dec.layout == "per_dim":
-        return lv.sum(), 0.5 * b, offset
-    width = d if dec.layout in ("per_sample", "per_z") and lv.shape[-1] == 1 else 1  # (B, 1): shared by D dims
-    if dec.layout == "per_sample":
-        return lv.sum(), 0.5 * width, offset
-    if dec.layout == "per_z":
-        return lv.sum(), 0.5 * width / lv.shape[0], offset
-    return _decoder_entropy_per_sample(dec).sum(), 1.0, 0.0
+def _decoder_entropy_compute(logdet: Tensor, count: Any, data_dim: int, reduction: Reduction = "mean") -> Tensor:
+    return _per_point(_entropy_from_logdet(logdet, count, data_dim), count, reduction)
 
 
 def decoder_entropy(
-    dec_logvar: Tensor | None = None,
     *,
+    dec_logvar: Tensor | None = None,
     dec_mean: Tensor | None = None,
     x: Tensor | None = None,
     likelihood: Any = None,
     reduction: Reduction = "mean",
-    **_: Any,
+    **vocabulary: Any,
 ) -> Tensor:
     r"""Expected decoder entropy :math:`\frac1B\sum_n \mathbb{E}_{q(z|x_n)}\mathcal{H}[p(x|z)]`.
 
@@ -240,7 +263,7 @@ def decoder_entropy(
     latent-dependent variance (VAE-3) the expectation over :math:`q` uses the S samples the step drew.
 
     Args:
-        dec_logvar: decoder log-variances of shape ``()``, ``(D,)``, ``(B, D)`` or ``(S, B, D)``.
+        dec_logvar: decoder log-variances of shape ``()``, ``(D,)``, ``(B, D)``, ``(B, 1)`` or ``(S, B, D)``.
         dec_mean: decoder means ``(B, D)`` or ``(S, B, D)``; gives B and D for a constant variance.
         x: the data ``(B, D)`` (or ``(B, C, H, W)``, flattened); gives B and D when ``dec_mean`` is absent.
         likelihood: instead, a Gaussian ``torch.distributions`` object with batch and event shape
@@ -248,18 +271,26 @@ def decoder_entropy(
         reduction: ``"mean"`` (nats per data point), ``"sum"`` or ``"none"`` (shape ``(B,)``).
 
     Example:
-        >>> decoder_entropy(torch.tensor(0.0), x=torch.zeros(4, 3))  # sigma^2 = 1, D = 3
+        >>> decoder_entropy(dec_logvar=torch.tensor(0.0), x=torch.zeros(4, 3))  # sigma^2 = 1, D = 3
         tensor(4.2568)
     """
+    check_keywords("decoder_entropy()", vocabulary, ("dec_logvar", "dec_mean", "x", "likelihood", "reduction"))
+    _check_reduction(reduction)
     dec = _in.decoder(dec_mean, dec_logvar, likelihood, _in.data(x), owner="decoder_entropy()")
-    return _reduce(_decoder_entropy_per_sample(dec), reduction)
+    logdet, count = _points(_decoder_entropy_update(dec, _per_sample(reduction)), dec.batch_size, reduction)
+    return _decoder_entropy_compute(logdet, count, dec.data_dim, reduction)
 
 
 # --------------------------------------------------------------------------------------------- sum
+def _entropy_sum_compute(encoder: Tensor, prior: Tensor, decoder: Tensor) -> Tensor:
+    """The entropy-sum ELBO from its three terms (per point, or summed over the same points)."""
+    return encoder - prior - decoder
+
+
 def entropy_sum(
+    *,
     enc_logvar: Tensor | None = None,
     dec_logvar: Tensor | None = None,
-    *,
     prior_logvar: Tensor | None = None,
     dec_mean: Tensor | None = None,
     x: Tensor | None = None,
@@ -267,7 +298,7 @@ def entropy_sum(
     prior: Any = None,
     likelihood: Any = None,
     reduction: Reduction = "mean",
-    **_: Any,
+    **vocabulary: Any,
 ) -> Tensor:
     r"""The entropy-sum ELBO: encoder entropy minus prior entropy minus decoder entropy.
 
@@ -281,22 +312,30 @@ def entropy_sum(
     prior constants cancel: :math:`\frac1B\sum_n\sum_h \tfrac12\log\tau_h^2 - \tfrac D2\log(2\pi e\sigma^2)`.
 
     Args:
-        enc_logvar: ``(B, H)``. dec_logvar: ``()``, ``(D,)``, ``(B, D)`` or ``(S, B, D)``.
-        prior_logvar: ``(H,)``, optional (default: standard normal prior).
+        enc_logvar: ``(B, H)``. dec_logvar: ``()``, ``(D,)``, ``(B, D)``, ``(B, 1)`` or ``(S, B, D)``.
+        prior_logvar: ``(H,)`` or ``(B, H)``, optional (default: standard normal prior).
         dec_mean, x: give B and D for a constant decoder variance.
         posterior, prior, likelihood: Gaussian ``torch.distributions`` objects instead of tensors.
         reduction: ``"mean"`` (nats per data point), ``"sum"`` or ``"none"`` (shape ``(B,)``).
 
     Example:
         >>> enc_logvar = torch.full((8, 2), -2.0)
-        >>> entropy_sum(enc_logvar, torch.tensor(-1.0), x=torch.zeros(8, 5))  # 0.5*2*(-2) - 2.5*(log(2 pi e) - 1)
+        >>> entropy_sum(enc_logvar=enc_logvar, dec_logvar=torch.tensor(-1.0), x=torch.zeros(8, 5))
         tensor(-6.5947)
     """
+    check_keywords("entropy_sum()", vocabulary, ("enc_logvar", "dec_logvar", "prior_logvar", "dec_mean", "x",
+                                                 "posterior", "prior", "likelihood", "reduction"))
+    _check_reduction(reduction)
     d = _in.data(x)
     enc = _in.encoder(None, enc_logvar, posterior, owner="entropy_sum()")
-    latent_dim = enc.logvar.shape[-1]
-    p = _in.prior(prior_logvar, prior, latent_dim=latent_dim, batch=enc.logvar.shape[0])
+    batch, latent_dim = enc.logvar.shape
+    p = _in.prior(prior_logvar, prior, latent_dim=latent_dim, batch=batch)
     dec = _in.decoder(dec_mean, dec_logvar, likelihood, d, owner="entropy_sum()")
-    _in.check_batch("entropy_sum()", encoder=enc.logvar.shape[0], decoder=dec.batch_size, x=d.batch_size)
-    per_sample = _encoder_entropy_per_sample(enc) - p.entropy - _decoder_entropy_per_sample(dec)
-    return _reduce(per_sample, reduction)
+    check_batch("entropy_sum()", encoder=batch, decoder=dec.batch_size, x=d.batch_size)
+    per_sample = _per_sample(reduction)
+    terms = []
+    for stat, compute, dim in ((_encoder_entropy_update(enc, per_sample), _encoder_entropy_compute, latent_dim),
+                               (_prior_entropy_update(p, enc.logvar, per_sample), _prior_entropy_compute, latent_dim),
+                               (_decoder_entropy_update(dec, per_sample), _decoder_entropy_compute, dec.data_dim)):
+        terms.append(compute(*_points(stat, batch, reduction), dim, reduction))
+    return _entropy_sum_compute(*terms)

@@ -1,18 +1,18 @@
-"""Shared machinery of the package's metrics: sum-and-count states and the non-finite policy (private)."""
+"""Shared machinery of the package's metrics: a per-point table summed into one state vector (private)."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_entropy_vae.functional._inputs import first_nonfinite
+from lightning_entropy_vae.functional._checks import check_weight, first_nonfinite
 
-NAN_STRATEGIES = ("skip", "error")
+NAN_STRATEGIES = ("skip", "ignore", "error")
 
 
 def rank_zero_warn(message: str) -> None:
@@ -36,23 +36,30 @@ def merge_inputs(owner: str, outputs: Mapping[str, Any] | None, kwargs: dict[str
 
 
 class SumAndCountMetric(Metric):
-    """Base class: per-data-point means kept as one vector state ``[sums..., count, skipped]``.
+    """Base class: per-data-point sums kept as one vector state ``[sums..., count, skipped]``.
 
-    Subclasses set ``_prefix`` (state names must differ between metrics, as MetricCollection merges
-    states by name), call :meth:`_add_sum_states` with the number of sums, and feed each batch's sums
-    to :meth:`_accumulate`. One state means one tensor to all-reduce under DDP.
+    A subclass names its sums (``_sum_names``; state names must differ between metrics, as MetricCollection
+    merges states by name through ``_prefix``), builds a per-point table of its functional ``_update``
+    statistics in ``update`` and hands it to :meth:`_add_points`, which sums it over the points (weighted
+    and NaN-safe when ``weight`` is given) into the state. One state means one tensor to all-reduce under DDP.
 
-    Non-finite batches: with ``nan_strategy="skip"`` (default) a batch whose sums contain NaN or Inf
-    adds nothing but a 1 to the skipped count; the check is a tensor ``where``, so no host-device
-    synchronisation happens per batch, and a warning is raised once, at ``compute()``. With
-    ``nan_strategy="error"`` every input is checked on the host (one sync per key per batch) and
-    the offending key is named. Counts are exact up to 2**24 data points per accumulation period in
-    float32 states; use ``metric.set_dtype(torch.float64)`` beyond that.
+    ``weight``: every ``update`` takes an optional per-point weight ``(B,)``, bool or float. A point of
+    weight 0 (or ``False``) adds nothing, even when its values are NaN or Inf; the means become weighted
+    means. The EntropyMonitor uses it to reduce many batches in one call and drop those holding NaN/Inf.
+
+    Non-finite values: with ``nan_strategy="skip"`` (default) an update whose sums are not finite adds
+    nothing but a 1 to the skipped count; the check is a tensor ``where``, so no host-device
+    synchronisation happens per update, and a warning is raised once, at ``compute()`` (which reads the
+    count: one sync). ``"ignore"`` skips the same way without the warning, so ``compute()`` never reads a
+    value to the host. With ``nan_strategy="error"`` every input is checked on the host (one sync per key
+    per update) and the offending key is named. Counts are exact up to 2**24 in float32 states; use
+    ``metric.set_dtype(torch.float64)`` beyond that.
     """
 
     full_state_update = False
     is_differentiable = False
     _prefix: str = ""
+    _sum_names: tuple[str, ...] = ()
 
     def __init__(self, nan_strategy: str = "skip", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -66,79 +73,90 @@ class SumAndCountMetric(Metric):
         self._num_sums = num_sums
         self.add_state(f"{self._prefix}_totals", torch.zeros(num_sums + 2), dist_reduce_fx="sum")
 
-    def _constants_for(self, key: tuple, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Cached ``scale``, ``offset``, zero and skip-row tensors on ``like``'s device.
+    @property
+    def _state(self) -> Tensor:
+        return getattr(self, f"{self._prefix}_totals")
 
-        Built once per (constants, device, dtype), so the per-batch path copies nothing host-to-device.
-        """
-        full_key = (key, like.device, like.dtype)
-        found = self._constants.get(full_key)
+    def _constant(self, value: float, like: Tensor) -> Tensor:
+        """A cached 0-d tensor on ``like``'s device and dtype, so the per-update path copies nothing host-to-device."""
+        key = (value, like.device, like.dtype)
+        found = self._constants.get(key)
         if found is None:
-            scales, offsets, count = key
-            n = self._num_sums + 2
-            scale = torch.tensor([*scales, 0.0, 0.0], dtype=like.dtype)
-            offset = torch.tensor([*offsets, float(count), 0.0], dtype=like.dtype)
-            skip = torch.zeros(n, dtype=like.dtype)
-            skip[-1] = 1.0
-            if len(self._constants) > 64:  # a few batch sizes per run; never grow without bound
+            if len(self._constants) > 64:  # a few devices and dtypes per run; never grow without bound
                 self._constants.clear()
-            found = tuple(t.to(like.device) for t in (scale, offset, torch.zeros((), dtype=like.dtype), skip))
-            self._constants[full_key] = found
+            found = self._constants[key] = torch.tensor(value, dtype=like.dtype).to(like.device)
         return found
 
-    def _accumulate_affine(self, terms: Sequence[tuple[Tensor | None, float, float]], count: int, like: Tensor) -> None:
-        """Add batch sums given as ``raw * scale + offset`` terms (see ``functional.entropy.Affine``).
+    def _accumulate(self, statistics: Callable[[bool], list[Tensor]], per_point: tuple[float, ...], batch: int,
+                    like: Tensor, weight: Tensor | None) -> None:
+        """Add one update to the state ``[statistics..., per-point constants..., count, skipped]``.
 
-        One ``stack``, one fused multiply-add, the finiteness check and one ``add_``.
+        ``statistics(per_sample)`` returns the functional ``_update`` statistics: their batch sums (each
+        ``()`` or ``(k,)``) when ``per_sample`` is false, else their per-point values (``(B,)``, ``(B, ...)``,
+        or ``()`` for a value every point shares). ``per_point``: constants every point adds (the latent or
+        data dimensions it spans). Without ``weight`` the batch sums are taken as they are; with it the
+        per-point table is weighted and summed, points of weight 0 dropped first (NaN-safe). A non-finite
+        total skips the update.
         """
-        key = (tuple(t[1] for t in terms), tuple(t[2] for t in terms), count)
-        scale, offset, zero, skip = self._constants_for(key, like)
-        raw = torch.stack([zero if t[0] is None else t[0].reshape(()) for t in terms] + [zero, zero])
-        values = torch.addcmul(offset, raw, scale)
-        ok = torch.isfinite(values).all()
-        getattr(self, f"{self._prefix}_totals").add_(torch.where(ok, values, skip))
+        if weight is None:
+            parts = [s.reshape(-1) for s in statistics(False)]
+            values = torch.cat([*parts, self._constant_row((*(c * batch for c in per_point), batch, 0.0), like)])
+        else:
+            weight = check_weight(weight, batch)
+            parts = [s.expand(batch).unsqueeze(-1) if s.dim() <= 1 else s.reshape(batch, -1)
+                     for s in statistics(True)]
+            table = torch.cat([*parts, self._constant_row((*per_point, 1.0), like).expand(batch, -1)], -1)
+            keep = weight if weight.dtype == torch.bool else weight > 0
+            table = table.where(keep.unsqueeze(-1), self._constant(0.0, table))
+            if weight.dtype != torch.bool:
+                table = table * weight.unsqueeze(-1).to(table.dtype)
+            values = torch.cat([table.sum(0), self._constant_row((0.0,), like)])
+        self._add_values(values)
 
-    def _add_totals(self, values: Tensor) -> None:
-        """Add already-reduced ``[sums..., count, skipped]`` to the state: what ``update`` does for one batch.
+    def _add_values(self, values: Tensor) -> None:
+        """Add a state-shaped vector unless it holds NaN/Inf, in which case only the skipped count grows."""
+        ok = (values * 0.0 == 0.0).all()  # x * 0 is NaN for NaN and +-Inf: isfinite in fewer kernels
+        self._state.add_(torch.where(ok, values, self._skip_row(values)))
 
-        For callers that reduce many batches in one pass (the EntropyMonitor's flush). Marks the state
-        as updated, as TorchMetrics' ``update`` wrapper does, so ``compute`` neither warns nor returns a
-        cached value.
-        """
-        getattr(self, f"{self._prefix}_totals").add_(values)
-        self._update_count += 1
-        self._computed = None
+    def _constant_row(self, values: tuple[float, ...], like: Tensor) -> Tensor:
+        """A cached 1-d tensor of ``values`` on ``like``'s device and dtype."""
+        key = (values, like.device, like.dtype)
+        found = self._constants.get(key)
+        if found is None:
+            if len(self._constants) > 64:  # a few batch sizes, devices and dtypes per run; never grow unbounded
+                self._constants.clear()
+            found = self._constants[key] = torch.tensor(values, dtype=like.dtype).to(like.device)
+        return found
+
+    def _skip_row(self, like: Tensor) -> Tensor:
+        key = ("skip", like.shape[0], like.device, like.dtype)
+        found = self._constants.get(key)
+        if found is None:
+            row = torch.zeros(like.shape[0], dtype=like.dtype)
+            row[-1] = 1.0
+            found = self._constants[key] = row.to(like.device)
+        return found
 
     @property
     def num_skipped_batches(self) -> Tensor:
-        """Number of batches skipped for non-finite values (a tensor; reading it as int syncs)."""
-        return getattr(self, f"{self._prefix}_totals")[-1]
+        """Number of updates skipped for non-finite values (a tensor; reading it as int syncs)."""
+        return self._state[-1]
 
     def _check_finite(self, inputs: Mapping[str, Any]) -> None:
-        key = first_nonfinite(inputs)
+        key = first_nonfinite({k: v for k, v in inputs.items() if v is not None})
         if key is not None:
             raise ValueError(
-                    f"{type(self).__name__}.update() got non-finite values (NaN or Inf) in `{key}`."
-                    " Expected finite tensors; use nan_strategy='skip' to skip such batches instead."
-                )
-
-    def _accumulate(self, values: Tensor, count: int) -> None:
-        """Add a batch's sums ``(num_sums,)`` and its point count unless any sum is non-finite."""
-        ones, zeros = (1.0,) * self._num_sums, (0.0,) * self._num_sums
-        _, offset, _, skip = self._constants_for((ones, zeros, count), values)
-        ok = torch.isfinite(values).all()
-        getattr(self, f"{self._prefix}_totals").add_(torch.where(ok, torch.cat([values, offset[-2:]]), skip))
-
-    def synced_totals(self) -> Tensor:
-        """A copy of the summed state vector ``[sums..., count, skipped]`` over all processes."""
-        with self.sync_context(should_sync=True):
-            return getattr(self, f"{self._prefix}_totals").clone()
+                f"{type(self).__name__}.update() got non-finite values (NaN or Inf) in `{key}`."
+                " Expected finite tensors; use nan_strategy='skip' to skip such batches instead."
+            )
 
     def _totals(self) -> tuple[Tensor, Tensor]:
-        """Return (sums, count) and warn once if batches were skipped. Call from ``compute``."""
-        totals = getattr(self, f"{self._prefix}_totals")
+        """Return (sums, count) and warn once if updates were skipped. Call from ``compute``."""
+        totals = self._state
+        if self.nan_strategy == "ignore" or self._warned_nonfinite:
+            return totals[:-2], totals[-2]
         skipped = int(totals[-1])
-        if skipped and not self._warned_nonfinite:
+        if skipped:
             self._warned_nonfinite = True
             rank_zero_warn(
                 f"{type(self).__name__} skipped {skipped} batch(es) whose inputs held NaN or Inf; the"

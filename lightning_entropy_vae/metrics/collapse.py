@@ -5,24 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from lightning_entropy_vae.functional import _inputs as _in
-from lightning_entropy_vae.functional._inputs import LOG_2PI_E
+from lightning_entropy_vae.functional._checks import missing_inputs_error
 from lightning_entropy_vae.functional.collapse import (
-    LATENT_SUM_ROWS,
+    LATENT_ROWS,
     _check_criterion,
-    _latent_sums_from_columns,
-    _prior_latent_entropy_sum,
-    collapsed_latents,
+    _latent_statistics_compute,
+    _latent_statistics_update,
 )
-from lightning_entropy_vae.functional.elbo import _kl_per_latent_sums
 from lightning_entropy_vae.metrics._base import SumAndCountMetric, merge_inputs
 
 __all__ = ["PosteriorCollapse"]
-
-_ROWS = LATENT_SUM_ROWS
 
 
 class PosteriorCollapse(SumAndCountMetric):
@@ -41,13 +36,15 @@ class PosteriorCollapse(SumAndCountMetric):
     ``update`` takes the vocabulary: ``enc_mean`` and ``enc_logvar`` ``(B, H)`` (or ``posterior``),
     optional ``prior_logvar``/``prior``. ``compute`` returns a dict of ``(H,)`` tensors
     ``latent_entropy``, ``prior_latent_entropy``, ``latent_kl``, ``latent_mean_variance``,
-    ``collapsed`` (bool), and scalars ``num_active`` and ``num_collapsed``.
+    ``collapsed`` (bool), the scalars ``num_active`` and ``num_collapsed`` (float; NaN before any point was
+    kept), and for the ``"entropy"`` criterion ``entropy_threshold``, each latent's collapse threshold.
+    An optional ``weight`` ``(B,)`` in ``update`` weighs the points (0 drops a point, NaN-safe).
 
     Args:
         criterion: ``"entropy"`` (default), ``"kl"`` or ``"active_units"``.
         threshold: the criterion's threshold; default 1.0, 0.01, 0.01 respectively.
         latent_dim: H, the number of latents (fixes the state shapes, as ``num_classes`` does elsewhere).
-        nan_strategy: ``"skip"`` (default) or ``"error"``.
+        nan_strategy: ``"skip"`` (default), ``"ignore"`` or ``"error"``.
 
     Example:
         >>> metric = PosteriorCollapse(latent_dim=3)
@@ -55,7 +52,7 @@ class PosteriorCollapse(SumAndCountMetric):
         >>> enc_logvar = torch.tensor([-4.0, -3.0, 0.0]).expand(64, 3)
         >>> out = metric(enc_mean=enc_mean, enc_logvar=enc_logvar)
         >>> metric.compute()["collapsed"], metric.compute()["num_active"]
-        (tensor([False, False,  True]), tensor(2))
+        (tensor([False, False,  True]), tensor(2.))
     """
 
     higher_is_better = None
@@ -75,16 +72,15 @@ class PosteriorCollapse(SumAndCountMetric):
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"Expected `latent_dim` to be a positive int, but got {latent_dim!r}.")
         self.latent_dim = latent_dim
-        self._add_sum_states(len(_ROWS) * latent_dim)
+        self._add_sum_states(len(LATENT_ROWS) * latent_dim)
 
-    def update(self, outputs: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+    def update(self, outputs: Mapping[str, Any] | None = None, /, *, weight: Tensor | None = None,
+               **kwargs: Any) -> None:
         owner = "PosteriorCollapse.update()"
         kw = merge_inputs(owner, outputs, kwargs)
-        enc = _in.encoder(
-            kw.get("enc_mean"), kw.get("enc_logvar"), kw.get("posterior"), owner=owner, given=kw
-        )
+        enc = _in.encoder(kw.get("enc_mean"), kw.get("enc_logvar"), kw.get("posterior"), owner=owner, given=kw)
         if enc.mean is None:
-            raise _in.missing_inputs_error(owner, "`enc_mean` and `enc_logvar` (or a `posterior`)", kw)
+            raise missing_inputs_error(owner, "`enc_mean` and `enc_logvar` (or a `posterior`)", kw)
         batch, latent_dim = enc.logvar.shape
         if latent_dim != self.latent_dim:
             raise ValueError(
@@ -93,33 +89,13 @@ class PosteriorCollapse(SumAndCountMetric):
         p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=latent_dim, batch=batch)
         if self.nan_strategy == "error":
             self._check_finite({"enc_mean": enc.mean, "enc_logvar": enc.logvar, "prior_logvar": p.logvar})
-
-        if p.mean is None and (p.logvar is None or p.logvar.dim() == 1):  # one zero-mean prior: column sums
-            lv, mean = enc.logvar, enc.mean
-            rows = _latent_sums_from_columns(batch, lv.sum(0), lv.exp().sum(0), mean.sum(0), mean.square().sum(0),
-                                             p.logvar)
-        else:  # a per-sample or non-zero-mean prior
-            logvar_sum, mean_sq_sum = enc.logvar.sum(0), enc.mean.square().sum(0)
-            rows = torch.stack([
-                0.5 * (batch * LOG_2PI_E + logvar_sum),
-                _kl_per_latent_sums(enc, p, logvar_sum, mean_sq_sum),
-                enc.mean.sum(0),
-                mean_sq_sum,
-                _prior_latent_entropy_sum(p, batch, enc.logvar),
-            ])
-        self._accumulate(rows.reshape(-1), batch)
+        stats = _latent_statistics_update(enc, p)  # (B, 5, H)
+        self._accumulate(lambda per_sample: [stats if per_sample else stats.sum(0)], (), batch, enc.logvar, weight)
 
     def compute(self) -> dict[str, Tensor]:
-        totals, count = self._totals()
-        means = totals.reshape(len(_ROWS), self.latent_dim) / count
-        stats = {
-            "latent_entropy": means[0],
-            "prior_latent_entropy": means[4],
-            "latent_kl": means[1],
-            "latent_mean_variance": (means[3] - means[2].square()).clamp_min(0.0),
-        }
-        collapsed = collapsed_latents(**stats, criterion=self.criterion, threshold=self.threshold)
-        return {**stats, "collapsed": collapsed, "num_active": (~collapsed).sum(), "num_collapsed": collapsed.sum()}
+        sums, count = self._totals()
+        return _latent_statistics_compute(sums.reshape(len(LATENT_ROWS), self.latent_dim), count, self.criterion,
+                                          self.threshold)
 
     def plot(self, val: Mapping[str, Tensor] | None = None, ax: Any = None) -> Any:
         """Bar chart of each latent's average encoder entropy against the collapse threshold and the prior.
@@ -144,8 +120,9 @@ class PosteriorCollapse(SumAndCountMetric):
         idx = range(len(ent))
         colors = ["#bbbbbb" if c else "#1f77b4" for c in collapsed.tolist()]
         ax.bar(idx, ent.tolist(), color=colors)
-        threshold = (prior - (0.5 * LOG_2PI_E - self.threshold)) if self.criterion == "entropy" else None
+        threshold = val.get("entropy_threshold")
         if threshold is not None:
+            threshold = threshold.detach().float().cpu()
             ax.step([i - 0.5 for i in idx] + [len(ent) - 0.5], [*threshold.tolist(), threshold[-1].item()] if len(ent)
                     else [], where="post", ls="--", color="C3", label="collapse threshold")
         ax.step([i - 0.5 for i in idx] + [len(ent) - 0.5], [*prior.tolist(), prior[-1].item()] if len(ent) else [],

@@ -9,7 +9,8 @@ import torch  # noqa: F401  (doctest namespace)
 from torch import Tensor
 
 from lightning_entropy_vae.functional import _inputs as _in
-from lightning_entropy_vae.functional.elbo import _kl_per_sample, _log_likelihood_per_sample
+from lightning_entropy_vae.functional._checks import as_float_tensor, check_batch, missing_inputs_error
+from lightning_entropy_vae.functional.elbo import _gaussian_elbo_update
 from lightning_entropy_vae.metrics._base import SumAndCountMetric, merge_inputs
 
 __all__ = ["GaussianELBO"]
@@ -26,7 +27,8 @@ class GaussianELBO(SumAndCountMetric):
     ``update`` takes the vocabulary. If ``elbo`` (shape ``(B,)``) is present it is used as is (report
     the beta = 1 ELBO there when training with beta != 1 or KL annealing); otherwise the Gaussian
     ELBO is computed from ``x``, ``enc_mean``, ``enc_logvar``, ``dec_mean``, ``dec_logvar`` and
-    ``prior_logvar`` (or ``posterior``/``prior``/``likelihood``).
+    ``prior_logvar`` (or ``posterior``/``prior``/``likelihood``). An optional ``weight`` ``(B,)`` weighs
+    the points (0 drops a point, NaN-safe).
 
     Example (a plain PyTorch loop):
         >>> metric = GaussianELBO()
@@ -44,41 +46,41 @@ class GaussianELBO(SumAndCountMetric):
         super().__init__(nan_strategy, **kwargs)
         self._add_sum_states(1)
 
-    def update(self, outputs: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+    def update(self, outputs: Mapping[str, Any] | None = None, /, *, weight: Tensor | None = None,
+               **kwargs: Any) -> None:
         owner = "GaussianELBO.update()"
         kw = merge_inputs(owner, outputs, kwargs)
         elbo = kw.get("elbo")
         if elbo is not None:
-            elbo = _in.as_float_tensor("elbo", elbo)
+            elbo = as_float_tensor("elbo", elbo)
             if elbo.dim() != 1:
                 raise ValueError(f"Expected `elbo` of shape (B,) (one ELBO per sample), but got {tuple(elbo.shape)}.")
             if self.nan_strategy == "error":
                 self._check_finite({"elbo": elbo})
-            self._accumulate(elbo.sum().reshape(1), elbo.shape[0])
-            return
+        else:
+            elbo = self._elbo_from_pieces(owner, kw)
+        self._accumulate(lambda per_sample: [elbo if per_sample else elbo.sum()], (), elbo.shape[0], elbo, weight)
+
+    def _elbo_from_pieces(self, owner: str, kw: Mapping[str, Any]) -> Tensor:
         d = _in.data(kw.get("x"))
         if d.x is None:
-            raise _in.missing_inputs_error(owner, "`elbo` (B,), or `x` with the encoder and decoder statistics", kw)
-        enc = _in.encoder(
-            kw.get("enc_mean"), kw.get("enc_logvar"), kw.get("posterior"), owner=owner, given=kw
-        )
+            raise missing_inputs_error(owner, "`elbo` (B,), or `x` with the encoder and decoder statistics", kw)
+        enc = _in.encoder(kw.get("enc_mean"), kw.get("enc_logvar"), kw.get("posterior"), owner=owner, given=kw)
         if enc.mean is None:
-            raise _in.missing_inputs_error(owner, "`enc_mean` and `enc_logvar` (or a `posterior`)", kw)
+            raise missing_inputs_error(owner, "`enc_mean` and `enc_logvar` (or a `posterior`)", kw)
         batch, latent_dim = enc.logvar.shape
         p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=latent_dim, batch=batch)
         dec = _in.decoder(kw.get("dec_mean"), kw.get("dec_logvar"), kw.get("likelihood"), d, owner=owner,
                           need_mean=True, given=kw)
-        _in.check_batch(owner, encoder=enc.logvar.shape[0], decoder=dec.batch_size, x=d.batch_size)
+        check_batch(owner, encoder=batch, decoder=dec.batch_size, x=d.batch_size)
         if self.nan_strategy == "error":
-            named = {"x": d.x, "enc_mean": enc.mean, "enc_logvar": enc.logvar, "dec_mean": dec.mean,
-                     "dec_logvar": dec.logvar, "prior_logvar": p.logvar}
-            self._check_finite({k: v for k, v in named.items() if v is not None})
-        per_sample = _log_likelihood_per_sample(dec, d) - _kl_per_sample(enc, p, kw.get("posterior"))
-        self._accumulate(per_sample.sum().reshape(1), d.batch_size)
+            self._check_finite({"x": d.x, "enc_mean": enc.mean, "enc_logvar": enc.logvar, "dec_mean": dec.mean,
+                                "dec_logvar": dec.logvar, "prior_logvar": p.logvar})
+        return _gaussian_elbo_update(enc, p, dec, d)
 
     def compute(self) -> Tensor:
-        totals, count = self._totals()
-        return totals[0] / count
+        (elbo,), count = self._totals()
+        return elbo / count
 
     def plot(self, val: Any = None, ax: Any = None) -> Any:
         """Plot the value (or a list of values) with TorchMetrics' plotting helper."""

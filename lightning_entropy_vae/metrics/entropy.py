@@ -1,21 +1,36 @@
-r"""TorchMetrics metrics for the three entropies and their sum, averaged over data points."""
+r"""TorchMetrics metrics for the three entropies and their sum, averaged over data points.
+
+Each metric sums the per-sample log-determinants of the functional ``_update`` helpers (and the
+latent or data dimensions they span) over its points; ``compute`` applies the functional
+``_compute`` helpers, so every formula lives once, in :mod:`lightning_entropy_vae.functional`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from lightning_entropy_vae.functional import _inputs as _in
-from lightning_entropy_vae.functional._inputs import LOG_2PI_E
+from lightning_entropy_vae.functional._checks import as_float_tensor, check_batch, missing_inputs_error
 from lightning_entropy_vae.functional.entropy import (
+    _decoder_entropy_compute,
     _decoder_entropy_update,
+    _encoder_entropy_compute,
     _encoder_entropy_update,
+    _entropy_from_logdet,
+    _entropy_sum_compute,
+    _prior_entropy_compute,
     _prior_entropy_update,
 )
-from lightning_entropy_vae.functional.stationary import _squared_residual
+from lightning_entropy_vae.functional.stationary import (
+    _profiled_decoder_entropy_compute,
+    _squared_residual_update,
+    fixed_decoder_variance,
+)
 from lightning_entropy_vae.metrics._base import SumAndCountMetric, merge_inputs, rank_zero_warn
 
 __all__ = ["DecoderEntropy", "EncoderEntropy", "EntropySumELBO", "PriorEntropy"]
@@ -25,17 +40,22 @@ def _encoder_of(owner: str, kw: Mapping[str, Any]) -> _in.Encoder:
     return _in.encoder(kw.get("enc_mean"), kw.get("enc_logvar"), kw.get("posterior"), owner=owner, given=kw)
 
 
+def _decoder_of(owner: str, kw: Mapping[str, Any], d: _in.Data) -> _in.Decoder:
+    return _in.decoder(kw.get("dec_mean"), kw.get("dec_logvar"), kw.get("likelihood"), d, owner=owner,
+                       data_dim=kw.get("data_dim"), given=kw)
+
+
+def _prior_logdet(metric: SumAndCountMetric, p: _in.Prior, like: Tensor, per_sample: bool) -> Tensor:
+    """The prior's log-determinant statistic; a standard normal's is a cached zero (no op per update)."""
+    if p.logvar is None and p.dist is None:
+        return metric._constant(0.0, like)
+    return _prior_entropy_update(p, like, per_sample)
+
+
 def _warn_if_fixed_variance(metric: Any, dec_logvar: Any) -> None:
     """Warn once when a constant decoder log-variance without gradient is seen in training mode."""
-    if (
-        metric.warn_fixed_variance
-        and not metric._warned_fixed
-        and metric.training
-        and isinstance(dec_logvar, Tensor)
-        and dec_logvar.dim() <= 1
-        and not dec_logvar.requires_grad
-        and not dec_logvar.is_inference()
-    ):
+    if metric.warn_fixed_variance and not metric._warned_fixed and metric.training and \
+            fixed_decoder_variance(dec_logvar):
         metric._warned_fixed = True
         rank_zero_warn(
             f"{type(metric).__name__}: `dec_logvar` does not require grad, so the decoder variance looks fixed"
@@ -47,19 +67,42 @@ def _warn_if_fixed_variance(metric: Any, dec_logvar: Any) -> None:
         )
 
 
-def _squared_residual_total(kw: Mapping[str, Any], d: _in.Data, dec: _in.Decoder, owner: str) -> Tensor:
-    """Batch sum of ``||x - mu(z)||^2`` (mean over z samples), or of a given ``dec_sq_residual`` (B,)."""
+def _squared_residual(owner: str, kw: Mapping[str, Any], d: _in.Data, dec: _in.Decoder) -> Tensor:
+    """Per-sample ``||x - mu(z)||^2`` (mean over z samples), or a given ``dec_sq_residual`` (B,)."""
     given = kw.get("dec_sq_residual")
     if given is not None:
-        return _in.as_float_tensor("dec_sq_residual", given).sum()
+        return as_float_tensor("dec_sq_residual", given)
     if d.x is None or dec.mean is None:
-        raise _in.missing_inputs_error(
+        raise missing_inputs_error(
             owner + " with profile_decoder_variance=True", "`x` and `dec_mean` (or `dec_sq_residual`)", kw
         )
-    return _squared_residual(d, dec.mean).sum()
+    return _squared_residual_update(d, dec.mean)
 
 
-class EncoderEntropy(SumAndCountMetric):
+class _LogdetMetric(SumAndCountMetric):
+    """One entropy: state ``[log-det sum, dimensions spanned, count, skipped]``; compute by its ``_compute``."""
+
+    higher_is_better = None
+    _compute_fn: Any = None
+
+    def __init__(self, nan_strategy: str = "skip", **kwargs: Any) -> None:
+        super().__init__(nan_strategy, **kwargs)
+        self._add_sum_states(2)
+
+    def _add_logdet(self, statistic: Callable[[bool], Tensor], dim: int, batch: int, like: Tensor,
+                    weight: Tensor | None) -> None:
+        self._accumulate(lambda per_sample: [statistic(per_sample)], (float(dim),), batch, like, weight)
+
+    def compute(self) -> Tensor:
+        (logdet, dims), count = self._totals()
+        return type(self)._compute_fn(logdet, count, dims / count)
+
+    def plot(self, val: Any = None, ax: Any = None) -> Any:
+        """Plot the value (or a list of values) with TorchMetrics' plotting helper."""
+        return self._plot(val, ax)
+
+
+class EncoderEntropy(_LogdetMetric):
     r"""Average encoder entropy :math:`\frac1N\sum_n\mathcal{H}[q(z|x_n)]`, nats per data point.
 
     .. math::
@@ -67,10 +110,12 @@ class EncoderEntropy(SumAndCountMetric):
         \frac1N \sum_n \sum_h \tfrac12\log\!\left(2\pi e\,\tau_h^2(x_n)\right)
 
     ``update`` takes the vocabulary (a step's output dict, ``VAEOutput``, or keywords) and uses
-    ``enc_logvar`` of shape ``(B, H)`` or a Gaussian ``posterior``; other keys are ignored.
+    ``enc_logvar`` of shape ``(B, H)`` or a Gaussian ``posterior``; other keys are ignored. An optional
+    ``weight`` ``(B,)`` weighs the points (0 drops a point, NaN-safe).
 
     Args:
-        nan_strategy: ``"skip"`` (default) skips and counts non-finite batches; ``"error"`` raises.
+        nan_strategy: ``"skip"`` (default) skips and counts non-finite batches and warns at ``compute()``;
+            ``"ignore"`` skips them silently; ``"error"`` raises.
         kwargs: passed to :class:`torchmetrics.Metric`.
 
     Example (a plain PyTorch loop):
@@ -81,30 +126,20 @@ class EncoderEntropy(SumAndCountMetric):
         tensor(2.8379)
     """
 
-    higher_is_better = None
     _prefix = "encoder_entropy"
+    _compute_fn = staticmethod(_encoder_entropy_compute)
 
-    def __init__(self, nan_strategy: str = "skip", **kwargs: Any) -> None:
-        super().__init__(nan_strategy, **kwargs)
-        self._add_sum_states(1)
-
-    def update(self, outputs: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+    def update(self, outputs: Mapping[str, Any] | None = None, /, *, weight: Tensor | None = None,
+               **kwargs: Any) -> None:
         kw = merge_inputs("EncoderEntropy.update()", outputs, kwargs)
         enc = _encoder_of("EncoderEntropy.update()", kw)
         if self.nan_strategy == "error":
             self._check_finite({"enc_logvar": enc.logvar})
-        self._accumulate_affine([_encoder_entropy_update(enc)], enc.logvar.shape[0], enc.logvar)
-
-    def compute(self) -> Tensor:
-        totals, count = self._totals()
-        return totals[0] / count
-
-    def plot(self, val: Any = None, ax: Any = None) -> Any:
-        """Plot the value (or a list of values) with TorchMetrics' plotting helper."""
-        return self._plot(val, ax)
+        batch, latent_dim = enc.logvar.shape
+        self._add_logdet(partial(_encoder_entropy_update, enc), latent_dim, batch, enc.logvar, weight)
 
 
-class PriorEntropy(SumAndCountMetric):
+class PriorEntropy(_LogdetMetric):
     r"""Prior entropy :math:`\mathcal{H}[p(z)]`, averaged over the data points it was seen with.
 
     .. math::
@@ -112,8 +147,8 @@ class PriorEntropy(SumAndCountMetric):
         \sum_h \tfrac12 \log(2\pi e\,\alpha_h^2)
 
     A learnable prior (VAE-2) changes during an epoch; the value is then the mean over the epoch's
-    data points, matching the other terms. ``update`` uses ``prior_logvar`` ``(H,)`` or ``prior``
-    (default: N(0, I)), and ``enc_logvar``/``enc_mean``/``posterior`` for H and the batch size.
+    data points, matching the other terms. ``update`` uses ``prior_logvar`` ``(H,)`` (or ``(B, H)``) or
+    ``prior`` (default: N(0, I)), and ``enc_logvar``/``enc_mean``/``posterior`` for H and the batch size.
 
     Example:
         >>> metric = PriorEntropy()
@@ -122,43 +157,32 @@ class PriorEntropy(SumAndCountMetric):
         tensor(2.8379)
     """
 
-    higher_is_better = None
     _prefix = "prior_entropy"
+    _compute_fn = staticmethod(_prior_entropy_compute)
 
-    def __init__(self, nan_strategy: str = "skip", **kwargs: Any) -> None:
-        super().__init__(nan_strategy, **kwargs)
-        self._add_sum_states(1)
-
-    def update(self, outputs: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+    def update(self, outputs: Mapping[str, Any] | None = None, /, *, weight: Tensor | None = None,
+               **kwargs: Any) -> None:
         kw = merge_inputs("PriorEntropy.update()", outputs, kwargs)
         enc = _encoder_of("PriorEntropy.update()", kw)
         batch, latent_dim = enc.logvar.shape
         p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=latent_dim, batch=batch)
-        if self.nan_strategy == "error" and p.logvar is not None:
+        if self.nan_strategy == "error":
             self._check_finite({"prior_logvar": p.logvar})
-        self._accumulate_affine([_prior_entropy_update(p, batch, latent_dim)], batch, enc.logvar)
-
-    def compute(self) -> Tensor:
-        totals, count = self._totals()
-        return totals[0] / count
-
-    def plot(self, val: Any = None, ax: Any = None) -> Any:
-        """Plot the value (or a list of values) with TorchMetrics' plotting helper."""
-        return self._plot(val, ax)
+        self._add_logdet(partial(_prior_logdet, self, p, enc.logvar), latent_dim, batch, enc.logvar, weight)
 
 
-class DecoderEntropy(SumAndCountMetric):
+class DecoderEntropy(_LogdetMetric):
     r"""Expected decoder entropy :math:`\frac1N\sum_n\mathbb{E}_{q(z|x_n)}\mathcal{H}[p(x|z)]`, nats per point.
 
     .. math::
 
         \frac1N \sum_n \frac1S\sum_s \sum_d \tfrac12\log\!\left(2\pi e\,\sigma_d^2(z_{n,s})\right)
 
-    ``update`` uses ``dec_logvar`` (``()``, ``(D,)``, ``(B, D)`` or ``(S, B, D)``) with ``x`` or
+    ``update`` uses ``dec_logvar`` (``()``, ``(D,)``, ``(B, D)``, ``(B, 1)`` or ``(S, B, D)``) with ``x`` or
     ``dec_mean`` for B and D, or a Gaussian ``likelihood``.
 
     Args:
-        nan_strategy: ``"skip"`` (default) or ``"error"``.
+        nan_strategy: ``"skip"`` (default), ``"ignore"`` or ``"error"``.
         warn_fixed_variance: warn once when ``dec_logvar`` does not require grad in training mode.
 
     Example:
@@ -168,34 +192,23 @@ class DecoderEntropy(SumAndCountMetric):
         tensor(4.2568)
     """
 
-    higher_is_better = None
     _prefix = "decoder_entropy"
+    _compute_fn = staticmethod(_decoder_entropy_compute)
 
     def __init__(self, nan_strategy: str = "skip", warn_fixed_variance: bool = True, **kwargs: Any) -> None:
         super().__init__(nan_strategy, **kwargs)
         self.warn_fixed_variance = bool(warn_fixed_variance)
         self._warned_fixed = False
-        self._add_sum_states(1)
 
-    def update(self, outputs: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+    def update(self, outputs: Mapping[str, Any] | None = None, /, *, weight: Tensor | None = None,
+               **kwargs: Any) -> None:
         kw = merge_inputs("DecoderEntropy.update()", outputs, kwargs)
-        dec = _in.decoder(
-            kw.get("dec_mean"), kw.get("dec_logvar"), kw.get("likelihood"), _in.data(kw.get("x")),
-            owner="DecoderEntropy.update()", data_dim=kw.get("data_dim"), given=kw,
-        )
+        dec = _decoder_of("DecoderEntropy.update()", kw, _in.data(kw.get("x")))
         _warn_if_fixed_variance(self, kw.get("dec_logvar"))
         if self.nan_strategy == "error":
             self._check_finite({"dec_logvar": dec.logvar, "dec_mean": dec.mean})
-        like = dec.logvar if dec.logvar is not None else dec.dist.mean
-        self._accumulate_affine([_decoder_entropy_update(dec)], dec.batch_size, like)
-
-    def compute(self) -> Tensor:
-        totals, count = self._totals()
-        return totals[0] / count
-
-    def plot(self, val: Any = None, ax: Any = None) -> Any:
-        """Plot the value (or a list of values) with TorchMetrics' plotting helper."""
-        return self._plot(val, ax)
+        like = dec.logvar if dec.logvar is not None else as_float_tensor("likelihood.mean", dec.dist.mean)
+        self._add_logdet(partial(_decoder_entropy_update, dec), dec.data_dim, dec.batch_size, like, weight)
 
 
 class EntropySumELBO(SumAndCountMetric):
@@ -212,15 +225,17 @@ class EntropySumELBO(SumAndCountMetric):
     (Damm et al., AISTATS 2023), so ``sum`` is a smooth, sample-free estimate of the ELBO.
 
     ``update`` takes the vocabulary (``enc_logvar``, ``dec_logvar``, ``prior_logvar``, ``x`` or
-    ``dec_mean``, or ``posterior``/``prior``/``likelihood``); other keys are ignored.
+    ``dec_mean``, or ``posterior``/``prior``/``likelihood``); other keys are ignored. An optional
+    ``weight`` ``(B,)`` weighs the points (0 drops a point, NaN-safe).
     ``compute`` returns a dict with keys ``encoder``, ``prior``, ``decoder``, ``sum``, and with
     ``profile_decoder_variance=True`` also ``decoder_profiled`` and ``sum_profiled``: the decoder
     entropy :math:`\tfrac D2\log(2\pi e\sigma^{2*})` at the optimal variance
-    :math:`\sigma^{2*} = \frac{1}{ND}\sum_n\|x_n-\mu(z_n)\|^2` (needs ``x`` and ``dec_mean``), the
-    right comparison for a VAE trained with a fixed decoder variance.
+    :math:`\sigma^{2*} = \frac{1}{ND}\sum_n\|x_n-\mu(z_n)\|^2` (needs ``x`` and ``dec_mean``, or
+    ``dec_sq_residual``), the right comparison for a VAE trained with a fixed decoder variance.
 
     Args:
-        nan_strategy: ``"skip"`` (default) skips and counts non-finite batches; ``"error"`` raises.
+        nan_strategy: ``"skip"`` (default) skips and counts non-finite batches and warns at ``compute()``;
+            ``"ignore"`` skips them silently; ``"error"`` raises.
         profile_decoder_variance: also accumulate squared residuals for ``sum_profiled``.
         warn_fixed_variance: warn once when ``dec_logvar`` does not require grad in training mode.
         kwargs: passed to :class:`torchmetrics.Metric`.
@@ -248,46 +263,45 @@ class EntropySumELBO(SumAndCountMetric):
         self.profile_decoder_variance = bool(profile_decoder_variance)
         self.warn_fixed_variance = bool(warn_fixed_variance) and not self.profile_decoder_variance
         self._warned_fixed = False
-        # encoder, prior, decoder sums; with profiling also the squared-residual sum and its element count
-        self._add_sum_states(5 if self.profile_decoder_variance else 3)
+        # log-det sums of the encoder, prior and decoder, (with profiling the squared-residual sum,)
+        # then the latent and data dimensions the points span
+        self._add_sum_states(6 if self.profile_decoder_variance else 5)
 
-    def update(self, outputs: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+    def update(self, outputs: Mapping[str, Any] | None = None, /, *, weight: Tensor | None = None,
+               **kwargs: Any) -> None:
         owner = "EntropySumELBO.update()"
         kw = merge_inputs(owner, outputs, kwargs)
         d = _in.data(kw.get("x"))
         enc = _encoder_of(owner, kw)
         batch, latent_dim = enc.logvar.shape
         p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=latent_dim, batch=batch)
-        dec = _in.decoder(
-            kw.get("dec_mean"), kw.get("dec_logvar"), kw.get("likelihood"), d, owner=owner,
-            data_dim=kw.get("data_dim"), given=kw,
-        )
-        if dec.batch_size != batch:
-            _in.check_batch(owner, encoder=batch, decoder=dec.batch_size, x=d.batch_size)
+        dec = _decoder_of(owner, kw, d)
+        if dec.batch_size != batch or (d.batch_size is not None and d.batch_size != batch):
+            check_batch(owner, encoder=batch, decoder=dec.batch_size, x=d.batch_size)
         _warn_if_fixed_variance(self, kw.get("dec_logvar"))
         if self.nan_strategy == "error":
-            named = {"enc_logvar": enc.logvar, "prior_logvar": p.logvar, "dec_logvar": dec.logvar,
-                     "dec_mean": dec.mean, "x": d.x}
-            self._check_finite({k: v for k, v in named.items() if v is not None})
-        terms = [
-            _encoder_entropy_update(enc),
-            _prior_entropy_update(p, batch, latent_dim),
-            _decoder_entropy_update(dec),
-        ]
-        if self.profile_decoder_variance:
-            terms += [(_squared_residual_total(kw, d, dec, owner), 1.0, 0.0), (None, 0.0, float(batch * dec.data_dim))]
-        self._accumulate_affine(terms, batch, enc.logvar)
+            self._check_finite({"enc_logvar": enc.logvar, "prior_logvar": p.logvar, "dec_logvar": dec.logvar,
+                                "dec_mean": dec.mean, "x": d.x})
+
+        def statistics(per_sample: bool) -> list[Tensor]:
+            stats = [_encoder_entropy_update(enc, per_sample), _prior_logdet(self, p, enc.logvar, per_sample),
+                     _decoder_entropy_update(dec, per_sample)]
+            if self.profile_decoder_variance:
+                residual = _squared_residual(owner, kw, d, dec)
+                stats.append(residual if per_sample else residual.sum())
+            return stats
+
+        self._accumulate(statistics, (float(latent_dim), float(dec.data_dim)), batch, enc.logvar, weight)
 
     def compute(self) -> dict[str, Tensor]:
-        return self._from_totals(*self._totals())
-
-    def _from_totals(self, totals: Tensor, count: Tensor) -> dict[str, Tensor]:
-        """The result from summed states (also used on differences of states, for windows)."""
-        means = totals[:3] / count
-        out = {"encoder": means[0], "prior": means[1], "decoder": means[2], "sum": means[0] - means[1] - means[2]}
+        sums, count = self._totals()
+        # the three terms at once (the functional helpers are elementwise): [encoder, prior, decoder]
+        dims = torch.cat([sums[-2:-1].expand(2), sums[-1:]]) / count
+        terms = _entropy_from_logdet(sums[:3], count, dims) / count
+        encoder, prior, decoder = terms.unbind()
+        out = {"encoder": encoder, "prior": prior, "decoder": decoder,
+               "sum": _entropy_sum_compute(encoder, prior, decoder)}
         if self.profile_decoder_variance:
-            sq, elements = totals[3], totals[4]
-            data_dim = elements / count
-            out["decoder_profiled"] = 0.5 * data_dim * (LOG_2PI_E + torch.log(sq / elements))
-            out["sum_profiled"] = means[0] - means[1] - out["decoder_profiled"]
+            out["decoder_profiled"] = _profiled_decoder_entropy_compute(sums[3], count, dims[2])
+            out["sum_profiled"] = _entropy_sum_compute(encoder, prior, out["decoder_profiled"])
         return out

@@ -1,0 +1,108 @@
+"""The batches since the last reduction: references on the hot path, one stacked batch at the cadence (private).
+
+A batch hook only appends the step's (checked) tensors to a list: no device work. At the logging
+cadence :meth:`PendingBatches.stack` concatenates them into one batch of N points (one ``cat`` per key;
+values shared by a batch's points, such as a scalar ``dec_logvar`` or a ``(H,)`` ``prior_logvar``, become
+one row per point), and finds the batches holding NaN/Inf on the device: a per-batch keep mask, with no
+host sync. The metrics then take the stacked batch and the mask through their public ``update``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_entropy_vae.callbacks._step_outputs import StageLayout
+
+#: Reduce early once this many batches are pending, or this many bytes of their tensors: a bound on the
+#: memory that references to D-sized tensors (``x``, ``dec_mean``, a per-point ``dec_logvar``) hold.
+MAX_PENDING = 256
+MAX_PENDING_BYTES = 64 << 20
+#: Log-variances the formulas exponentiate (sign of the exponent): a batch whose exp overflows is dropped
+#: like one holding NaN/Inf, so the metrics never see a finite input with a non-finite result.
+EXPONENTIATED = {"enc_logvar": 1.0, "dec_logvar": -1.0, "prior_logvar": -1.0}
+
+
+def _runs(sizes: list[int]) -> list[tuple[int, int]]:
+    """``sizes`` as runs ``(batches, size)`` of equal batch sizes: usually one, or two with a short last batch."""
+    runs: list[list[int]] = []
+    for size in sizes:
+        if runs and runs[-1][1] == size:
+            runs[-1][0] += 1
+        else:
+            runs.append([1, size])
+    return [(count, size) for count, size in runs]
+
+
+class PendingBatches:
+    """References to a stage's batches since the last reduction."""
+
+    def __init__(self, layout: StageLayout) -> None:
+        self.layout = layout
+        self.clear()
+
+    def clear(self) -> None:
+        self.batches: list[dict[str, Any]] = []
+        self.sizes: list[int] = []
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def add(self, kw: dict[str, Any], batch: int) -> bool:
+        """Keep one batch; return whether the stash is full (reduce it now)."""
+        self.batches.append(kw)
+        self.sizes.append(batch)
+        self._bytes += batch * self.layout.bytes_per_point
+        return len(self.batches) >= MAX_PENDING or self._bytes >= MAX_PENDING_BYTES
+
+    def stack(self) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """The pending batches as one: ``(inputs, keep per point (N,), keep per batch (K,))``; call under no_grad."""
+        layout, batches, sizes = self.layout, self.batches, self.sizes
+        stacked: dict[str, Tensor] = {}
+        for key in layout.tensor_keys:
+            axis = layout.batch_axis(key)
+            values = [b[key] for b in batches]
+            if axis is None:  # one value per batch: one row per point
+                stacked[key] = torch.cat([v.reshape(1, *(v.shape or (1,))).expand(n, *(v.shape or (1,)))
+                                          for v, n in zip(values, sizes)])
+            else:
+                stacked[key] = values[0] if len(values) == 1 else torch.cat(values, dim=axis)
+        per_batch = self._per_batch(self._probe(stacked))
+        keep_batch = per_batch * 0.0 == 0.0  # finite: x * 0 is NaN for NaN and +-Inf
+        return stacked, self.per_point(keep_batch), keep_batch
+
+    def losses(self) -> Tensor:
+        """The batches' returned losses (K,)."""
+        return torch.stack([b["loss"].reshape(()) for b in self.batches])
+
+    def _probe(self, stacked: dict[str, Tensor]) -> Tensor:
+        """Per point: a sum of every input that is NaN/Inf iff some input of the point is (or overflows in exp)."""
+        columns = []
+        for key, t in stacked.items():
+            sign = EXPONENTIATED.get(key)
+            if sign is not None:  # the value itself (an exp(-inf) is 0), and its exp
+                t = t + (t.exp() if sign > 0 else torch.exp(-t))
+            axis = self.layout.batch_axis(key) or 0
+            if axis:  # (S, N, ...): one value per point
+                t = t.sum(0)
+            columns.append(t.reshape(t.shape[0], -1))
+        return torch.cat(columns, -1).sum(-1)
+
+    def _per_batch(self, per_point: Tensor) -> Tensor:
+        """Sum a per-point vector (N,) within each batch: (K,)."""
+        out, start = [], 0
+        for count, size in _runs(self.sizes):
+            out.append(per_point[start:start + count * size].view(count, size).sum(-1))
+            start += count * size
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    def per_point(self, per_batch: Tensor) -> Tensor:
+        """Repeat a per-batch vector (K,) for each of the batch's points: (N,)."""
+        out, start = [], 0
+        for count, size in _runs(self.sizes):
+            out.append(per_batch[start:start + count].unsqueeze(-1).expand(count, size).reshape(-1))
+            start += count
+        return out[0] if len(out) == 1 else torch.cat(out)

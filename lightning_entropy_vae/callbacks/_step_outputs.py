@@ -1,0 +1,178 @@
+"""Reading a step's output, and the layout every batch of a stage is checked against (private).
+
+The stage's first batch goes through the functional parsers (every shape and dtype rule of the
+vocabulary). It fixes a :class:`StageLayout`: the keys, and each tensor's shape with the batch size
+left open. Every later batch is checked against it from metadata only (types, shapes, dtypes; no
+device work), so a batch that disagrees gets the same clear ``ValueError`` as a first batch would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import Tensor
+from torch.distributions import Distribution
+
+from lightning_entropy_vae.functional import _inputs as _in
+from lightning_entropy_vae.functional._checks import (
+    EXAMPLE_RETURN,
+    STEP_KEYS,
+    as_float_tensor,
+    check_batch,
+    missing_inputs_error,
+)
+
+#: Keys that are distribution objects, not tensors.
+DISTRIBUTION_KEYS = ("posterior", "prior", "likelihood")
+
+
+def owner_of(hook: str, pl_module: Any) -> str:
+    return f"EntropyMonitor ({hook} of {type(pl_module).__name__})"
+
+
+def read_output(values: Any, hook: str, stage: str, pl_module: Any, got: str | None = None) -> Mapping[str, Any] | None:
+    """The step's output as a mapping, ``None`` for a skipped batch.
+
+    A ``training_step`` that returns ``None`` (Lightning's "skip this batch") reaches the batch-end hook as
+    an empty dict under automatic and manual optimization alike.
+    """
+    if got is None and isinstance(values, Mapping):
+        return values if len(values) else None
+    if got is None and values is None:
+        return None
+    step = {"train": "training_step", "test": "test_step"}.get(stage, "validation_step")
+    raise ValueError(
+        f"{owner_of(hook, pl_module)} expected `{step}` to return a dict (or VAEOutput) with the keys `enc_mean`,"
+        f" `enc_logvar`, `dec_logvar`, `dec_mean`, `x` and optionally `elbo`, `prior_logvar`, but got"
+        f" {got or 'a ' + type(values).__name__}. Return them from the step, for example:\n" + EXAMPLE_RETURN
+        + ("\nor pass EntropyMonitor(stages=('train',)) to skip validation." if stage != "train" else "")
+    )
+
+
+def _fmt(shape: Any) -> str:
+    return str(tuple(shape))
+
+
+class StageLayout:
+    """What the stage's first batch established: keys, sizes, decoder layout, each tensor's shape rule.
+
+    A shape rule is ``(axis, shape)``: the batch dimension's position (``None`` for a tensor without one,
+    such as a scalar ``dec_logvar`` or a ``(H,)`` ``prior_logvar``) and the first batch's shape.
+    """
+
+    def __init__(self, kw: Mapping[str, Any], owner: str, *, need_loss: bool = False) -> None:
+        d = _in.data(kw.get("x"))
+        enc = _in.encoder(kw.get("enc_mean"), kw.get("enc_logvar"), kw.get("posterior"), owner=owner, given=kw)
+        if enc.mean is None:
+            raise missing_inputs_error(owner, "`enc_mean` and `enc_logvar` (or a `posterior`)", kw)
+        self.batch, self.latent_dim = enc.logvar.shape
+        p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=self.latent_dim, batch=self.batch)
+        dec = _in.decoder(kw.get("dec_mean"), kw.get("dec_logvar"), kw.get("likelihood"), d, owner=owner, given=kw)
+        check_batch(owner, encoder=self.batch, decoder=dec.batch_size, x=d.batch_size)
+        self.data_dim = dec.data_dim
+        self.decoder_layout = dec.layout
+        self.has_elbo = kw.get("elbo") is not None
+        if self.has_elbo:  # a mean ELBO () or a (B, 1) column would be averaged over the wrong count
+            elbo_shape = tuple(as_float_tensor("elbo", kw["elbo"]).shape)
+            if elbo_shape != (self.batch,):
+                raise ValueError(f"{owner} expected `elbo` of shape (B,) = ({self.batch},), one ELBO per sample,"
+                                 f" but got {elbo_shape}.")
+        elif d.x is None or dec.mean is None:
+            raise missing_inputs_error(owner, "`elbo` (B,), or `x` and `dec_mean` to compute it", kw)
+        self.has_prior = p.logvar is not None and p.dist is None
+        #: distribution objects cannot be stacked: their batches go to the metrics one by one
+        self.distributions = any(kw.get(k) is not None for k in DISTRIBUTION_KEYS)
+        self.keys = tuple(k for k in kw if k in STEP_KEYS and kw[k] is not None and k != "data_dim"
+                          and (k != "loss" or need_loss))
+        self._keyset = frozenset(self.keys)
+        data_rank = len(d.data_shape) if d.data_shape is not None else 1
+        self._rules = {k: _shape_rule(k, kw[k], data_rank, dec.layout) for k in self.keys if k != "loss"}
+        self._expected: dict[int, dict[str, tuple[int, ...]]] = {}
+        #: the tensors a reduction stacks (distribution objects are updated batch by batch)
+        self.tensor_keys = tuple(k for k in self._rules if isinstance(kw[k], Tensor))
+        #: bytes that references to one point's tensors hold until the reduction
+        self.bytes_per_point = sum(kw[k].numel() * kw[k].element_size() for k in self.tensor_keys
+                                   if self._rules[k][0] is not None) // self.batch
+
+    def batch_axis(self, key: str) -> int | None:
+        """The dimension of ``key``'s tensor that runs over the batch's points (``None``: one value per batch)."""
+        return self._rules[key][0]
+
+    def expected(self, batch: int) -> dict[str, tuple[int, ...]]:
+        """Each key's expected shape for a batch of ``batch`` points (cached per batch size)."""
+        found = self._expected.get(batch)
+        if found is None:
+            found = {k: shape if axis is None else (*shape[:axis], batch, *shape[axis + 1:])
+                     for k, (axis, shape) in self._rules.items()}
+            if len(self._expected) > 16:
+                self._expected.clear()
+            self._expected[batch] = found
+        return found
+
+    def check(self, values: Mapping[str, Any], owner: Callable[[], str]) -> tuple[dict[str, Any], int]:
+        """The batch's vocabulary keys and its size, checked against the layout from metadata only (no device work).
+
+        ``owner()`` names the hook and module in an error message.
+        """
+        try:
+            kw = {k: values[k] for k in self.keys}
+        except KeyError as err:
+            raise ValueError(
+                f"{owner()} expected `{err.args[0]}` in every batch's output, as in the stage's first batch, but got"
+                f" the keys {sorted(str(k) for k in values)}."
+            ) from None
+        if len(values) != len(kw):
+            new = sorted(k for k in values if k in STEP_KEYS and k not in self._keyset and values[k] is not None
+                         and k not in ("loss", "data_dim"))
+            if new:
+                raise ValueError(
+                    f"{owner()} got {', '.join(f'`{k}`' for k in new)} in a later batch's output, but not in the"
+                    f" stage's first batch, which fixed its inputs {sorted(k for k in self.keys if k != 'loss')}."
+                    " Return the same keys from every batch."
+                )
+        enc = kw.get("enc_logvar", kw.get("posterior"))
+        batch = _full_shape(enc)[0] if isinstance(enc, (Tensor, Distribution)) and _full_shape(enc) else self.batch
+        for key, shape in self.expected(batch).items():
+            value = kw[key]
+            if isinstance(value, Tensor):
+                if value.shape != shape or not value.is_floating_point():
+                    self._raise(key, value, shape, owner())
+            elif not isinstance(value, Distribution) or _full_shape(value) != shape:
+                self._raise(key, value, shape, owner())
+        return kw, batch
+
+    def _raise(self, key: str, value: Any, shape: tuple[int, ...], owner: str) -> None:
+        if not isinstance(value, (Tensor, Distribution)):
+            raise TypeError(f"{owner} expected `{key}` to be a torch.Tensor, as in the stage's first batch, but got"
+                            f" {type(value).__name__}.")
+        if isinstance(value, Tensor) and not value.is_floating_point():
+            raise TypeError(f"{owner} expected `{key}` to be a floating-point tensor, but got dtype {value.dtype}.")
+        axis = self._rules[key][0]
+        rule = "" if axis is None else f" (its batch dimension {axis} matching `enc_logvar`)"
+        raise ValueError(
+            f"{owner} expected `{key}` of shape {_fmt(shape)}{rule}, as set by the stage's first batch"
+            f" {_fmt(self._rules[key][1])}, but got {_fmt(_full_shape(value))}."
+        )
+
+
+def _full_shape(value: Any) -> tuple[int, ...]:
+    if isinstance(value, Distribution):
+        return tuple(value.batch_shape) + tuple(value.event_shape)
+    return tuple(value.shape)
+
+
+def _shape_rule(key: str, value: Any, data_rank: int, decoder_layout: str) -> tuple[int | None, tuple[int, ...]]:
+    """``(axis, shape)``: where the batch dimension sits in this key's first-batch ``shape`` (None: nowhere)."""
+    shape = _full_shape(value)
+    if key in ("dec_mean", "likelihood"):  # (B, *data) or (S, B, *data)
+        axis: int | None = 0 if len(shape) == 1 + data_rank else 1
+    elif key == "dec_logvar":  # (B, D) or (B, 1); (S, B, D); or one value per model: () or (D,)
+        axis = {"per_sample": 0, "per_z": 1}.get(decoder_layout)
+    elif key == "prior_logvar":  # (H,), or each sample's own (B, H)
+        axis = 0 if len(shape) == 2 else None
+    elif key == "prior":  # a distribution over (H,)
+        axis = None
+    else:  # enc_mean, enc_logvar, posterior, x, elbo, dec_sq_residual
+        axis = 0
+    return axis, shape

@@ -1,0 +1,132 @@
+"""Names, constants and the checks every function, metric and the callback share (private).
+
+Nothing here synchronises with the device: checks look at types, shapes, dtypes and Python
+attributes only, except :func:`first_nonfinite`, which is for ``nan_strategy="error"``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: ``log(2 * pi * e)``: twice the entropy of a standard normal, in nats.
+LOG_2PI_E = math.log(2.0 * math.pi * math.e)
+#: ``log(2 * pi)``.
+LOG_2PI = math.log(2.0 * math.pi)
+
+#: The names every function, metric and callback understands.
+VOCABULARY = (
+    "enc_mean",
+    "enc_logvar",
+    "dec_mean",
+    "dec_logvar",
+    "prior_logvar",
+    "x",
+    "elbo",
+    "posterior",
+    "prior",
+    "likelihood",
+    "data_dim",
+    "dec_sq_residual",
+)
+#: What a step may return: the vocabulary and the loss.
+STEP_KEYS = frozenset((*VOCABULARY, "loss"))
+
+EXAMPLE_RETURN = (
+    '    return {"loss": loss, "x": x, "enc_mean": mu, "enc_logvar": logvar,\n'
+    '            "dec_mean": x_hat, "dec_logvar": self.dec_logvar,\n'
+    '            "elbo": elbo}  # elbo: (B,) per-sample ELBO, optional'
+)
+
+
+def missing_inputs_error(owner: str, needed: str, given: Mapping[str, Any] | None = None) -> ValueError:
+    """Build the error for missing vocabulary keys, with the ``return {...}`` a user should write.
+
+    ``given``: the keys the caller received (a metric's mapping); ``None`` when the caller is a function
+    whose missing argument was ``None``.
+    """
+    if given is None:
+        got = "None"
+    else:
+        got = ", ".join(f"`{k}`" for k in given) if given else "nothing"
+    return ValueError(
+        f"{owner} needs {needed}, but got {got}."
+        " Return the encoder and decoder statistics from your step, for example:\n" + EXAMPLE_RETURN
+    )
+
+
+def check_keywords(owner: str, extra: Mapping[str, Any], accepted: tuple[str, ...]) -> None:
+    """Reject keywords that are neither the function's own nor vocabulary names (misspellings).
+
+    Vocabulary names a function does not use are accepted and ignored, so ``f(**step_output)`` works for
+    a dict of vocabulary keys; anything else is a ``TypeError`` with the closest valid names.
+    """
+    unknown = [k for k in extra if k not in STEP_KEYS]
+    if not unknown:
+        return
+    valid = sorted({*accepted, *STEP_KEYS})
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, valid, n=1)
+        hints.append(f"`{key}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
+    raise TypeError(
+        f"{owner} got unexpected keyword argument(s) {', '.join(hints)}. Expected {', '.join(accepted)}"
+        " or names of the vocabulary."
+    )
+
+
+def as_float_tensor(name: str, value: Any) -> Tensor:
+    """Check that ``value`` is a floating-point tensor and upcast it to at least float32.
+
+    float64 stays float64; float16/bfloat16 become float32 so that sums over many dimensions
+    keep their precision.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(value).__name__}.")
+    if not value.is_floating_point():
+        raise TypeError(f"Expected `{name}` to be a floating-point tensor, but got dtype {value.dtype}.")
+    if value.dtype in (torch.float16, torch.bfloat16):
+        return value.float()
+    return value
+
+
+def shape_of(t: Tensor | torch.Size) -> tuple[int, ...]:
+    return tuple(t.shape if isinstance(t, Tensor) else t)
+
+
+def check_batch(owner: str, **sizes: int | None) -> int:
+    """Check that every component agrees on the batch size; return it."""
+    known = {k: v for k, v in sizes.items() if v is not None}
+    values = set(known.values())
+    if len(values) > 1:
+        listing = ", ".join(f"`{k}`: {v}" for k, v in known.items())
+        raise ValueError(f"Expected one batch size B across the inputs of {owner}, but got {listing}.")
+    if not values:
+        raise missing_inputs_error(owner, "tensors with a batch dimension")
+    return values.pop()
+
+
+def check_weight(weight: Any, batch: int) -> Tensor | None:
+    """A metric's per-point ``weight``: ``None``, or a (B,) bool or floating tensor; returned as is."""
+    if weight is None:
+        return None
+    if not isinstance(weight, Tensor) or not (weight.is_floating_point() or weight.dtype == torch.bool):
+        got = type(weight).__name__ if not isinstance(weight, Tensor) else f"dtype {weight.dtype}"
+        raise TypeError(f"Expected `weight` to be a bool or floating-point tensor of shape (B,), but got {got}.")
+    if tuple(weight.shape) != (batch,):
+        raise ValueError(f"Expected `weight` of shape (B,) = ({batch},), one per data point, but got"
+                         f" {tuple(weight.shape)}.")
+    return weight
+
+
+def first_nonfinite(inputs: Mapping[str, Any]) -> str | None:
+    """The first key whose floating-point tensor holds NaN or Inf (a host sync per tensor), else ``None``."""
+    for key, value in inputs.items():
+        if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return key
+    return None

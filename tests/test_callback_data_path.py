@@ -1,0 +1,348 @@
+"""The EntropyMonitor's path from a step's output to its metrics.
+
+No device work in the batch hooks of a step that does not log (ATen ops counted with a
+``TorchDispatchMode``), a fixed number of ops per logging step whatever the number of batches it
+reduces, every batch checked against the stage's first one, returned parameters read before the
+optimizer step also when parameters are views of one flat storage (FSDP's layout), ``None`` outputs
+skipped, an epoch of NaN batches logged as NaN, and ``VAEOutput`` under manual optimization.
+"""
+
+import math
+import re
+import warnings
+
+import pytest
+import torch
+from helpers import (
+    MonitorVAE,
+    assert_logged_equal,
+    monitor_data,
+    monitor_loader,
+    monitor_reference,
+    monitor_trainer,
+)
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from lightning_entropy_vae import EntropyMonitor, VAEOutput
+
+TRAIN, VAL = monitor_data(24, seed=0), monitor_data(12, seed=1)
+
+
+def _fit(tmp_path, model, monitor, val=True, **kwargs):
+    trainer = monitor_trainer(tmp_path, [monitor], **kwargs)
+    trainer.fit(model, monitor_loader(TRAIN), monitor_loader(VAL) if val else None)
+    return trainer
+
+
+# --------------------------------------------------------------------------------------- device work
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen ops that are not views (a view only makes new metadata: no kernel, no copy)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        returns = func._schema.returns
+        if not (returns and all(r.alias_info is not None and not r.alias_info.is_write for r in returns)):
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+class CountingMonitor(EntropyMonitor):
+    """Runs the batch hooks under an OpCounter: ``ops[hook]`` lists each call's non-view ops."""
+
+    HOOKS = ("on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end", "on_validation_batch_end")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.ops = {hook: [] for hook in self.HOOKS}
+        for hook in self.HOOKS:
+            setattr(self, hook, self._counted(hook, getattr(super(), hook)))
+
+    def _counted(self, hook, method):
+        def run(*args, **kwargs):
+            with OpCounter() as counter:
+                method(*args, **kwargs)
+            self.ops[hook].append(counter.ops)
+        return run
+
+
+@pytest.mark.parametrize(("param_output", "accumulate"), [("clone", 1), ("live", 1), ("view", 1), ("live", 2)])
+def test_batch_hooks_of_steps_that_do_not_log_only_keep_references(tmp_path, param_output, accumulate):
+    """No op at all for a returned copy; one copy per step for a returned live parameter (or view of one)."""
+    torch.manual_seed(0)
+    monitor = CountingMonitor()
+    trainer = _fit(tmp_path, MonitorVAE(lr=0.05, param_output=param_output), monitor, max_epochs=2,
+                   log_every_n_steps=1000, accumulate_grad_batches=accumulate)
+    assert "entropy/train/sum" in trainer.callback_metrics
+    ops = monitor.ops
+    assert len(ops["on_train_batch_end"]) == 12 and len(ops["on_validation_batch_end"]) == 6
+    assert all(not calls for calls in ops["on_train_batch_start"])
+    # a stage's first batch builds its metrics; every later one only keeps references
+    assert ops["on_train_batch_end"][0] and ops["on_validation_batch_end"][0]
+    assert all(not calls for calls in ops["on_validation_batch_end"][1:])
+    per_batch = [len(a) + len(b) for a, b in zip(ops["on_train_batch_end"], _per_batch(ops, accumulate))][1:]
+    copies = {op for calls in ops["on_before_optimizer_step"] for op in calls}
+    assert copies <= {"aten.clone.default", "aten.cat.default"}, copies
+    if param_output == "clone":  # the first optimizer step copies the small parameters: nothing is known yet
+        assert per_batch == [0] * 11 and [len(calls) for calls in ops["on_before_optimizer_step"]][1:] == [0] * (
+            len(ops["on_before_optimizer_step"]) - 1)
+    else:  # one copy per batch: at the optimizer step, or at batch end for a batch that does not step
+        assert per_batch == [1] * 11, per_batch
+
+
+def _per_batch(ops, accumulate):
+    """The optimizer-step hooks' ops attributed to the batch whose step they preceded."""
+    steps = iter(ops["on_before_optimizer_step"])
+    return [next(steps) if (i % 6) % accumulate == accumulate - 1 or i % 6 == 5 else [] for i in range(12)]
+
+
+def test_each_logging_step_runs_the_same_ops_whatever_the_number_of_batches_it_reduces(tmp_path):
+    counts = {}
+    for every in (2, 6):
+        torch.manual_seed(0)
+        monitor = CountingMonitor()
+        train = monitor_data(48, seed=4)  # 12 batches of 4
+        trainer = monitor_trainer(tmp_path, [monitor], max_epochs=1, log_every_n_steps=every)
+        trainer.fit(MonitorVAE(lr=0.05), monitor_loader(train))
+        logging = [len(calls) for calls in monitor.ops["on_train_batch_end"][1:] if calls]  # 0: the set-up
+        assert len(logging) == 12 // every
+        counts[every] = logging[1:]  # the first logging step also builds the window's cached constants
+    assert len(set(counts[2] + counts[6])) == 1, counts  # fused: 2 or 6 batches, the same ops
+    assert counts[2][0] <= 90, counts[2][0]
+
+
+# ------------------------------------------------------------------------- every batch is checked
+class Altered(MonitorVAE):
+    """Applies ``alter(out)`` to the output of training batch ``at`` of every epoch."""
+
+    def __init__(self, alter, at, **kwargs):
+        super().__init__(**kwargs)
+        self.alter, self.at = alter, at
+
+    def training_step(self, batch, batch_idx):
+        out = super().training_step(batch, batch_idx)
+        return self.alter(out) if batch_idx == self.at else out
+
+
+LATER = [
+    ("elbo squeezed", lambda out: {**out, "elbo": out["elbo"][:1].squeeze()},
+     "expected `elbo` of shape (4,) (its batch dimension 0 matching `enc_logvar`), as set by the stage's first"
+     " batch (4,), but got ()."),
+    ("fewer latents", lambda out: {**out, "enc_mean": out["enc_mean"][:, :1], "enc_logvar": out["enc_logvar"][:, :1]},
+     "expected `enc_mean` of shape (4, 2) (its batch dimension 0 matching `enc_logvar`), as set by the stage's"
+     " first batch (4, 2), but got (4, 1)."),
+    ("elbo (1,)", lambda out: {**out, "elbo": out["elbo"][:1]},
+     "expected `elbo` of shape (4,) (its batch dimension 0 matching `enc_logvar`), as set by the stage's first"
+     " batch (4,), but got (1,)."),
+    ("elbo (B-1,)", lambda out: {**out, "elbo": out["elbo"][:-1]},
+     "expected `elbo` of shape (4,) (its batch dimension 0 matching `enc_logvar`), as set by the stage's first"
+     " batch (4,), but got (3,)."),
+    ("dec_logvar per point", lambda out: {**out, "dec_logvar": out["dec_logvar"].expand(4, 4)},
+     "expected `dec_logvar` of shape (), as set by the stage's first batch (), but got (4, 4)."),
+    ("x", lambda out: {**out, "x": out["x"][:, :3]},
+     "expected `x` of shape (4, 4) (its batch dimension 0 matching `enc_logvar`), as set by the stage's first"
+     " batch (4, 4), but got (4, 3)."),
+]
+
+
+@pytest.mark.parametrize(("alter", "message"), [case[1:] for case in LATER], ids=[case[0] for case in LATER])
+def test_a_later_batch_that_disagrees_with_the_first_raises_the_first_batch_error(tmp_path, alter, message):
+    """Checked from metadata on every batch: no bare PyTorch error at the flush, no silently wrong value."""
+    pattern = re.escape("EntropyMonitor (on_train_batch_end of Altered) " + message)
+    with pytest.raises(ValueError, match="^" + pattern + "$"):
+        _fit(tmp_path, Altered(alter, at=2), EntropyMonitor(stages=("train",)), val=False, log_every_n_steps=1)
+
+
+@pytest.mark.parametrize(("alter", "error", "message"), [
+    (lambda out: {**out, "prior_logvar": torch.zeros(2)}, ValueError,
+     "got `prior_logvar` in a later batch's output, but not in the stage's first batch, which fixed its inputs"
+     " ['dec_logvar', 'dec_mean', 'elbo', 'enc_logvar', 'enc_mean', 'x']. Return the same keys from every batch."),
+    (lambda out: {**out, "dec_logvar": 0.5}, TypeError,
+     "expected `dec_logvar` to be a torch.Tensor, as in the stage's first batch, but got float."),
+    (lambda out: {**out, "enc_logvar": out["enc_logvar"].long()}, TypeError,
+     "expected `enc_logvar` to be a floating-point tensor, but got dtype torch.int64."),
+])
+def test_later_batch_keys_and_types_are_checked(tmp_path, alter, error, message):
+    pattern = re.escape("EntropyMonitor (on_train_batch_end of Altered) " + message)
+    with pytest.raises(error, match="^" + pattern + "$"):
+        _fit(tmp_path, Altered(alter, at=1), EntropyMonitor(stages=("train",)), val=False)
+
+
+def test_a_short_last_batch_is_accepted(tmp_path):
+    torch.manual_seed(0)
+    model = MonitorVAE(lr=0.05)
+    trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",))], max_epochs=1)
+    trainer.fit(model, monitor_loader(monitor_data(21, seed=5)))  # 5 batches of 4, then 1
+    assert [int(e["x"].shape[0]) for e in model.train_epoch(0)][-2:] == [4, 1]
+    assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(0)))
+
+
+# -------------------------------------------------------------------- None outputs and empty epochs
+class SkipsBatches(MonitorVAE):
+    """``training_step`` returns None for the batches in ``skip`` (Lightning's "skip this batch")."""
+
+    def __init__(self, skip, **kwargs):
+        super().__init__(**kwargs)
+        self.skip = skip
+
+    def training_step(self, batch, batch_idx):
+        out = super().training_step(batch, batch_idx)
+        if batch_idx in self.skip:
+            self.train_log.pop()
+            return None
+        return out
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if batch_idx not in self.skip:
+            super().on_train_batch_end(outputs, batch, batch_idx)
+
+
+def test_training_step_returning_none_is_skipped_and_counted(tmp_path):
+    torch.manual_seed(0)
+    model = SkipsBatches(skip={0, 3}, lr=0.05)
+    trainer = _fit(tmp_path, model, EntropyMonitor(), max_epochs=2)
+    metrics = trainer.callback_metrics
+    assert float(metrics["entropy/train/skipped_batches"]) == 2.0
+    kept = model.train_epoch(1)
+    assert [e["batch_idx"] for e in kept] == [1, 2, 4, 5]
+    assert_logged_equal(metrics, "entropy/train", monitor_reference(kept))
+
+
+class AllNaN(MonitorVAE):
+    def training_step(self, batch, batch_idx):
+        out = super().training_step(batch, batch_idx)
+        out["enc_logvar"] = out["enc_logvar"].detach() + float("nan")
+        return out
+
+
+def test_an_epoch_of_nan_batches_logs_nan_latents_and_warns_once(tmp_path):
+    logger = CSVLogger(tmp_path, name="nan", version=0)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer = _fit(tmp_path, AllNaN(lr=0.0), EntropyMonitor(stages=("train",)), val=False, max_epochs=2,
+                       logger=logger)
+    metrics = trainer.callback_metrics
+    assert float(metrics["entropy/train/skipped_batches"]) == 6.0
+    assert math.isnan(float(metrics["entropy/train/active_latents"]))  # not "all H latents active"
+    assert math.isnan(float(metrics["entropy/train/sum"]))
+    rows = list(__import__("csv").DictReader(open(logger.log_dir + "/metrics.csv")))
+    flags = [row["entropy/train/collapsed/0"] for row in rows if row.get("entropy/train/collapsed/0")]
+    assert flags and all(math.isnan(float(f)) for f in flags)  # unknown, not "not collapsed"
+    empty = [w for w in record if "no batch of the `train` epoch" in str(w.message)]
+    assert len(empty) == 1
+    assert str(empty[0].message) == (
+        "EntropyMonitor: no batch of the `train` epoch 0 was kept (6 skipped: NaN/Inf values, or a step that"
+        " returned None), so its values, active latents and collapse flags are NaN."
+    )
+
+
+class AllNone(MonitorVAE):
+    def training_step(self, batch, batch_idx):
+        super().training_step(batch, batch_idx)
+
+
+def test_an_epoch_of_none_outputs_warns_that_there_is_nothing_to_monitor(tmp_path):
+    with pytest.warns(UserWarning, match=re.escape("every `training_step` of epoch 0 returned None (6 batches"
+                                                   " skipped); there is nothing to monitor.")):
+        trainer = _fit(tmp_path, AllNone(lr=0.0), EntropyMonitor(stages=("train",)), val=False, max_epochs=1)
+    assert not any(key.startswith("entropy/") for key in trainer.callback_metrics)
+
+
+# ----------------------------------------------------------------------------- manual optimization
+class ManualVAE(MonitorVAE):
+    """Manual optimization with two optimizers (encoder, decoder), returning a VAEOutput."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        out = self._outputs(batch[0])
+        self.train_log.append(self._record(out, epoch=self.current_epoch, step=self.global_step,
+                                           batch_idx=batch_idx))
+        returned = VAEOutput(**self._returned(dict(out)))  # a "clone" dec_logvar is the pre-step value
+        for opt in self.optimizers():
+            opt.zero_grad()
+        self.manual_backward(out["loss"])
+        for opt in self.optimizers():
+            opt.step()
+        return returned
+
+    def configure_optimizers(self):
+        decoder = [self.dec.weight, self.dec.bias, self.dec_logvar]
+        return [torch.optim.SGD(self.enc.parameters(), lr=self.lr), torch.optim.SGD(decoder, lr=self.lr)]
+
+
+@pytest.mark.parametrize("param_output", ["clone", "live"])
+def test_vae_output_under_manual_optimization_with_two_optimizers(tmp_path, param_output):
+    torch.manual_seed(0)
+    model = ManualVAE(lr=0.2, param_output=param_output)
+    trainer = _fit(tmp_path, model, EntropyMonitor(stages=("train",)), val=False, max_epochs=2)
+    assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(1)))
+
+
+# ------------------------------------------------------------------ parameters in one flat storage
+class FlatParameters(MonitorVAE):
+    """Every parameter is a view into one flat storage, as FSDP lays them out; ``dec_logvar`` is returned as
+    ``returned``: the parameter, its ``squeeze()``, or a plain tensor view of the flat storage (FSDP's forward)."""
+
+    def __init__(self, returned, **kwargs):
+        super().__init__(**kwargs)
+        params = [p for p in self.parameters() if p is not self.dec_logvar] + [self.dec_logvar]  # not at offset 0
+        self.flat = torch.zeros(sum(p.numel() for p in params))
+        offset = 0
+        for p in params:
+            n = p.numel()
+            with torch.no_grad():
+                self.flat[offset:offset + n] = p.reshape(-1)
+            p.data = self.flat[offset:offset + n].view_as(p)
+            offset += n
+        self.returned = returned
+
+    def _returned(self, out):
+        if self.returned == "param":
+            out["dec_logvar"] = self.dec_logvar
+        elif self.returned == "squeeze":
+            out["dec_logvar"] = self.dec_logvar.reshape(1).squeeze()
+        else:
+            start = self.dec_logvar.storage_offset()
+            out["dec_logvar"] = self.flat[start:start + 1].view(())
+        if not self.return_elbo:
+            del out["elbo"]
+        return out
+
+
+@pytest.mark.parametrize("returned", ["param", "squeeze", "flat view"])
+def test_parameters_in_one_flat_storage(tmp_path, returned):
+    torch.manual_seed(0)
+    model = FlatParameters(returned, lr=0.5)
+    storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    assert len(storages) == 1 and model.dec_logvar.storage_offset() > 0
+    trainer = _fit(tmp_path, model, EntropyMonitor(stages=("train",)), val=False, max_epochs=2)
+    entries = model.train_epoch(1)
+    assert min(abs(float(e["dec_logvar_post"] - e["dec_logvar"])) for e in entries) > 0.01  # it moved each step
+    assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(entries))
+
+
+class FreedAfterStep(MonitorVAE):
+    """Returns a view of a gathered copy whose storage is freed after backward, as FULL_SHARD FSDP does."""
+
+    def _returned(self, out):
+        self.gathered = self.dec_logvar.detach().clone().reshape(1)
+        out["dec_logvar"] = self.gathered[0]
+        return out
+
+    def on_after_backward(self):
+        self.gathered.untyped_storage().resize_(0)
+
+
+def test_a_view_of_a_freed_storage_raises_with_the_fix(tmp_path):
+    message = ("EntropyMonitor (on_train_batch_end of FreedAfterStep): `dec_logvar` is a view of a storage that was"
+               " freed after the step (a sharded parameter, as FSDP reshards after the forward and backward passes),"
+               " so it cannot be read at the next logging step. Return a copy from your step:"
+               ' `"dec_logvar": dec_logvar.detach().clone()`.')
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        _fit(tmp_path, FreedAfterStep(lr=0.1), EntropyMonitor(stages=("train",)), val=False)

@@ -1,0 +1,225 @@
+"""The EntropyMonitor's one-call reduction of its pending batches against the metrics fed batch by batch.
+
+``PendingBatches.stack`` concatenates the kept batches into one, with a per-point keep mask that drops the
+batches holding NaN/Inf; ``StageMetrics.reduce`` hands both to each metric's public ``update(..., weight=)``.
+Here the same batches go one by one through ``EntropySumELBO``, ``GaussianELBO`` and
+``PosteriorCollapse.update()`` (tested against torch.distributions in test_metrics.py), skipping the
+batches that hold NaN/Inf, and every computed value must agree: ragged batch sizes, a prior that
+changes between batches, every decoder layout, the profiled decoder variance, and non-finite batches.
+"""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from lightning_entropy_vae.callbacks._pending import PendingBatches
+from lightning_entropy_vae.callbacks._stage_metrics import StageMetrics
+from lightning_entropy_vae.callbacks._step_outputs import StageLayout
+from lightning_entropy_vae.metrics import EntropySumELBO, GaussianELBO, PosteriorCollapse
+
+H, D = 3, 5
+
+
+def _batch(gen, n, layout, prior, samples=2):
+    x = torch.randn(n, D, generator=gen)
+    out = {
+        "x": x,
+        "enc_mean": torch.randn(n, H, generator=gen),
+        "enc_logvar": torch.randn(n, H, generator=gen) - 1.0,
+        "elbo": torch.randn(n, generator=gen) - 5.0,
+        "loss": torch.randn((), generator=gen),
+    }
+    if layout == "per_z":
+        out["dec_mean"] = x + 0.3 * torch.randn(samples, n, D, generator=gen)
+        out["dec_logvar"] = torch.randn(samples, n, D, generator=gen)
+    else:
+        out["dec_mean"] = x + 0.3 * torch.randn(n, D, generator=gen)
+        shape = {"scalar": (), "per_dim": (D,), "per_sample": (n, D), "per_sample_1": (n, 1)}[layout]
+        out["dec_logvar"] = torch.randn(shape, generator=gen)
+    if prior:
+        out["prior_logvar"] = 0.5 * torch.randn(H, generator=gen)  # a different prior in every batch
+    return out
+
+
+def _reference(batches, profiled):
+    """Fresh metrics fed batch by batch; non-finite batches left out, as the flush leaves them out."""
+    entropy_sum = EntropySumELBO(profile_decoder_variance=profiled, warn_fixed_variance=False)
+    elbo, collapse = GaussianELBO(), PosteriorCollapse(H)
+    kept = [b for b in batches if all(torch.isfinite(v).all() for k, v in b.items() if k != "loss")
+            and torch.isfinite(b["enc_logvar"].exp()).all()]
+    for b in kept:
+        for metric in (entropy_sum, elbo, collapse):
+            metric.update(b)
+    return entropy_sum.compute(), elbo.compute(), collapse.compute(), kept
+
+
+class Stage:
+    """A stage as the EntropyMonitor drives it: check and keep every batch, reduce at chosen points."""
+
+    def __init__(self, batches, profiled, windowed=True, objective=True):
+        self.layout = StageLayout(batches[0], "test", need_loss=objective)
+        self.pending = PendingBatches(self.layout)
+        self.metrics = StageMetrics(self.layout, profiled=profiled, criterion="entropy", threshold=None,
+                                    device=torch.device("cpu"), windowed=windowed, objective=objective)
+
+    def keep(self, batch):
+        kw, size = self.layout.check(batch, lambda: "test")
+        if self.pending.add(kw, size):
+            self.reduce()
+
+    def reduce(self):
+        self.metrics.reduce(self.pending)
+
+    def epoch(self):
+        self.reduce()
+        return self.metrics.epoch_values()
+
+    def window(self):
+        self.reduce()
+        return self.metrics.window_values()
+
+
+@pytest.mark.parametrize(("layout", "prior", "sizes", "profiled"), [
+    ("scalar", False, [4, 4, 4], False),
+    ("scalar", True, [4, 4, 3], False),
+    ("per_dim", True, [5, 2, 4], False),
+    ("per_sample", False, [4, 4, 1], True),
+    ("per_sample_1", True, [3, 3, 3], True),
+    ("per_z", False, [2, 4, 4], True),
+])
+def test_flush_equals_per_batch_updates(layout, prior, sizes, profiled):
+    gen = torch.Generator().manual_seed(0)
+    batches = [_batch(gen, n, layout, prior) for n in sizes]
+    stage = Stage(batches, profiled)
+    assert stage.layout.decoder_layout == layout.removesuffix("_1")
+    for i, b in enumerate(batches):
+        stage.keep(b)
+        if i == 1:
+            stage.reduce()  # two reductions: states add up
+    sums, elbo, collapse = stage.epoch()
+    ref_sums, ref_elbo, ref_collapse, _ = _reference(batches, profiled)
+    assert set(sums) == set(ref_sums)
+    for key in ref_sums:
+        assert float(sums[key]) == pytest.approx(float(ref_sums[key]), rel=1e-5, abs=1e-6), key
+    assert float(elbo) == pytest.approx(float(ref_elbo), rel=1e-6)
+    for key in ("latent_entropy", "prior_latent_entropy", "latent_kl", "latent_mean_variance"):
+        torch.testing.assert_close(collapse[key], ref_collapse[key], rtol=1e-5, atol=1e-5, msg=key)
+    assert torch.equal(collapse["collapsed"], ref_collapse["collapsed"])
+    assert int(stage.metrics.dropped) == 0
+    # the objective bookkeeping: -loss per point (read as a batch mean, as a batch sum) and the ELBO of the points
+    points = sum(sizes)
+    neg_loss_mean, neg_loss_sum, objective_elbo = stage.metrics.objective()
+    assert neg_loss_mean == pytest.approx(-sum(float(b["loss"]) * n for b, n in zip(batches, sizes)) / points,
+                                          rel=1e-5)
+    assert neg_loss_sum == pytest.approx(-sum(float(b["loss"]) for b in batches) / points, rel=1e-5)
+    assert objective_elbo == pytest.approx(float(ref_elbo), rel=1e-5)
+
+
+def test_flush_drops_batches_with_nan_or_inf():
+    gen = torch.Generator().manual_seed(1)
+    batches = [_batch(gen, 4, "scalar", prior=True) for _ in range(6)]
+    batches[1]["enc_logvar"][2, 0] = math.nan
+    batches[2]["dec_logvar"] = torch.tensor(math.inf)
+    batches[3]["enc_logvar"][0, 1] = 200.0  # finite, but exp() overflows: its KL is Inf
+    batches[4]["prior_logvar"][1] = -math.inf
+    batches[5]["loss"] = torch.tensor(math.nan)  # the loss alone does not drop a batch, only its objective check
+    stage = Stage(batches, profiled=False)
+    for b in batches:
+        stage.keep(b)
+    sums, elbo, collapse = stage.epoch()
+    ref_sums, ref_elbo, ref_collapse, kept = _reference(batches, profiled=False)
+    assert len(kept) == 2 and int(stage.metrics.dropped) == 4
+    assert float(sums["sum"]) == pytest.approx(float(ref_sums["sum"]), rel=1e-5)
+    assert float(elbo) == pytest.approx(float(ref_elbo), rel=1e-6)
+    torch.testing.assert_close(collapse["latent_kl"], ref_collapse["latent_kl"], rtol=1e-5, atol=1e-5)
+    assert int(stage.metrics.epoch_sum.num_skipped_batches) == 0  # dropped by the keep mask, not metric skips
+    neg_loss_mean, _, objective_elbo = stage.metrics.objective()  # batch 0 alone
+    assert neg_loss_mean == pytest.approx(-float(batches[0]["loss"]), rel=1e-5)
+    assert objective_elbo == pytest.approx(float(batches[0]["elbo"].mean()), rel=1e-6)
+
+
+def test_window_is_the_points_since_the_last_read():
+    gen = torch.Generator().manual_seed(2)
+    batches = [_batch(gen, n, "scalar", prior=False) for n in (4, 4, 2, 4, 3)]
+    stage = Stage(batches, profiled=False)
+    for b in batches[:2]:
+        stage.keep(b)
+    first = stage.window()
+    for b in batches[2:]:
+        stage.keep(b)
+    second = stage.window()
+    for window, part in ((first, batches[:2]), (second, batches[2:])):
+        ref_sums, ref_elbo, _, _ = _reference(part, profiled=False)
+        assert window[0] == pytest.approx(float(ref_sums["sum"]), rel=1e-5)
+        assert window[1] == pytest.approx(float(ref_elbo), rel=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no TorchMetrics "compute before update" warning either
+        empty = stage.window()  # nothing since: NaN, not a division error
+    assert math.isnan(empty[0]) and math.isnan(empty[1])
+    # the epoch holds every batch once, whatever the windows did
+    sums, elbo, _ = stage.epoch()
+    ref_sums, ref_elbo, _, _ = _reference(batches, profiled=False)
+    assert float(sums["sum"]) == pytest.approx(float(ref_sums["sum"]), rel=1e-5)
+    assert float(elbo) == pytest.approx(float(ref_elbo), rel=1e-6)
+
+
+def test_window_carries_the_batches_after_the_last_log_into_the_next_epoch():
+    """Batches after an epoch's last step log count in that epoch, and in the next step log's window, once."""
+    gen = torch.Generator().manual_seed(5)
+    batches = [_batch(gen, 4, "scalar", prior=False) for _ in range(7)]
+    stage = Stage(batches, profiled=False)
+    for b in batches[:2]:
+        stage.keep(b)
+    stage.window()  # a step log after batch 2 of epoch 0
+    stage.keep(batches[2])
+    first_epoch = stage.epoch()
+    stage.metrics.reset_epoch(carry_window=True)
+    for b in batches[3:5]:
+        stage.keep(b)
+    window = stage.window()  # batch 3 of epoch 0 and the first two of epoch 1
+    for b in batches[5:]:
+        stage.keep(b)
+    second_epoch = stage.epoch()
+    for got, part in ((first_epoch, batches[:3]), (second_epoch, batches[3:])):
+        ref_sums, ref_elbo, _, _ = _reference(part, profiled=False)
+        assert float(got[0]["sum"]) == pytest.approx(float(ref_sums["sum"]), rel=1e-5)
+        assert float(got[1]) == pytest.approx(float(ref_elbo), rel=1e-6)
+    ref_sums, ref_elbo, _, _ = _reference(batches[2:5], profiled=False)
+    assert window == pytest.approx((float(ref_sums["sum"]), float(ref_elbo)), rel=1e-5)
+
+
+def test_stash_is_flushed_once_it_holds_max_pending_batches(monkeypatch):
+    """Between logging steps (or in a long validation epoch) the stash stays bounded."""
+    from lightning_entropy_vae.callbacks import _pending
+
+    monkeypatch.setattr(_pending, "MAX_PENDING", 2)
+    gen = torch.Generator().manual_seed(3)
+    batches = [_batch(gen, 4, "scalar", prior=False) for _ in range(5)]
+    stage = Stage(batches, profiled=False)
+    for i, b in enumerate(batches):
+        stage.keep(b)
+        assert len(stage.pending) == (i + 1) % 2  # reduced at 2 and 4
+    sums, elbo, _ = stage.epoch()
+    ref_sums, ref_elbo, _, _ = _reference(batches, profiled=False)
+    assert float(sums["sum"]) == pytest.approx(float(ref_sums["sum"]), rel=1e-5)
+    assert float(elbo) == pytest.approx(float(ref_elbo), rel=1e-6)
+
+
+def test_stash_is_reduced_once_its_tensors_hold_max_pending_bytes(monkeypatch):
+    """References to D-sized tensors hold memory until the reduction: bounded in bytes too."""
+    from lightning_entropy_vae.callbacks import _pending
+
+    gen = torch.Generator().manual_seed(4)
+    batches = [_batch(gen, 4, "per_sample", prior=False) for _ in range(5)]
+    stage = Stage(batches, profiled=True)
+    # x, dec_mean, dec_logvar (D each), enc_mean, enc_logvar (H each), elbo: float32 per point
+    assert stage.layout.bytes_per_point == 4 * (3 * D + 2 * H + 1)
+    monkeypatch.setattr(_pending, "MAX_PENDING_BYTES", 3 * 4 * stage.layout.bytes_per_point)  # three batches
+    for i, b in enumerate(batches):
+        stage.keep(b)
+        assert len(stage.pending) == (i + 1) % 3
+    sums, _, _ = stage.epoch()
+    ref_sums, _, _, _ = _reference(batches, profiled=True)
+    assert float(sums["sum_profiled"]) == pytest.approx(float(ref_sums["sum_profiled"]), rel=1e-5)
