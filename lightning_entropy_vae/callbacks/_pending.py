@@ -82,6 +82,8 @@ class PendingBatches:
         """Per point: a sum of every input that is NaN/Inf iff some input of the point is (or overflows in exp)."""
         columns = []
         for key, t in stacked.items():
+            if t.dtype in (torch.float16, torch.bfloat16):  # exp and sums as the metrics take them: in float32
+                t = t.float()
             sign = EXPONENTIATED.get(key)
             if sign is not None:  # the value itself (an exp(-inf) is 0), and its exp
                 t = t + (t.exp() if sign > 0 else torch.exp(-t))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -99,8 +100,12 @@ class SumAndCountMetric(Metric):
         total skips the update.
         """
         if weight is None:
-            parts = [s.reshape(-1) for s in statistics(False)]
-            values = torch.cat([*parts, self._constant_row((*(c * batch for c in per_point), batch, 0.0), like)])
+            stats = statistics(False)
+            constants = (*(c * batch for c in per_point), float(batch), 0.0)
+            if all(s.dim() == 0 for s in stats):  # one stack of 0-d tensors: the cheapest path
+                values = torch.stack([*stats, *self._constants_0d(constants, like)])
+            else:
+                values = torch.cat([*(s.reshape(-1) for s in stats), self._constant_row(constants, like)])
         else:
             weight = check_weight(weight, batch)
             parts = [s.expand(batch).unsqueeze(-1) if s.dim() <= 1 else s.reshape(batch, -1)
@@ -114,9 +119,22 @@ class SumAndCountMetric(Metric):
         self._add_values(values)
 
     def _add_values(self, values: Tensor) -> None:
-        """Add a state-shaped vector unless it holds NaN/Inf, in which case only the skipped count grows."""
-        ok = (values * 0.0 == 0.0).all()  # x * 0 is NaN for NaN and +-Inf: isfinite in fewer kernels
+        """Add a state-shaped vector unless it holds NaN/Inf, in which case only the skipped count grows.
+
+        The test is one dot product: NaN or Inf in any entry (or an entry beyond 1e19 in float32, which no
+        sum of log-variances, squared residuals or counts reaches) makes ``v . v`` fail ``< inf``.
+        """
+        ok = values.dot(values) < math.inf
         self._state.add_(torch.where(ok, values, self._skip_row(values)))
+
+    def _constants_0d(self, values: tuple[float, ...], like: Tensor) -> tuple[Tensor, ...]:
+        """Cached 0-d tensors of ``values`` on ``like``'s device and dtype."""
+        key = ("0d", values, like.device, like.dtype)
+        found = self._constants.get(key)
+        if found is None:
+            row = self._constant_row(values, like)
+            found = self._constants[key] = tuple(row.unbind())
+        return found
 
     def _constant_row(self, values: tuple[float, ...], like: Tensor) -> Tensor:
         """A cached 1-d tensor of ``values`` on ``like``'s device and dtype."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch  # noqa: F401  (doctest namespace)
 from torch import Tensor
 
 from lightning_entropy_vae.functional import _inputs as _in
