@@ -84,10 +84,11 @@ class StageRecorder:
                     " variance sigma^2* = mean squared residual, which a learned variance would reach."
                 )
         first = values.get("enc_logvar", values.get("posterior"))
-        device = first.device if isinstance(first, torch.Tensor) else pl_module.device
+        device, dtype = ((first.device, first.dtype) if isinstance(first, torch.Tensor)
+                         else (pl_module.device, torch.float32))
         metrics = StageMetrics(layout, profiled=bool(self.fixed_variance), criterion=self.criterion,
                                threshold=self.threshold, device=device, windowed=stage == "train",
-                               objective=need_loss)
+                               objective=need_loss, dtype=dtype)
         return Stage(layout, metrics)
 
     def reduce(self, current: Stage, hook: str, pl_module: Any) -> None:

@@ -34,7 +34,8 @@ class StageMetrics:
     """Epoch (and, for training, window) metrics of a stage, and the counts that go with them."""
 
     def __init__(self, layout: StageLayout, *, profiled: bool, criterion: str, threshold: float | None,
-                 device: torch.device, windowed: bool, objective: bool = False) -> None:
+                 device: torch.device, windowed: bool, objective: bool = False,
+                 dtype: torch.dtype = torch.float32) -> None:
         self.layout = layout
         self.profiled = profiled
 
@@ -54,6 +55,8 @@ class StageMetrics:
         for m in (self.epoch_sum, self.epoch_elbo, self.collapse, *(m for p in self._windows for m in p),
                   *([self._objective] if objective else [])):
             m.to(device)
+            if dtype == torch.float64:  # float64 steps (precision="64-true") keep float64 sums
+                m.set_dtype(torch.float64)
         self._carry: tuple[EntropySumELBO, GaussianELBO] | None = None
         self.reset_epoch()
 
