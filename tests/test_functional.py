@@ -73,9 +73,9 @@ def _per_sample_entropy(dist, lead=1):
 def test_encoder_entropy_tensor_path():
     logvar = _randn(B, H, seed=1)
     expected = Normal(torch.zeros_like(logvar), _std(logvar)).entropy().sum(-1)
-    _close(F.encoder_entropy(logvar), expected.mean())
+    _close(F.encoder_entropy(enc_logvar=logvar), expected.mean())
     _close(F.encoder_entropy(enc_logvar=logvar, reduction="sum"), expected.sum())
-    _close(F.encoder_entropy(logvar, reduction="none"), expected)
+    _close(F.encoder_entropy(enc_logvar=logvar, reduction="none"), expected)
 
 
 @pytest.mark.parametrize("kind", ["Normal", "Independent", "MultivariateNormal", "LowRankMultivariateNormal"])
@@ -95,10 +95,10 @@ def test_prior_entropy_standard_learnable_and_distribution():
     _close(F.prior_entropy(enc_mean=enc_logvar), standard)
     torch.testing.assert_close(F.prior_entropy(latent_dim=H), standard.float())
     prior_logvar = _randn(H, gen=gen)
-    _close(F.prior_entropy(prior_logvar), Normal(0.0, _std(prior_logvar)).entropy().sum())
+    _close(F.prior_entropy(prior_logvar=prior_logvar), Normal(0.0, _std(prior_logvar)).entropy().sum())
     # (B, H): the prior in effect for each sample; the value is the mean over samples
     per_sample = _randn(B, H, gen=gen)
-    _close(F.prior_entropy(per_sample), Normal(0.0, _std(per_sample)).entropy().sum(-1).mean())
+    _close(F.prior_entropy(prior_logvar=per_sample), Normal(0.0, _std(per_sample)).entropy().sum(-1).mean())
     mean = _randn(H, gen=gen)
     for prior in (
         Normal(mean, _std(prior_logvar)),
@@ -137,12 +137,12 @@ def test_decoder_entropy_every_layout(layout):
     logvar, mean, x, reference = _decoder_case(layout, torch.Generator().manual_seed(4))
     expected = reference.entropy().sum(-1)
     expected = expected.mean(0) if expected.dim() == 2 else expected
-    _close(F.decoder_entropy(logvar, dec_mean=mean, x=x), expected.mean())
-    _close(F.decoder_entropy(logvar, dec_mean=mean), expected.mean())
-    _close(F.decoder_entropy(logvar, dec_mean=mean, reduction="none"), expected)
-    _close(F.decoder_entropy(logvar, dec_mean=mean, x=x, reduction="sum"), expected.sum())
+    _close(F.decoder_entropy(dec_logvar=logvar, dec_mean=mean, x=x), expected.mean())
+    _close(F.decoder_entropy(dec_logvar=logvar, dec_mean=mean), expected.mean())
+    _close(F.decoder_entropy(dec_logvar=logvar, dec_mean=mean, reduction="none"), expected)
+    _close(F.decoder_entropy(dec_logvar=logvar, dec_mean=mean, x=x, reduction="sum"), expected.sum())
     if logvar.dim() < 3 and logvar.shape != (B, 1):  # B and D can come from x alone
-        _close(F.decoder_entropy(logvar, x=x), expected.mean())
+        _close(F.decoder_entropy(dec_logvar=logvar, x=x), expected.mean())
 
 
 @pytest.mark.parametrize("layout", ["()", "(C,H,W)", "(B,C,H,W)", "(B,1)", "(S,B,C,H,W)"])
@@ -163,9 +163,9 @@ def test_decoder_entropy_images(layout):
     lead = 2 if layout.startswith("(S") else 1
     expected = _per_sample_entropy(Normal(mean, std.expand_as(mean)), lead)
     expected = expected.mean(0) if lead == 2 else expected
-    _close(F.decoder_entropy(logvar, dec_mean=mean, x=x, reduction="none"), expected)
+    _close(F.decoder_entropy(dec_logvar=logvar, dec_mean=mean, x=x, reduction="none"), expected)
     if lead == 1 and layout != "(B,1)":
-        _close(F.decoder_entropy(logvar, x=x), expected.mean())
+        _close(F.decoder_entropy(dec_logvar=logvar, x=x), expected.mean())
 
 
 def _likelihoods(gen):
@@ -220,14 +220,17 @@ def test_entropy_sum_is_encoder_minus_prior_minus_decoder():
     enc = Normal(enc_mean, _std(enc_logvar)).entropy().sum(-1)
     prior = Normal(0.0, _std(prior_logvar)).entropy().sum()
     dec = D * Normal(0.0, _std(dec_logvar)).entropy()
-    _close(F.entropy_sum(enc_logvar, dec_logvar, prior_logvar=prior_logvar, x=x), (enc - prior - dec).mean())
     _close(
-        F.entropy_sum(enc_logvar, dec_logvar, prior_logvar=prior_logvar, x=x, reduction="none"),
+        F.entropy_sum(enc_logvar=enc_logvar, dec_logvar=dec_logvar, prior_logvar=prior_logvar, x=x),
+        (enc - prior - dec).mean(),
+    )
+    _close(
+        F.entropy_sum(enc_logvar=enc_logvar, dec_logvar=dec_logvar, prior_logvar=prior_logvar, x=x, reduction="none"),
         enc - prior - dec,
     )
     # VAE-1 closed form: the encoder and prior constants cancel
     vae1 = (0.5 * enc_logvar.sum(-1)).mean() - 0.5 * D * (LOG_2PI_E + dec_logvar)
-    _close(F.entropy_sum(enc_logvar, dec_logvar, dec_mean=dec_mean), vae1)
+    _close(F.entropy_sum(enc_logvar=enc_logvar, dec_logvar=dec_logvar, dec_mean=dec_mean), vae1)
     # distributions instead of tensors give the same sum
     from_dists = F.entropy_sum(
         posterior=Normal(enc_mean, _std(enc_logvar)),
@@ -255,17 +258,17 @@ def test_gaussian_log_likelihood_every_layout(layout):
     logvar, mean, x, reference = _decoder_case(layout, torch.Generator().manual_seed(9))
     expected = reference.log_prob(x).sum(-1)
     expected = expected.mean(0) if expected.dim() == 2 else expected
-    _close(F.gaussian_log_likelihood(x, mean, logvar, reduction="none"), expected)
-    _close(F.gaussian_log_likelihood(x, mean, logvar), expected.mean())
+    _close(F.gaussian_log_likelihood(x=x, dec_mean=mean, dec_logvar=logvar, reduction="none"), expected)
+    _close(F.gaussian_log_likelihood(x=x, dec_mean=mean, dec_logvar=logvar), expected.mean())
 
 
 def test_gaussian_log_likelihood_images_and_distributions():
     gen = torch.Generator().manual_seed(10)
     x, mean, logvar = _randn(B, 2, 3, 4, gen=gen), _randn(B, 2, 3, 4, gen=gen), _randn(2, 3, 4, gen=gen)
     expected = Normal(mean, _std(logvar).expand_as(mean)).log_prob(x).sum((1, 2, 3))
-    _close(F.gaussian_log_likelihood(x, mean, logvar, reduction="none"), expected)
+    _close(F.gaussian_log_likelihood(x=x, dec_mean=mean, dec_logvar=logvar, reduction="none"), expected)
     _close(
-        F.gaussian_log_likelihood(x, likelihood=Normal(mean, _std(logvar).expand_as(mean)), reduction="none"),
+        F.gaussian_log_likelihood(x=x, likelihood=Normal(mean, _std(logvar).expand_as(mean)), reduction="none"),
         expected,
     )
     x = _randn(B, D, gen=gen)
@@ -273,7 +276,7 @@ def test_gaussian_log_likelihood_images_and_distributions():
         expected = likelihood.log_prob(x if lead == 1 else x.expand(S, B, D))
         expected = expected.sum(-1) if expected.dim() == lead + 1 else expected
         expected = expected.mean(0) if lead == 2 else expected
-        _close(F.gaussian_log_likelihood(x, likelihood=likelihood, reduction="none"), expected)
+        _close(F.gaussian_log_likelihood(x=x, likelihood=likelihood, reduction="none"), expected)
 
 
 def test_gaussian_kl_matches_kl_divergence():
@@ -283,14 +286,15 @@ def test_gaussian_kl_matches_kl_divergence():
     zeros = torch.zeros(H, dtype=F64)
     standard = Independent(Normal(zeros, torch.ones(H, dtype=F64)), 1)
     learnable = Independent(Normal(zeros, _std(prior_logvar)), 1)
-    _close(F.gaussian_kl(mean, logvar, reduction="none"), kl_divergence(q, standard))
-    _close(F.gaussian_kl(mean, logvar), kl_divergence(q, standard).mean())
+    _close(F.gaussian_kl(enc_mean=mean, enc_logvar=logvar, reduction="none"), kl_divergence(q, standard))
+    _close(F.gaussian_kl(enc_mean=mean, enc_logvar=logvar), kl_divergence(q, standard).mean())
     _close(
-        F.gaussian_kl(mean, logvar, prior_logvar=prior_logvar, reduction="none"), kl_divergence(q, learnable)
+        F.gaussian_kl(enc_mean=mean, enc_logvar=logvar, prior_logvar=prior_logvar, reduction="none"),
+        kl_divergence(q, learnable),
     )
     per_sample = _randn(B, H, gen=gen)
     _close(
-        F.gaussian_kl(mean, logvar, prior_logvar=per_sample, reduction="none"),
+        F.gaussian_kl(enc_mean=mean, enc_logvar=logvar, prior_logvar=per_sample, reduction="none"),
         kl_divergence(q, Independent(Normal(torch.zeros_like(mean), _std(per_sample)), 1)),
     )
     # full covariances: posterior, prior or both
@@ -324,10 +328,16 @@ def test_gaussian_elbo_from_tensors_equals_from_distributions(num_samples):
     dec_mean = _randn(num_samples, B, D, gen=gen).squeeze(0)
     dec_logvar = _randn(D, gen=gen)
     tensors = F.gaussian_elbo(
-        x, enc_mean, enc_logvar, dec_mean, dec_logvar, prior_logvar=prior_logvar, reduction="none"
+        x=x,
+        enc_mean=enc_mean,
+        enc_logvar=enc_logvar,
+        dec_mean=dec_mean,
+        dec_logvar=dec_logvar,
+        prior_logvar=prior_logvar,
+        reduction="none",
     )
     dists = F.gaussian_elbo(
-        x,
+        x=x,
         posterior=Normal(enc_mean, _std(enc_logvar)),
         prior=Normal(torch.zeros(H, dtype=F64), _std(prior_logvar)),
         likelihood=Normal(dec_mean, _std(dec_logvar).expand_as(dec_mean)),
@@ -339,7 +349,14 @@ def test_gaussian_elbo_from_tensors_equals_from_distributions(num_samples):
     kl = kl_divergence(Normal(enc_mean, _std(enc_logvar)), Normal(0.0, _std(prior_logvar))).sum(-1)
     _close(tensors, log_lik - kl)
     _close(
-        F.gaussian_elbo(x, enc_mean, enc_logvar, dec_mean, dec_logvar, prior_logvar=prior_logvar),
+        F.gaussian_elbo(
+            x=x,
+            enc_mean=enc_mean,
+            enc_logvar=enc_logvar,
+            dec_mean=dec_mean,
+            dec_logvar=dec_logvar,
+            prior_logvar=prior_logvar,
+        ),
         (log_lik - kl).mean(),
     )
 
@@ -379,8 +396,8 @@ def test_exact_identity_vae1_and_vae2(seed):
     gap = F.gaussian_elbo(**out, prior_logvar=prior_logvar) - F.entropy_sum(**out, prior_logvar=prior_logvar)
     _close(gap, 0.5 * (1 - second_moment / alpha2).sum() + 0.5 * (d - residual / sigma2))
     # at the closed-form stationary variances of the same batch the two sides agree
-    sigma2_opt = F.optimal_decoder_variance(x, dec_mean)
-    alpha2_opt = F.optimal_prior_variance(enc_mean, enc_logvar)
+    sigma2_opt = F.optimal_decoder_variance(x=x, dec_mean=dec_mean)
+    alpha2_opt = F.optimal_prior_variance(enc_mean=enc_mean, enc_logvar=enc_logvar)
     _close(sigma2_opt, residual / d)
     _close(alpha2_opt, second_moment)
     out.update(dec_logvar=sigma2_opt.log(), prior_logvar=alpha2_opt.log())
@@ -393,9 +410,16 @@ def test_exact_identity_vae1_and_vae2(seed):
 
 def test_closed_form_variances_are_stationary_points_of_the_elbo():
     x, enc_mean, enc_logvar, dec_mean = _identity_batch(3)
-    dec_logvar = F.optimal_decoder_variance(x, dec_mean).log().requires_grad_()
-    prior_logvar = F.optimal_prior_variance(enc_mean, enc_logvar).log().requires_grad_()
-    elbo = F.gaussian_elbo(x, enc_mean, enc_logvar, dec_mean, dec_logvar, prior_logvar=prior_logvar)
+    dec_logvar = F.optimal_decoder_variance(x=x, dec_mean=dec_mean).log().requires_grad_()
+    prior_logvar = F.optimal_prior_variance(enc_mean=enc_mean, enc_logvar=enc_logvar).log().requires_grad_()
+    elbo = F.gaussian_elbo(
+        x=x,
+        enc_mean=enc_mean,
+        enc_logvar=enc_logvar,
+        dec_mean=dec_mean,
+        dec_logvar=dec_logvar,
+        prior_logvar=prior_logvar,
+    )
     grads = torch.autograd.grad(elbo, [dec_logvar, prior_logvar])
     for grad in grads:
         _close(grad, torch.zeros_like(grad))
@@ -410,12 +434,12 @@ def test_low_precision_inputs_are_accumulated_in_float32(dtype):
     x = _randn(4, big, gen=gen).to(dtype)
     exact = logvar.double()  # the reference sees exactly the low-precision values
     checks = [
-        (F.encoder_entropy(logvar), (0.5 * (LOG_2PI_E + exact)).sum(-1).mean()),
-        (F.decoder_entropy(logvar, x=x), (0.5 * (LOG_2PI_E + exact)).sum(-1).mean()),
-        (F.decoder_entropy(logvar[0, :1].reshape(()), x=x), 0.5 * big * (LOG_2PI_E + exact[0, 0])),
+        (F.encoder_entropy(enc_logvar=logvar), (0.5 * (LOG_2PI_E + exact)).sum(-1).mean()),
+        (F.decoder_entropy(dec_logvar=logvar, x=x), (0.5 * (LOG_2PI_E + exact)).sum(-1).mean()),
+        (F.decoder_entropy(dec_logvar=logvar[0, :1].reshape(()), x=x), 0.5 * big * (LOG_2PI_E + exact[0, 0])),
         # H = D here: the encoder and prior constants cancel
         (
-            F.entropy_sum(logvar, logvar, x=x),
+            F.entropy_sum(enc_logvar=logvar, dec_logvar=logvar, x=x),
             (0.5 * exact).sum(-1).mean() - (0.5 * (LOG_2PI_E + exact)).sum(-1).mean(),
         ),
     ]
@@ -424,9 +448,9 @@ def test_low_precision_inputs_are_accumulated_in_float32(dtype):
         # float32 accumulation: a relative error of about 1e-7; a bfloat16 sum would be off by about 1e-2
         torch.testing.assert_close(value.double(), reference, rtol=2e-6, atol=1e-3)
     sixty_four = exact.to(F64)
-    assert F.encoder_entropy(sixty_four).dtype == F64
-    assert F.decoder_entropy(sixty_four, x=sixty_four).dtype == F64
-    assert F.entropy_sum(sixty_four, sixty_four, x=sixty_four).dtype == F64
+    assert F.encoder_entropy(enc_logvar=sixty_four).dtype == F64
+    assert F.decoder_entropy(dec_logvar=sixty_four, x=sixty_four).dtype == F64
+    assert F.entropy_sum(enc_logvar=sixty_four, dec_logvar=sixty_four, x=sixty_four).dtype == F64
     assert F.prior_entropy(enc_logvar=sixty_four).dtype == F64
 
 
@@ -434,19 +458,19 @@ def test_low_precision_inputs_are_accumulated_in_float32(dtype):
 def test_latent_statistics():
     gen = torch.Generator().manual_seed(14)
     mean, logvar, prior_logvar = _randn(50, H, gen=gen), _randn(50, H, gen=gen), _randn(H, gen=gen)
-    _close(F.latent_entropy(logvar), Normal(0.0, _std(logvar)).entropy().mean(0))
+    _close(F.latent_entropy(enc_logvar=logvar), Normal(0.0, _std(logvar)).entropy().mean(0))
     posterior = MultivariateNormal(mean, _spd(50, k=H, gen=gen))  # marginal variances for a full covariance
     marginal_std = posterior.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt()
     _close(F.latent_entropy(posterior=posterior), Normal(0.0, marginal_std).entropy().mean(0))
     q = Normal(mean, _std(logvar))
-    _close(F.latent_kl(mean, logvar), kl_divergence(q, Normal(0.0, 1.0)).mean(0))
+    _close(F.latent_kl(enc_mean=mean, enc_logvar=logvar), kl_divergence(q, Normal(0.0, 1.0)).mean(0))
     _close(
-        F.latent_kl(mean, logvar, prior_logvar=prior_logvar),
+        F.latent_kl(enc_mean=mean, enc_logvar=logvar, prior_logvar=prior_logvar),
         kl_divergence(q, Normal(0.0, _std(prior_logvar))).mean(0),
     )
     prior = Normal(_randn(H, gen=gen), _std(prior_logvar))
     _close(F.latent_kl(posterior=q, prior=prior), kl_divergence(q, prior).mean(0))
-    _close(F.latent_mean_variance(mean), np.var(mean.numpy(), axis=0))
+    _close(F.latent_mean_variance(enc_mean=mean), np.var(mean.numpy(), axis=0))
     _close(F.latent_mean_variance(posterior=q), np.var(mean.numpy(), axis=0))
 
 
@@ -490,7 +514,7 @@ def test_posterior_collapse_dict():
     enc_mean = torch.stack([_randn(n, gen=gen), torch.zeros(n, dtype=F64), torch.zeros(n, dtype=F64)], 1)
     enc_logvar = torch.tensor([-3.0, 0.0, math.log(4.0)], dtype=F64).expand(n, 3)
     prior_logvar = torch.tensor([0.0, 0.0, math.log(4.0)], dtype=F64)
-    stats = F.posterior_collapse(enc_mean, enc_logvar, prior_logvar=prior_logvar)
+    stats = F.posterior_collapse(enc_mean=enc_mean, enc_logvar=enc_logvar, prior_logvar=prior_logvar)
     assert set(stats) == {
         "latent_entropy",
         "prior_latent_entropy",
@@ -498,22 +522,28 @@ def test_posterior_collapse_dict():
         "latent_mean_variance",
         "collapsed",
         "num_active",
+        "num_collapsed",
+        "entropy_threshold",
     }
-    _close(stats["latent_entropy"], F.latent_entropy(enc_logvar))
+    _close(stats["latent_entropy"], F.latent_entropy(enc_logvar=enc_logvar))
     _close(stats["prior_latent_entropy"], Normal(0.0, _std(prior_logvar)).entropy())
-    _close(stats["latent_kl"], F.latent_kl(enc_mean, enc_logvar, prior_logvar=prior_logvar))
-    _close(stats["latent_mean_variance"], F.latent_mean_variance(enc_mean))
+    _close(stats["latent_kl"], F.latent_kl(enc_mean=enc_mean, enc_logvar=enc_logvar, prior_logvar=prior_logvar))
+    _close(stats["latent_mean_variance"], F.latent_mean_variance(enc_mean=enc_mean))
     assert stats["collapsed"].tolist() == [False, True, True]
-    assert stats["num_active"].item() == 1
+    # the counts are float tensors (NaN when no point was seen)
+    _close(stats["num_active"], 1.0)
+    _close(stats["num_collapsed"], 2.0)
+    # the "entropy" criterion's threshold per latent: the prior's entropy less 0.5 * log(2 pi e) - 1.0
+    _close(stats["entropy_threshold"], Normal(0.0, _std(prior_logvar)).entropy() - (0.5 * LOG_2PI_E - 1.0))
     # under the absolute rule latent 2 of a standard-normal model would also be collapsed; under the KL rule
     # only the exact matches with the prior collapse
-    kl_flags = F.posterior_collapse(enc_mean, enc_logvar, prior_logvar=prior_logvar, criterion="kl")[
-        "collapsed"
-    ]
-    assert kl_flags.tolist() == [False, True, True]
-    units = F.posterior_collapse(enc_mean, enc_logvar, criterion="active_units", threshold=0.5)
+    kl_stats = F.posterior_collapse(enc_mean=enc_mean, enc_logvar=enc_logvar, prior_logvar=prior_logvar, criterion="kl")
+    assert kl_stats["collapsed"].tolist() == [False, True, True]
+    assert "entropy_threshold" not in kl_stats
+    units = F.posterior_collapse(enc_mean=enc_mean, enc_logvar=enc_logvar, criterion="active_units", threshold=0.5)
     assert units["collapsed"].tolist() == [False, True, True]
     assert units["num_active"].item() == 1
+    assert units["num_active"].dtype == F64 and units["num_collapsed"].item() == 2
 
 
 # ---------------------------------------------------------------------------- model selection, BIC
@@ -532,12 +562,14 @@ def test_profiled_entropy_sum_is_entropy_sum_at_optimal_variance(prior, num_samp
     x, enc_logvar = _randn(B, D, gen=gen), _randn(B, H, gen=gen)
     dec_mean = _randn(num_samples, B, D, gen=gen).squeeze(0)
     prior_logvar = {"standard": None, "(H,)": _randn(H, gen=gen), "(B,H)": _randn(B, H, gen=gen)}[prior]
-    sigma2 = F.optimal_decoder_variance(x, dec_mean)
+    sigma2 = F.optimal_decoder_variance(x=x, dec_mean=dec_mean)
     residual = (x - dec_mean).square()
     _close(sigma2, residual.mean())
-    expected = F.entropy_sum(enc_logvar, sigma2.log(), prior_logvar=prior_logvar, dec_mean=dec_mean, x=x)
-    profiled = F.profiled_entropy_sum(x, dec_mean, enc_logvar, prior_logvar=prior_logvar)
+    expected = F.entropy_sum(
+        enc_logvar=enc_logvar, dec_logvar=sigma2.log(), prior_logvar=prior_logvar, dec_mean=dec_mean, x=x
+    )
+    profiled = F.profiled_entropy_sum(x=x, dec_mean=dec_mean, enc_logvar=enc_logvar, prior_logvar=prior_logvar)
     assert profiled.shape == ()
     _close(profiled, expected)
-    _close(F.profiled_decoder_entropy(x, dec_mean), 0.5 * D * (LOG_2PI_E + math.log(residual.mean().item())))
-    _close(F.profiled_decoder_entropy(x, dec_mean), F.decoder_entropy(sigma2.log(), x=x))
+    _close(F.profiled_decoder_entropy(x=x, dec_mean=dec_mean), 0.5 * D * (LOG_2PI_E + math.log(residual.mean().item())))
+    _close(F.profiled_decoder_entropy(x=x, dec_mean=dec_mean), F.decoder_entropy(dec_logvar=sigma2.log(), x=x))

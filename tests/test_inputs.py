@@ -7,7 +7,7 @@ import torch
 from torch.distributions import Bernoulli, Categorical, Independent, Normal
 
 import lightning_entropy_vae.functional as F
-from lightning_entropy_vae.functional import _inputs
+from lightning_entropy_vae.functional import _checks, _inputs
 from lightning_entropy_vae.metrics import (
     DecoderEntropy,
     EncoderEntropy,
@@ -33,17 +33,17 @@ GAUSSIANS = "(Normal, Independent(Normal), MultivariateNormal or LowRankMultivar
 CASES = {
     # ---- encoder
     "enc_logvar vs enc_mean": (
-        lambda: F.gaussian_kl(z(128, 16), z(128, 8)),
+        lambda: F.gaussian_kl(enc_mean=z(128, 16), enc_logvar=z(128, 8)),
         ValueError,
         "Expected `enc_logvar` of shape (B, H) matching `enc_mean` (128, 16), but got (128, 8).",
     ),
     "enc_logvar 3-d": (
-        lambda: F.encoder_entropy(z(2, 3, 4)),
+        lambda: F.encoder_entropy(enc_logvar=z(2, 3, 4)),
         ValueError,
         "Expected `enc_logvar` of shape (B, H), but got (2, 3, 4).",
     ),
     "enc_logvar 1-d": (
-        lambda: F.entropy_sum(z(3), z(), x=z(3, 2)),
+        lambda: F.entropy_sum(enc_logvar=z(3), dec_logvar=z(), x=z(3, 2)),
         ValueError,
         "Expected `enc_logvar` of shape (B, H), but got (3,).",
     ),
@@ -61,24 +61,24 @@ CASES = {
     ),
     # ---- prior
     "prior shape": (
-        lambda: F.entropy_sum(z(2, 3), z(), x=z(2, 4), prior=Normal(z(4), 1.0)),
+        lambda: F.entropy_sum(enc_logvar=z(2, 3), dec_logvar=z(), x=z(2, 4), prior=Normal(z(4), 1.0)),
         ValueError,
         "Expected `prior` with batch and event shape (H,) = (3,), but got (4,).",
     ),
     "prior_logvar H": (
-        lambda: F.entropy_sum(z(2, 3), z(), x=z(2, 4), prior_logvar=z(4)),
+        lambda: F.entropy_sum(enc_logvar=z(2, 3), dec_logvar=z(), x=z(2, 4), prior_logvar=z(4)),
         ValueError,
         "Expected `prior_logvar` of shape (H,) = (3,) matching the encoder's latents (or (B, H), the prior in"
         " effect for each sample), but got (4,).",
     ),
     "prior_logvar B": (
-        lambda: F.gaussian_kl(z(2, 3), z(2, 3), prior_logvar=z(5, 3)),
+        lambda: F.gaussian_kl(enc_mean=z(2, 3), enc_logvar=z(2, 3), prior_logvar=z(5, 3)),
         ValueError,
         "Expected `prior_logvar` of shape (H,) = (3,) matching the encoder's latents (or (B, H), the prior in"
         " effect for each sample), but got (5, 3).",
     ),
     "prior_logvar 3-d": (
-        lambda: F.prior_entropy(z(2, 2, 3)),
+        lambda: F.prior_entropy(prior_logvar=z(2, 2, 3)),
         ValueError,
         "Expected `prior_logvar` of shape (H,) = (3,) matching the encoder's latents (or (B, H), the prior in"
         " effect for each sample), but got (2, 2, 3).",
@@ -92,62 +92,62 @@ CASES = {
     ),
     # ---- data and decoder
     "x 1-d": (
-        lambda: F.decoder_entropy(z(), x=z(4)),
+        lambda: F.decoder_entropy(dec_logvar=z(), x=z(4)),
         ValueError,
         "Expected `x` of shape (B, D) (or (B, C, H, W) images), but got (4,).",
     ),
     "dec_mean vs x": (
-        lambda: F.decoder_entropy(z(), dec_mean=z(2, 5), x=z(2, 4)),
+        lambda: F.decoder_entropy(dec_logvar=z(), dec_mean=z(2, 5), x=z(2, 4)),
         ValueError,
         "Expected `dec_mean` of shape (B, *data) = (2, 4) or (S, B,"
         " *data) matching `x` (2, 4), but got (2, 5).",
     ),
     "dec_mean batch vs x": (
-        lambda: F.gaussian_log_likelihood(z(2, 4), z(3, 4), z()),
+        lambda: F.gaussian_log_likelihood(x=z(2, 4), dec_mean=z(3, 4), dec_logvar=z()),
         ValueError,
         "Expected `dec_mean` of shape (B, *data) = (2, 4) or (S, B,"
         " *data) matching `x` (2, 4), but got (3, 4).",
     ),
     "dec_mean vs image x": (
-        lambda: F.decoder_entropy(z(), dec_mean=z(2, 12), x=z(2, 1, 3, 4)),
+        lambda: F.decoder_entropy(dec_logvar=z(), dec_mean=z(2, 12), x=z(2, 1, 3, 4)),
         ValueError,
         "Expected `dec_mean` of shape (B, *data) = (2, 1, 3, 4) or (S, B, *data) matching `x` (2, 1, 3, 4),"
         " but got (2, 12).",
     ),
     "dec_mean 4-d without x": (
-        lambda: F.decoder_entropy(z(), dec_mean=z(2, 3, 4, 5)),
+        lambda: F.decoder_entropy(dec_logvar=z(), dec_mean=z(2, 3, 4, 5)),
         ValueError,
         "Expected `dec_mean` of shape (B, D) or (S, B, D), but got (2, 3, 4, 5).",
     ),
     "dec_logvar (D,) vs x": (
-        lambda: F.decoder_entropy(z(6), x=z(2, 5)),
+        lambda: F.decoder_entropy(dec_logvar=z(6), x=z(2, 5)),
         ValueError,
         "Expected `dec_logvar` of shape (B, *data) = (2, 5) or (S,"
         " B, *data) matching `x` (2, 5), but got (6,).",
     ),
     "dec_logvar (S,B,D) vs x": (
-        lambda: F.decoder_entropy(z(3, 2, 6), x=z(2, 5)),
+        lambda: F.decoder_entropy(dec_logvar=z(3, 2, 6), x=z(2, 5)),
         ValueError,
         "Expected `dec_logvar` of shape (B, *data) = (2, 5) or (S,"
         " B, *data) matching `x` (2, 5), but got (3, 2, 6).",
     ),
     "dec_logvar (D,) vs dec_mean": (
-        lambda: F.decoder_entropy(z(6), dec_mean=z(2, 5)),
+        lambda: F.decoder_entropy(dec_logvar=z(6), dec_mean=z(2, 5)),
         ValueError,
         "Expected `dec_logvar` of shape (D,) = (5,) matching the data, but got (6,).",
     ),
     "dec_logvar (B,D) vs dec_mean": (
-        lambda: F.decoder_entropy(z(2, 6), dec_mean=z(2, 5)),
+        lambda: F.decoder_entropy(dec_logvar=z(2, 6), dec_mean=z(2, 5)),
         ValueError,
         "Expected `dec_logvar` of shape (B, D) or (S, B, D) matching `dec_mean` (2, 5), but got (2, 6).",
     ),
     "dec_logvar (S,B,D) vs single-sample dec_mean": (
-        lambda: F.decoder_entropy(z(3, 2, 5), dec_mean=z(2, 5), x=z(2, 5)),
+        lambda: F.decoder_entropy(dec_logvar=z(3, 2, 5), dec_mean=z(2, 5), x=z(2, 5)),
         ValueError,
         "Expected `dec_logvar` of shape (B, D) or (S, B, D) matching `dec_mean` (2, 5), but got (3, 2, 5).",
     ),
     "dec_logvar (B,1) vs dec_mean": (
-        lambda: F.decoder_entropy(z(3, 1), dec_mean=z(2, 5)),
+        lambda: F.decoder_entropy(dec_logvar=z(3, 1), dec_mean=z(2, 5)),
         ValueError,
         "Expected `dec_logvar` of shape (B, D) = (2, 5), (B, 1) or (S, B, D), but got (3, 1).",
     ),
@@ -164,18 +164,18 @@ CASES = {
     ),
     # ---- batch sizes across keys
     "batch: entropy_sum": (
-        lambda: F.entropy_sum(z(4, 3), z(), x=z(5, 2)),
+        lambda: F.entropy_sum(enc_logvar=z(4, 3), dec_logvar=z(), x=z(5, 2)),
         ValueError,
         "Expected one batch size B across the inputs of"
         " entropy_sum(), but got `encoder`: 4, `decoder`: 5, `x`: 5.",
     ),
     "batch: entropy_sum likelihood": (
-        lambda: F.entropy_sum(z(4, 3), likelihood=Normal(z(5, 2), 1.0)),
+        lambda: F.entropy_sum(enc_logvar=z(4, 3), likelihood=Normal(z(5, 2), 1.0)),
         ValueError,
         "Expected one batch size B across the inputs of entropy_sum(), but got `encoder`: 4, `decoder`: 5.",
     ),
     "batch: gaussian_elbo": (
-        lambda: F.gaussian_elbo(z(5, 2), z(4, 3), z(4, 3), z(5, 2), z()),
+        lambda: F.gaussian_elbo(x=z(5, 2), enc_mean=z(4, 3), enc_logvar=z(4, 3), dec_mean=z(5, 2), dec_logvar=z()),
         ValueError,
         "Expected one batch size B across the inputs of gaussian_elbo(), but got `encoder`: 4, `decoder`: 5,"
         " `x`: 5.",
@@ -198,27 +198,27 @@ CASES = {
     ),
     # ---- dtypes and types
     "non-tensor": (
-        lambda: F.encoder_entropy([[0.0]]),
+        lambda: F.encoder_entropy(enc_logvar=[[0.0]]),
         TypeError,
         "Expected `enc_logvar` to be a torch.Tensor, but got list.",
     ),
     "non-tensor float": (
-        lambda: F.decoder_entropy(0.5, x=z(2, 3)),
+        lambda: F.decoder_entropy(dec_logvar=0.5, x=z(2, 3)),
         TypeError,
         "Expected `dec_logvar` to be a torch.Tensor, but got float.",
     ),
     "integer enc_logvar": (
-        lambda: F.encoder_entropy(torch.zeros(2, 3, dtype=torch.long)),
+        lambda: F.encoder_entropy(enc_logvar=torch.zeros(2, 3, dtype=torch.long)),
         TypeError,
         "Expected `enc_logvar` to be a floating-point tensor, but got dtype torch.int64.",
     ),
     "integer x": (
-        lambda: F.decoder_entropy(z(), x=torch.zeros(2, 3, dtype=torch.uint8)),
+        lambda: F.decoder_entropy(dec_logvar=z(), x=torch.zeros(2, 3, dtype=torch.uint8)),
         TypeError,
         "Expected `x` to be a floating-point tensor, but got dtype torch.uint8.",
     ),
     "bool dec_mean": (
-        lambda: F.gaussian_log_likelihood(z(2, 3), torch.zeros(2, 3, dtype=torch.bool), z()),
+        lambda: F.gaussian_log_likelihood(x=z(2, 3), dec_mean=torch.zeros(2, 3, dtype=torch.bool), dec_logvar=z()),
         TypeError,
         "Expected `dec_mean` to be a floating-point tensor, but got dtype torch.bool.",
     ),
@@ -235,7 +235,7 @@ CASES = {
     ),
     "likelihood Independent(Bernoulli)": (
         lambda: F.gaussian_elbo(
-            z(2, 3), z(2, 1), z(2, 1), likelihood=Independent(Bernoulli(probs=z(2, 3) + 0.5), 1)
+            x=z(2, 3), enc_mean=z(2, 1), enc_logvar=z(2, 1), likelihood=Independent(Bernoulli(probs=z(2, 3) + 0.5), 1)
         ),
         TypeError,
         f"Expected a Gaussian `likelihood` {GAUSSIANS}, but got Bernoulli. The three-entropies result covers"
@@ -262,12 +262,14 @@ CASES = {
     ),
     # ---- function arguments
     "reduction": (
-        lambda: F.encoder_entropy(z(2, 3), reduction="avg"),
+        lambda: F.encoder_entropy(enc_logvar=z(2, 3), reduction="avg"),
         ValueError,
         "Expected `reduction` to be one of 'mean', 'sum', 'none', but got 'avg'.",
     ),
     "reduction of the ELBO": (
-        lambda: F.gaussian_elbo(z(2, 4), z(2, 3), z(2, 3), z(2, 4), z(), reduction=None),
+        lambda: F.gaussian_elbo(
+            x=z(2, 4), enc_mean=z(2, 3), enc_logvar=z(2, 3), dec_mean=z(2, 4), dec_logvar=z(), reduction=None
+        ),
         ValueError,
         "Expected `reduction` to be one of 'mean', 'sum', 'none', but got None.",
     ),
@@ -292,7 +294,7 @@ CASES = {
         "Expected `criterion` to be one of ('entropy', 'kl', 'active_units'), but got 'entropyy'.",
     ),
     "criterion of posterior_collapse": (
-        lambda: F.posterior_collapse(z(2, 3), z(2, 3), criterion="KL"),
+        lambda: F.posterior_collapse(enc_mean=z(2, 3), enc_logvar=z(2, 3), criterion="KL"),
         ValueError,
         "Expected `criterion` to be one of ('entropy', 'kl', 'active_units'), but got 'KL'.",
     ),
@@ -302,7 +304,7 @@ CASES = {
         "Expected `threshold` to be a float, but got str.",
     ),
     "threshold bool": (
-        lambda: F.posterior_collapse(z(2, 3), z(2, 3), threshold=True),
+        lambda: F.posterior_collapse(enc_mean=z(2, 3), enc_logvar=z(2, 3), threshold=True),
         TypeError,
         "Expected `threshold` to be a float, but got bool.",
     ),
@@ -353,14 +355,14 @@ CASES = {
     ),
     # ---- metric arguments and inputs
     "nan_strategy": (
-        lambda: EncoderEntropy(nan_strategy="ignore"),
+        lambda: EncoderEntropy(nan_strategy="drop"),
         ValueError,
-        "Expected `nan_strategy` to be one of ('skip', 'error'), but got 'ignore'.",
+        "Expected `nan_strategy` to be one of ('skip', 'ignore', 'error'), but got 'drop'.",
     ),
     "nan_strategy of EntropySumELBO": (
         lambda: EntropySumELBO(nan_strategy=None),
         ValueError,
-        "Expected `nan_strategy` to be one of ('skip', 'error'), but got None.",
+        "Expected `nan_strategy` to be one of ('skip', 'ignore', 'error'), but got None.",
     ),
     "positional non-mapping": (
         lambda: EncoderEntropy().update([1]),
@@ -435,7 +437,7 @@ MISSING = {
         "encoder_entropy() needs `enc_logvar` (or a `posterior` distribution), but got None.",
     ),
     "entropy_sum decoder": (
-        lambda: F.entropy_sum(z(2, 3)),
+        lambda: F.entropy_sum(enc_logvar=z(2, 3)),
         "entropy_sum() needs `dec_logvar` (or a `likelihood` distribution), but got None.",
     ),
     "decoder_entropy": (
@@ -443,66 +445,66 @@ MISSING = {
         "decoder_entropy() needs `dec_logvar` (or a `likelihood` distribution), but got None.",
     ),
     "decoder_entropy scalar without B": (
-        lambda: F.decoder_entropy(z()),
+        lambda: F.decoder_entropy(dec_logvar=z()),
         "decoder_entropy() needs `x` or `dec_mean` to know the batch size and data dimension D of a scalar"
         " `dec_logvar`, but got None.",
     ),
     "decoder_entropy (B,1) without D": (
-        lambda: F.decoder_entropy(z(2, 1)),
+        lambda: F.decoder_entropy(dec_logvar=z(2, 1)),
         "decoder_entropy() needs `x` or `dec_mean` to know the batch"
         " size and data dimension D of a per_sample"
         " `dec_logvar`, but got None.",
     ),
     "gaussian_log_likelihood x": (
-        lambda: F.gaussian_log_likelihood(None, z(2, 3), z()),
+        lambda: F.gaussian_log_likelihood(x=None, dec_mean=z(2, 3), dec_logvar=z()),
         "gaussian_log_likelihood() needs `x`, but got None.",
     ),
     "gaussian_log_likelihood dec_mean": (
-        lambda: F.gaussian_log_likelihood(z(2, 3), None, z()),
+        lambda: F.gaussian_log_likelihood(x=z(2, 3), dec_mean=None, dec_logvar=z()),
         "gaussian_log_likelihood() needs `dec_mean` and `x`, but got None.",
     ),
     "gaussian_kl": (
-        lambda: F.gaussian_kl(None, z(2, 3)),
+        lambda: F.gaussian_kl(enc_mean=None, enc_logvar=z(2, 3)),
         "gaussian_kl() needs `enc_mean` and `enc_logvar` (or a `posterior`), but got None.",
     ),
     "gaussian_elbo x": (
-        lambda: F.gaussian_elbo(None, z(2, 3), z(2, 3), z(2, 4), z()),
+        lambda: F.gaussian_elbo(x=None, enc_mean=z(2, 3), enc_logvar=z(2, 3), dec_mean=z(2, 4), dec_logvar=z()),
         "gaussian_elbo() needs `x`, but got None.",
     ),
     "gaussian_elbo x for likelihood": (
-        lambda: F.gaussian_elbo(None, z(2, 3), z(2, 3), likelihood=Normal(z(2, 4), 1.0)),
+        lambda: F.gaussian_elbo(x=None, enc_mean=z(2, 3), enc_logvar=z(2, 3), likelihood=Normal(z(2, 4), 1.0)),
         "gaussian_elbo() needs `x` (the data the `likelihood` scores), but got None.",
     ),
     "gaussian_elbo enc_mean": (
-        lambda: F.gaussian_elbo(z(2, 4), None, z(2, 3), z(2, 4), z()),
+        lambda: F.gaussian_elbo(x=z(2, 4), enc_mean=None, enc_logvar=z(2, 3), dec_mean=z(2, 4), dec_logvar=z()),
         "gaussian_elbo() needs `enc_mean` and `enc_logvar` (or a `posterior`), but got None.",
     ),
     "optimal_decoder_variance": (
-        lambda: F.optimal_decoder_variance(z(2, 4), None),
+        lambda: F.optimal_decoder_variance(x=z(2, 4), dec_mean=None),
         "optimal_decoder_variance() needs `x` and `dec_mean`, but got None.",
     ),
     "optimal_prior_variance": (
-        lambda: F.optimal_prior_variance(None, z(2, 3)),
+        lambda: F.optimal_prior_variance(enc_mean=None, enc_logvar=z(2, 3)),
         "optimal_prior_variance() needs `enc_mean` and `enc_logvar`, but got None.",
     ),
     "profiled_decoder_entropy": (
-        lambda: F.profiled_decoder_entropy(None, z(2, 3)),
+        lambda: F.profiled_decoder_entropy(x=None, dec_mean=z(2, 3)),
         "profiled_decoder_entropy() needs `x` and `dec_mean`, but got None.",
     ),
     "profiled_entropy_sum": (
-        lambda: F.profiled_entropy_sum(z(2, 3), None, z(2, 3)),
+        lambda: F.profiled_entropy_sum(x=z(2, 3), dec_mean=None, enc_logvar=z(2, 3)),
         "profiled_entropy_sum() needs `x` and `dec_mean`, but got None.",
     ),
     "latent_kl": (
-        lambda: F.latent_kl(None, z(2, 3)),
+        lambda: F.latent_kl(enc_mean=None, enc_logvar=z(2, 3)),
         "latent_kl() needs `enc_mean` and `enc_logvar` (or a `posterior`), but got None.",
     ),
     "latent_mean_variance": (
-        lambda: F.latent_mean_variance(None),
+        lambda: F.latent_mean_variance(enc_mean=None),
         "latent_mean_variance() needs `enc_mean` (or a `posterior`), but got None.",
     ),
     "posterior_collapse": (
-        lambda: F.posterior_collapse(None, z(2, 3)),
+        lambda: F.posterior_collapse(enc_mean=None, enc_logvar=z(2, 3)),
         "posterior_collapse() needs `enc_mean` and `enc_logvar` (or a `posterior`), but got None.",
     ),
     # metrics name the keys they were given
@@ -622,15 +624,187 @@ def test_private_checks_behind_the_public_ones():
     with pytest.raises(
         ValueError, match=_exact("f() needs tensors with a batch dimension, but got None. " + EXAMPLE)
     ):
-        _inputs.check_batch("f()", encoder=None)
+        _checks.check_batch("f()", encoder=None)
     with pytest.raises(
         ValueError,
         match=_exact("Expected one batch size B across the inputs of f(), but got `encoder`: 2, `x`: 3."),
     ):
-        _inputs.check_batch("f()", encoder=2, decoder=None, x=3)
-    assert _inputs.check_batch("f()", encoder=2, decoder=2, x=None) == 2
+        _checks.check_batch("f()", encoder=2, decoder=None, x=3)
+    assert _checks.check_batch("f()", encoder=2, decoder=2, x=None) == 2
     flat_x = _inputs.Data(z(3, 4), z(3, 4), 3, None)  # a batch size without the per-sample shape
     with pytest.raises(
         ValueError, match=_exact("Expected `dec_mean` with batch size 3 matching `x`, but got (2, 4).")
     ):
         _inputs.decoder(z(2, 4), z(), None, flat_x, owner="f()")
+
+
+# ---- keyword-only vocabulary: a misspelt keyword, a positional tensor, a step's whole output
+def _step_output(b=4, h=3, d=5):
+    """A step's output dict: every tensor name of the vocabulary, ``data_dim`` and the loss."""
+    gen = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(shape, generator=gen, dtype=torch.float64)
+
+    x, dec_mean = randn(b, d), randn(b, d)
+    return {
+        "loss": randn(),
+        "x": x,
+        "enc_mean": randn(b, h),
+        "enc_logvar": randn(b, h) - 1.0,
+        "dec_mean": dec_mean,
+        "dec_logvar": randn() - 1.0,
+        "prior_logvar": randn(h),
+        "elbo": randn(b),
+        "data_dim": d,
+        "dec_sq_residual": (x - dec_mean).square().sum(-1),
+    }
+
+
+# each public vocabulary function and the keys of a step's output it reads
+NEEDS = {
+    "encoder_entropy": ("enc_logvar",),
+    "prior_entropy": ("prior_logvar",),
+    "decoder_entropy": ("dec_logvar", "x"),
+    "entropy_sum": ("enc_logvar", "dec_logvar", "prior_logvar", "x"),
+    "gaussian_log_likelihood": ("x", "dec_mean", "dec_logvar"),
+    "gaussian_kl": ("enc_mean", "enc_logvar", "prior_logvar"),
+    "gaussian_elbo": ("x", "enc_mean", "enc_logvar", "dec_mean", "dec_logvar", "prior_logvar"),
+    "latent_entropy": ("enc_logvar",),
+    "latent_kl": ("enc_mean", "enc_logvar", "prior_logvar"),
+    "latent_mean_variance": ("enc_mean",),
+    "posterior_collapse": ("enc_mean", "enc_logvar", "prior_logvar"),
+    "optimal_decoder_variance": ("x", "dec_mean"),
+    "optimal_prior_variance": ("enc_mean", "enc_logvar"),
+    "profiled_decoder_entropy": ("x", "dec_mean"),
+    "profiled_entropy_sum": ("x", "dec_mean", "enc_logvar", "prior_logvar"),
+}
+
+_REDUCTOIN = "`reductoin` (did you mean `reduction`?)"
+_PRIOR_LOG_VAR = "`prior_log_var` (did you mean `prior_logvar`?)"
+# (the misspelt keyword, the whole message): `reductoin` where the function has `reduction`, else `prior_log_var`
+MISSPELT = {
+    "encoder_entropy": (
+        "reductoin",
+        f"encoder_entropy() got unexpected keyword argument(s) {_REDUCTOIN}. Expected enc_logvar, posterior,"
+        " reduction or names of the vocabulary.",
+    ),
+    "prior_entropy": (
+        "prior_log_var",
+        f"prior_entropy() got unexpected keyword argument(s) {_PRIOR_LOG_VAR}. Expected prior_logvar, latent_dim,"
+        " prior, enc_logvar, enc_mean, posterior or names of the vocabulary.",
+    ),
+    "decoder_entropy": (
+        "reductoin",
+        f"decoder_entropy() got unexpected keyword argument(s) {_REDUCTOIN}. Expected dec_logvar, dec_mean, x,"
+        " likelihood, reduction or names of the vocabulary.",
+    ),
+    "entropy_sum": (
+        "reductoin",
+        f"entropy_sum() got unexpected keyword argument(s) {_REDUCTOIN}. Expected enc_logvar, dec_logvar,"
+        " prior_logvar, dec_mean, x, posterior, prior, likelihood, reduction or names of the vocabulary.",
+    ),
+    "gaussian_log_likelihood": (
+        "reductoin",
+        f"gaussian_log_likelihood() got unexpected keyword argument(s) {_REDUCTOIN}. Expected x, dec_mean,"
+        " dec_logvar, likelihood, reduction or names of the vocabulary.",
+    ),
+    "gaussian_kl": (
+        "reductoin",
+        f"gaussian_kl() got unexpected keyword argument(s) {_REDUCTOIN}. Expected enc_mean, enc_logvar,"
+        " prior_logvar, posterior, prior, reduction or names of the vocabulary.",
+    ),
+    "gaussian_elbo": (
+        "reductoin",
+        f"gaussian_elbo() got unexpected keyword argument(s) {_REDUCTOIN}. Expected x, enc_mean, enc_logvar,"
+        " dec_mean, dec_logvar, prior_logvar, posterior, prior, likelihood, reduction or names of the vocabulary.",
+    ),
+    "latent_entropy": (
+        "prior_log_var",
+        f"latent_entropy() got unexpected keyword argument(s) {_PRIOR_LOG_VAR}. Expected enc_logvar, posterior"
+        " or names of the vocabulary.",
+    ),
+    "latent_kl": (
+        "prior_log_var",
+        f"latent_kl() got unexpected keyword argument(s) {_PRIOR_LOG_VAR}. Expected enc_mean, enc_logvar,"
+        " prior_logvar, posterior, prior or names of the vocabulary.",
+    ),
+    "latent_mean_variance": (
+        "prior_log_var",
+        f"latent_mean_variance() got unexpected keyword argument(s) {_PRIOR_LOG_VAR}. Expected enc_mean,"
+        " posterior or names of the vocabulary.",
+    ),
+    "posterior_collapse": (
+        "prior_log_var",
+        f"posterior_collapse() got unexpected keyword argument(s) {_PRIOR_LOG_VAR}. Expected enc_mean,"
+        " enc_logvar, prior_logvar, posterior, prior, criterion, threshold or names of the vocabulary.",
+    ),
+    "optimal_decoder_variance": (
+        "prior_log_var",
+        f"optimal_decoder_variance() got unexpected keyword argument(s) {_PRIOR_LOG_VAR}. Expected x, dec_mean"
+        " or names of the vocabulary.",
+    ),
+    "optimal_prior_variance": (
+        "prior_log_var",
+        f"optimal_prior_variance() got unexpected keyword argument(s) {_PRIOR_LOG_VAR}. Expected enc_mean,"
+        " enc_logvar or names of the vocabulary.",
+    ),
+    "profiled_decoder_entropy": (
+        "prior_log_var",
+        f"profiled_decoder_entropy() got unexpected keyword argument(s) {_PRIOR_LOG_VAR}. Expected x, dec_mean"
+        " or names of the vocabulary.",
+    ),
+    "profiled_entropy_sum": (
+        "prior_log_var",
+        f"profiled_entropy_sum() got unexpected keyword argument(s) {_PRIOR_LOG_VAR}. Expected x, dec_mean,"
+        " enc_logvar, prior_logvar, posterior, prior or names of the vocabulary.",
+    ),
+}
+
+
+def test_every_public_vocabulary_function_is_checked():
+    """The three tests below cover each public function that takes the vocabulary (all but four)."""
+    not_vocabulary = {"gaussian_entropy", "collapsed_latents", "bic", "relative_gap", "fixed_decoder_variance"}
+    functions = {name for name in F.__all__ if callable(getattr(F, name))} - not_vocabulary
+    assert set(NEEDS) == functions
+    assert set(MISSPELT) == functions
+
+
+@pytest.mark.parametrize("name", list(MISSPELT))
+def test_misspelt_keyword_names_it_and_suggests_the_right_one(name):
+    out = _step_output()
+    keyword, message = MISSPELT[name]
+    inputs = {key: out[key] for key in NEEDS[name]}
+    value = "sum" if keyword == "reductoin" else out["prior_logvar"]
+    with pytest.raises(TypeError, match=_exact(message)):
+        getattr(F, name)(**inputs, **{keyword: value})
+
+
+@pytest.mark.parametrize("name", list(NEEDS))
+def test_positional_tensor_is_a_type_error(name):
+    out = _step_output()
+    first = out[NEEDS[name][0]]
+    with pytest.raises(TypeError, match=_exact(f"{name}() takes 0 positional arguments but 1 was given")):
+        getattr(F, name)(first)
+    # with the other inputs as keywords Python's message also counts them ("... (and 2 keyword-only arguments)")
+    inputs = {key: out[key] for key in NEEDS[name][1:]}
+    with pytest.raises(TypeError, match="^" + re.escape(f"{name}() takes 0 positional arguments but 1 ")):
+        getattr(F, name)(first, **inputs)
+
+
+@pytest.mark.parametrize("name", list(NEEDS))
+def test_a_step_output_with_the_loss_feeds_every_function(name):
+    """``f(**out)`` ignores the vocabulary it does not use (and ``loss``): the value of ``f`` on its own keys."""
+    out = _step_output()
+    function = getattr(F, name)
+    value, expected = function(**out), function(**{key: out[key] for key in NEEDS[name]})
+    if name == "posterior_collapse":
+        assert set(value) == set(expected)
+        for key in expected:
+            if expected[key].dtype == torch.bool:
+                assert torch.equal(value[key], expected[key])
+            else:
+                torch.testing.assert_close(value[key], expected[key], rtol=0, atol=0, equal_nan=True)
+    else:
+        assert value.dtype == torch.float64
+        torch.testing.assert_close(value, expected, rtol=0, atol=0)

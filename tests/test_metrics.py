@@ -1,6 +1,8 @@
 """Tests of the TorchMetrics metrics: accumulation equals the functional API on the concatenated data."""
 
+import math
 import pickle
+import re
 import warnings
 
 import matplotlib
@@ -203,7 +205,7 @@ def test_update_takes_a_mapping_a_vaeoutput_or_keywords_and_ignores_extra_keys()
     metric = EncoderEntropy()
     metric.set_dtype(F64)
     metric.update(out, enc_logvar=out["enc_logvar"] + 1.0)
-    _assert_equal(metric.compute(), F.encoder_entropy(out["enc_logvar"] + 1.0))
+    _assert_equal(metric.compute(), F.encoder_entropy(enc_logvar=out["enc_logvar"] + 1.0))
 
 
 def test_metric_collection_of_all_metrics():
@@ -271,7 +273,7 @@ def test_profiled_entropy_sum():
         _assert_equal(result["sum_profiled"], F.profiled_entropy_sum(**cat))
         _assert_equal(result["decoder_profiled"], F.profiled_decoder_entropy(**cat))
         _assert_equal(result["sum"], F.entropy_sum(**cat))
-        sigma2 = F.optimal_decoder_variance(cat["x"], cat["dec_mean"])
+        sigma2 = F.optimal_decoder_variance(x=cat["x"], dec_mean=cat["dec_mean"])
         _assert_equal(result["sum_profiled"], F.entropy_sum(**{**cat, "dec_logvar": sigma2.log()}))
     # precomputed squared residuals, (B, 1) log-variances and data_dim instead of x and dec_mean
     out = _batches("vae1", seed=10)[0]
@@ -405,6 +407,178 @@ def test_metrics_take_distributions():
         weighted = sum(w * e[key] for w, e in zip(weights, expected["collapse"], strict=True))
         _assert_equal(collapse[key], weighted)
 
+
+
+# ------------------------------------------------------------------------------------------ weight
+def _weight_metrics():
+    """Every metric, EntropySumELBO also with profiling and GaussianELBO also fed a given ``elbo``."""
+    metrics = {
+        **_metrics(),
+        "sum_profiled": EntropySumELBO(profile_decoder_variance=True),
+        "elbo_given": GaussianELBO(),
+    }
+    for metric in metrics.values():
+        metric.set_dtype(F64)
+    return metrics
+
+
+def _fed(name, out, elbo):
+    """What metric ``name`` of :func:`_weight_metrics` is given: the step output, with ``elbo`` for "elbo_given"."""
+    return {**out, "elbo": elbo} if name == "elbo_given" else out
+
+
+def _elbos(batches, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(out["x"].shape[0], generator=gen, dtype=F64) for out in batches]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_weight_of_ones_changes_nothing(variant):
+    batches = _batches(variant, seed=20)
+    elbos = _elbos(batches, seed=21)
+    plain, weighted, forwarded = _weight_metrics(), _weight_metrics(), _weight_metrics()
+    for out, elbo in zip(batches, elbos, strict=True):
+        ones = torch.ones(out["x"].shape[0], dtype=torch.bool)
+        for name in plain:
+            inputs = _fed(name, out, elbo)
+            plain[name].update(inputs)
+            weighted[name].update(inputs, weight=ones)
+            # forward passes the weight on: the batch value is the unweighted one
+            _assert_equal(forwarded[name](inputs, weight=ones), _weight_metrics()[name](inputs))
+    for name in plain:
+        _assert_equal(weighted[name].compute(), plain[name].compute())
+        _assert_equal(forwarded[name].compute(), plain[name].compute())
+        assert weighted[name].num_skipped_batches == 0
+
+
+def _nonfinite(out):
+    """``out`` with NaN or Inf in every key some metric reads (the prior only where it is learnable)."""
+    bad = {key: value.detach().clone() for key, value in out.items()}
+    bad["x"][0] = float("nan")
+    bad["enc_mean"][:, 0] = float("nan")
+    bad["enc_logvar"][-1] = float("inf")
+    bad["dec_mean"][..., 1, :] = float("nan")
+    bad["dec_logvar"] = bad["dec_logvar"] * float("nan")
+    if "prior_logvar" in bad:
+        bad["prior_logvar"] = bad["prior_logvar"] * float("nan")
+    return bad
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, F64])
+@pytest.mark.parametrize("variant", ["vae2", "vae3", "sampled"])
+def test_points_of_weight_zero_are_dropped_even_when_not_finite(variant, dtype):
+    """One update of two concatenated batches, the second non-finite and of weight 0: the first batch alone."""
+    good, other = _batches(variant, seed=22, sizes=(5, 4))
+    bad = _nonfinite(other)
+    cat = _concat([good, bad])
+    good_elbo, bad_elbo = _elbos([good, bad], seed=23)
+    cat_elbo = torch.cat([good_elbo, torch.full_like(bad_elbo, float("nan"))])
+    weight = torch.tensor([True] * 5 + [False] * 4).to(dtype)
+    alone, weighted = _weight_metrics(), _weight_metrics()
+    for name in alone:
+        # the second batch on its own is not finite for every metric (the standard prior excepted)
+        probe = _weight_metrics()[name]
+        probe.update(_fed(name, _concat([bad]), torch.full_like(bad_elbo, float("nan"))))
+        assert probe.num_skipped_batches == (0 if name == "prior" and variant != "vae2" else 1), name
+        alone[name].update(_fed(name, good, good_elbo))
+        weighted[name].update(_fed(name, cat, cat_elbo), weight=weight)
+    for name in alone:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no batch was skipped: nothing to warn about
+            value = weighted[name].compute()
+        assert weighted[name].num_skipped_batches == 0, name
+        _assert_equal(value, alone[name].compute())
+
+
+def test_float_weights_give_weighted_means():
+    batches = _batches("vae2", seed=24)
+    elbos = _elbos(batches, seed=25)
+    gen = torch.Generator().manual_seed(26)
+    weights = [2.0 * torch.rand(out["x"].shape[0], generator=gen, dtype=F64) for out in batches]
+    weights[1][2] = 0.0
+    metric, elbo_metric, given = EntropySumELBO(), GaussianELBO(), GaussianELBO()
+    for m in (metric, elbo_metric, given):
+        m.set_dtype(F64)
+    for out, elbo, weight in zip(batches, elbos, weights, strict=True):
+        metric.update(out, weight=weight)
+        elbo_metric.update(out, weight=weight)
+        given.update({**out, "elbo": elbo}, weight=weight)
+    # by hand, per point, in float64: each batch's own scalar decoder variance and (H,) prior
+    log_2pi_e = math.log(2 * math.pi * math.e)
+    encoder = [0.5 * (log_2pi_e + out["enc_logvar"]).sum(-1) for out in batches]
+    prior = [(0.5 * (log_2pi_e + out["prior_logvar"].detach())).sum().expand(out["x"].shape[0]) for out in batches]
+    decoder = [(0.5 * D * (log_2pi_e + out["dec_logvar"].detach())).expand(out["x"].shape[0]) for out in batches]
+    w = torch.cat(weights)
+
+    def weighted_mean(values):
+        return (w * torch.cat(values)).sum() / w.sum()
+
+    result = metric.compute()
+    _assert_equal(result["encoder"], weighted_mean(encoder))
+    _assert_equal(result["prior"], weighted_mean(prior))
+    _assert_equal(result["decoder"], weighted_mean(decoder))
+    _assert_equal(
+        result["sum"],
+        weighted_mean([e - p - d for e, p, d in zip(encoder, prior, decoder, strict=True)]),
+    )
+    _assert_equal(given.compute(), weighted_mean(elbos))
+    per_point = [F.gaussian_elbo(**out, reduction="none") for out in batches]
+    _assert_equal(elbo_metric.compute(), weighted_mean(per_point))
+    # and not the unweighted mean
+    assert not torch.allclose(result["sum"], F.entropy_sum(**_concat(batches)))
+
+
+_WEIGHT_TYPE = "Expected `weight` to be a bool or floating-point tensor of shape (B,), but got {}."
+_WEIGHT_SHAPE = "Expected `weight` of shape (B,) = (5,), one per data point, but got {}."
+
+
+@pytest.mark.parametrize(
+    ("weight", "error", "message"),
+    [
+        ([1.0] * 5, TypeError, _WEIGHT_TYPE.format("list")),
+        (torch.ones(5, dtype=torch.long), TypeError, _WEIGHT_TYPE.format("dtype torch.int64")),
+        (torch.ones(5, dtype=torch.uint8), TypeError, _WEIGHT_TYPE.format("dtype torch.uint8")),
+        (torch.ones(6, dtype=torch.bool), ValueError, _WEIGHT_SHAPE.format("(6,)")),
+        (torch.ones(5, 1), ValueError, _WEIGHT_SHAPE.format("(5, 1)")),
+        (torch.ones(()), ValueError, _WEIGHT_SHAPE.format("()")),
+    ],
+)
+def test_wrong_weight_is_an_error(weight, error, message):
+    out = _batches("vae2", seed=27)[0]
+    assert out["x"].shape[0] == 5
+    for name, metric in _weight_metrics().items():
+        inputs = _fed(name, out, torch.zeros(5, dtype=F64))
+        metric.update(inputs)
+        before = getattr(metric, f"{metric._prefix}_totals").clone()
+        with pytest.raises(error, match="^" + re.escape(message) + "$"):
+            metric.update(inputs, weight=weight)
+        torch.testing.assert_close(getattr(metric, f"{metric._prefix}_totals"), before, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------ collapse, no points
+@pytest.mark.parametrize("criterion", ["entropy", "kl", "active_units"])
+def test_posterior_collapse_without_points_is_nan_and_flags_nothing(criterion):
+    out = _batches("vae2", seed=28)[0]
+    skipped = PosteriorCollapse(latent_dim=H, criterion=criterion)
+    for bad in ({**out, "enc_mean": out["enc_mean"] * float("nan")}, _nonfinite(out)):
+        skipped.update(bad)
+    with pytest.warns(UserWarning, match="PosteriorCollapse skipped 2 batch"):
+        every_update_skipped = skipped.compute()
+    # points of weight 0 only: nothing seen either, and nothing skipped
+    dropped = PosteriorCollapse(latent_dim=H, criterion=criterion)
+    dropped.update(out, weight=torch.zeros(out["x"].shape[0], dtype=torch.bool))
+    assert dropped.num_skipped_batches == 0
+    for result in (every_update_skipped, dropped.compute()):
+        assert torch.isnan(result["num_active"]) and torch.isnan(result["num_collapsed"])
+        statistics = ["latent_entropy", "prior_latent_entropy", "latent_kl", "latent_mean_variance"]
+        if criterion == "entropy":
+            statistics.append("entropy_threshold")
+        else:
+            assert "entropy_threshold" not in result
+        for key in statistics:
+            assert result[key].shape == (H,) and torch.isnan(result[key]).all(), key
+        assert result["collapsed"].dtype == torch.bool and result["collapsed"].shape == (H,)
+        assert not result["collapsed"].any()
 
 def test_importing_the_package_does_not_import_lightning():
     """Metric and function users do not pay for Lightning; the callback is imported on first access."""
