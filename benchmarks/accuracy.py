@@ -57,10 +57,10 @@ def entropy_errors() -> float:
          MultivariateNormal(mean, cov).entropy()),
         (F.encoder_entropy(posterior=LowRankMultivariateNormal(mean, factor, diag), reduction="none"),
          LowRankMultivariateNormal(mean, factor, diag).entropy()),
-        (F.prior_entropy(prior_logvar=lv[0]), Independent(Normal(torch.zeros(H, dtype=torch.float64), (0.5 * lv[0]).exp()), 1)
-         .entropy()),
-        (F.decoder_entropy(dec_logvar=dlv, reduction="none"), Independent(Normal(torch.zeros_like(dlv), (0.5 * dlv).exp()), 1)
-         .entropy()),
+        (F.prior_entropy(prior_logvar=lv[0]),
+         Independent(Normal(torch.zeros(H, dtype=torch.float64), (0.5 * lv[0]).exp()), 1).entropy()),
+        (F.decoder_entropy(dec_logvar=dlv, reduction="none"),
+         Independent(Normal(torch.zeros_like(dlv), (0.5 * dlv).exp()), 1).entropy()),
     ]
     return max(float((ours - ref).abs().max()) for ours, ref in pairs)
 

@@ -7,6 +7,7 @@ optimizer step also when parameters are views of one flat storage (FSDP's layout
 skipped, an epoch of NaN batches logged as NaN, and ``VAEOutput`` under manual optimization.
 """
 
+import csv
 import math
 import re
 import warnings
@@ -228,7 +229,8 @@ def test_an_epoch_of_nan_batches_logs_nan_latents_and_warns_once(tmp_path):
     assert float(metrics["entropy/train/skipped_batches"]) == 6.0
     assert math.isnan(float(metrics["entropy/train/active_latents"]))  # not "all H latents active"
     assert math.isnan(float(metrics["entropy/train/sum"]))
-    rows = list(__import__("csv").DictReader(open(logger.log_dir + "/metrics.csv")))
+    with open(logger.log_dir + "/metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     flags = [row["entropy/train/collapsed/0"] for row in rows if row.get("entropy/train/collapsed/0")]
     assert flags and all(math.isnan(float(f)) for f in flags)  # unknown, not "not collapsed"
     empty = [w for w in record if "no batch of the `train` epoch" in str(w.message)]

@@ -112,7 +112,10 @@ def check_batch(owner: str, **sizes: int | None) -> int:
 
 
 def check_weight(weight: Any, batch: int) -> Tensor | None:
-    """A metric's per-point ``weight``: ``None``, or a (B,) bool or floating tensor; returned as is."""
+    """A metric's per-point ``weight``: ``None``, or a (B,) bool or floating tensor; returned as is.
+
+    Its values are not read (that would sync with the device): a weight of 0 or below drops its point.
+    """
     if weight is None:
         return None
     if not isinstance(weight, Tensor) or not (weight.is_floating_point() or weight.dtype == torch.bool):

@@ -25,8 +25,6 @@ from lightning_entropy_vae.functional._checks import shape_of as _shape
 
 _GAUSSIANS = (Normal, MultivariateNormal, LowRankMultivariateNormal)
 
-_GAUSSIANS = (Normal, MultivariateNormal, LowRankMultivariateNormal)
-
 
 def check_gaussian(name: str, dist: Any, role: str) -> Distribution:
     """Accept Normal, Independent(Normal), MultivariateNormal and LowRankMultivariateNormal."""

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from lightning_entropy_vae.functional import _inputs as _in
-from lightning_entropy_vae.functional._checks import LOG_2PI_E, check_keywords, missing_inputs_error
+from lightning_entropy_vae.functional._checks import LOG_2PI_E, as_float_tensor, check_keywords, missing_inputs_error
 from lightning_entropy_vae.functional.elbo import _kl_update
 from lightning_entropy_vae.functional.entropy import _entropy_from_logdet
 
@@ -164,7 +164,7 @@ def latent_mean_variance(*, enc_mean: Tensor | None = None, posterior: Any = Non
         enc_mean = _in.encoder(None, None, posterior, owner="latent_mean_variance()").mean
     if enc_mean is None:
         raise missing_inputs_error("latent_mean_variance()", "`enc_mean` (or a `posterior`)")
-    mean = _in.as_float_tensor("enc_mean", enc_mean)
+    mean = as_float_tensor("enc_mean", enc_mean)
     return _mean_variance_compute(mean.sum(0), mean.square().sum(0), mean.shape[0])
 
 

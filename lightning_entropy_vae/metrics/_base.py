@@ -39,14 +39,15 @@ def merge_inputs(owner: str, outputs: Mapping[str, Any] | None, kwargs: dict[str
 class SumAndCountMetric(Metric):
     """Base class: per-data-point sums kept as one vector state ``[sums..., count, skipped]``.
 
-    A subclass names its sums (``_sum_names``; state names must differ between metrics, as MetricCollection
-    merges states by name through ``_prefix``), builds a per-point table of its functional ``_update``
-    statistics in ``update`` and hands it to :meth:`_add_points`, which sums it over the points (weighted
-    and NaN-safe when ``weight`` is given) into the state. One state means one tensor to all-reduce under DDP.
+    A subclass sets ``_prefix`` (state names must differ between metrics: MetricCollection merges states by
+    name) and hands its functional ``_update`` statistics to :meth:`_accumulate`, which sums them over the
+    points (weighted and NaN-safe when ``weight`` is given) into the state. One state means one tensor to
+    all-reduce under DDP.
 
     ``weight``: every ``update`` takes an optional per-point weight ``(B,)``, bool or float. A point of
-    weight 0 (or ``False``) adds nothing, even when its values are NaN or Inf; the means become weighted
-    means. The EntropyMonitor uses it to reduce many batches in one call and drop those holding NaN/Inf.
+    weight 0 or below (or ``False``) adds nothing, even when its values are NaN or Inf, also under
+    ``nan_strategy="error"``; the means become weighted means. The EntropyMonitor uses it to reduce many
+    batches in one call and drop those holding NaN/Inf.
 
     Non-finite values: with ``nan_strategy="skip"`` (default) an update whose sums are not finite adds
     nothing but a 1 to the skipped count; the check is a tensor ``where``, so no host-device
@@ -60,7 +61,6 @@ class SumAndCountMetric(Metric):
     full_state_update = False
     is_differentiable = False
     _prefix: str = ""
-    _sum_names: tuple[str, ...] = ()
 
     def __init__(self, nan_strategy: str = "skip", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -160,7 +160,12 @@ class SumAndCountMetric(Metric):
         """Number of updates skipped for non-finite values (a tensor; reading it as int syncs)."""
         return self._state[-1]
 
-    def _check_finite(self, inputs: Mapping[str, Any]) -> None:
+    def _check_finite(self, inputs: Mapping[str, Any], weight: Tensor | None = None) -> None:
+        """``nan_strategy="error"``: name the first input holding NaN/Inf in a point of positive weight (syncs)."""
+        if weight is not None:
+            keep = weight if weight.dtype == torch.bool else weight > 0
+            batch = keep.shape[0]
+            inputs = {k: _kept(v, keep, batch) for k, v in inputs.items()}
         key = first_nonfinite({k: v for k, v in inputs.items() if v is not None})
         if key is not None:
             raise ValueError(
@@ -181,3 +186,14 @@ class SumAndCountMetric(Metric):
                 " running sums exclude them. Pass nan_strategy='error' to find the offending key."
             )
         return totals[:-2], totals[-2]
+
+
+def _kept(value: Any, keep: Tensor, batch: int) -> Any:
+    """The points of ``value`` that ``keep`` keeps, along its batch dimension (0, or 1 for (S, B, ...))."""
+    if not isinstance(value, Tensor) or value.dim() == 0:
+        return value
+    if value.shape[0] == batch:
+        return value[keep]
+    if value.dim() >= 2 and value.shape[1] == batch:
+        return value[:, keep]
+    return value

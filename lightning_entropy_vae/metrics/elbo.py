@@ -56,12 +56,12 @@ class GaussianELBO(SumAndCountMetric):
             if elbo.dim() != 1:
                 raise ValueError(f"Expected `elbo` of shape (B,) (one ELBO per sample), but got {tuple(elbo.shape)}.")
             if self.nan_strategy == "error":
-                self._check_finite({"elbo": elbo})
+                self._check_finite({"elbo": elbo}, weight)
         else:
-            elbo = self._elbo_from_pieces(owner, kw)
+            elbo = self._elbo_from_pieces(owner, kw, weight)
         self._accumulate(lambda per_sample: [elbo if per_sample else elbo.sum()], (), elbo.shape[0], elbo, weight)
 
-    def _elbo_from_pieces(self, owner: str, kw: Mapping[str, Any]) -> Tensor:
+    def _elbo_from_pieces(self, owner: str, kw: Mapping[str, Any], weight: Tensor | None) -> Tensor:
         d = _in.data(kw.get("x"))
         if d.x is None:
             raise missing_inputs_error(owner, "`elbo` (B,), or `x` with the encoder and decoder statistics", kw)
@@ -75,7 +75,7 @@ class GaussianELBO(SumAndCountMetric):
         check_batch(owner, encoder=batch, decoder=dec.batch_size, x=d.batch_size)
         if self.nan_strategy == "error":
             self._check_finite({"x": d.x, "enc_mean": enc.mean, "enc_logvar": enc.logvar, "dec_mean": dec.mean,
-                                "dec_logvar": dec.logvar, "prior_logvar": p.logvar})
+                                "dec_logvar": dec.logvar, "prior_logvar": p.logvar}, weight)
         return _gaussian_elbo_update(enc, p, dec, d)
 
     def compute(self) -> Tensor:

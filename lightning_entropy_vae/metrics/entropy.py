@@ -134,7 +134,7 @@ class EncoderEntropy(_LogdetMetric):
         kw = merge_inputs("EncoderEntropy.update()", outputs, kwargs)
         enc = _encoder_of("EncoderEntropy.update()", kw)
         if self.nan_strategy == "error":
-            self._check_finite({"enc_logvar": enc.logvar})
+            self._check_finite({"enc_logvar": enc.logvar}, weight)
         batch, latent_dim = enc.logvar.shape
         self._add_logdet(partial(_encoder_entropy_update, enc), latent_dim, batch, enc.logvar, weight)
 
@@ -167,7 +167,7 @@ class PriorEntropy(_LogdetMetric):
         batch, latent_dim = enc.logvar.shape
         p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=latent_dim, batch=batch)
         if self.nan_strategy == "error":
-            self._check_finite({"prior_logvar": p.logvar})
+            self._check_finite({"prior_logvar": p.logvar}, weight)
         self._add_logdet(partial(_prior_logdet, self, p, enc.logvar), latent_dim, batch, enc.logvar, weight)
 
 
@@ -206,7 +206,7 @@ class DecoderEntropy(_LogdetMetric):
         dec = _decoder_of("DecoderEntropy.update()", kw, _in.data(kw.get("x")))
         _warn_if_fixed_variance(self, kw.get("dec_logvar"))
         if self.nan_strategy == "error":
-            self._check_finite({"dec_logvar": dec.logvar, "dec_mean": dec.mean})
+            self._check_finite({"dec_logvar": dec.logvar, "dec_mean": dec.mean}, weight)
         like = dec.logvar if dec.logvar is not None else as_float_tensor("likelihood.mean", dec.dist.mean)
         self._add_logdet(partial(_decoder_entropy_update, dec), dec.data_dim, dec.batch_size, like, weight)
 
@@ -281,7 +281,7 @@ class EntropySumELBO(SumAndCountMetric):
         _warn_if_fixed_variance(self, kw.get("dec_logvar"))
         if self.nan_strategy == "error":
             self._check_finite({"enc_logvar": enc.logvar, "prior_logvar": p.logvar, "dec_logvar": dec.logvar,
-                                "dec_mean": dec.mean, "x": d.x})
+                                "dec_mean": dec.mean, "x": d.x}, weight)
 
         def statistics(per_sample: bool) -> list[Tensor]:
             stats = [_encoder_entropy_update(enc, per_sample), _prior_logdet(self, p, enc.logvar, per_sample),
