@@ -59,7 +59,7 @@ class Stage:
     """A stage as the EntropyMonitor drives it: check and keep every batch, reduce at chosen points."""
 
     def __init__(self, batches, profiled, windowed=True, objective=True):
-        self.layout = StageLayout(batches[0], "test", need_loss=objective)
+        self.layout = StageLayout(batches[0], "test", need_loss=objective, need_residual=profiled)
         self.pending = PendingBatches(self.layout)
         self.metrics = StageMetrics(self.layout, profiled=profiled, criterion="entropy", threshold=None,
                                     device=torch.device("cpu"), windowed=windowed, objective=objective)
@@ -223,3 +223,21 @@ def test_stash_is_reduced_once_its_tensors_hold_max_pending_bytes(monkeypatch):
     sums, _, _ = stage.epoch()
     ref_sums, _, _, _ = _reference(batches, profiled=True)
     assert float(sums["sum_profiled"]) == pytest.approx(float(ref_sums["sum_profiled"]), rel=1e-5)
+
+
+def test_only_what_the_metrics_need_is_kept():
+    """With the ELBO returned and a learned variance, no D-sized tensor is held until the reduction."""
+    gen = torch.Generator().manual_seed(6)
+    batches = [_batch(gen, 4, "scalar", prior=True) for _ in range(3)]
+    stage = Stage(batches, profiled=False, objective=False)
+    assert set(stage.layout.kept) == {"enc_mean", "enc_logvar", "elbo", "dec_logvar", "prior_logvar"}
+    assert stage.layout.bytes_per_point == 4 * (2 * H + 1)
+    for b in batches:
+        stage.keep(b)
+    assert all("x" not in kw and "dec_mean" not in kw for kw in stage.pending.batches)
+    sums, _, _ = stage.epoch()
+    ref_sums, _, _, _ = _reference(batches, profiled=False)
+    assert float(sums["sum"]) == pytest.approx(float(ref_sums["sum"]), rel=1e-5)
+    # without the ELBO, x and dec_mean are needed to compute it
+    no_elbo = [{k: v for k, v in b.items() if k != "elbo"} for b in batches]
+    assert {"x", "dec_mean"} <= set(Stage(no_elbo, profiled=False, objective=False).layout.kept)

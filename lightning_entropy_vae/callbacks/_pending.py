@@ -58,20 +58,23 @@ class PendingBatches:
         self._bytes += batch * self.layout.bytes_per_point
         return len(self.batches) >= MAX_PENDING or self._bytes >= MAX_PENDING_BYTES
 
-    def stack(self) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    def stack(self) -> tuple[dict[str, Any], Tensor, Tensor]:
         """The pending batches as one: ``(inputs, keep per point (N,), keep per batch (K,))``; call under no_grad."""
-        layout, batches, sizes = self.layout, self.batches, self.sizes
-        stacked: dict[str, Tensor] = {}
+        layout, batches = self.layout, self.batches
+        stacked: dict[str, Any] = {}
         for key in layout.tensor_keys:
             axis = layout.batch_axis(key)
             values = [b[key] for b in batches]
-            if axis is None:  # one value per batch: one row per point
-                stacked[key] = torch.cat([v.reshape(1, *(v.shape or (1,))).expand(n, *(v.shape or (1,)))
-                                          for v, n in zip(values, sizes)])
-            else:
+            if axis is not None:
                 stacked[key] = values[0] if len(values) == 1 else torch.cat(values, dim=axis)
-        per_batch = self._per_batch(self._probe(stacked))
-        keep_batch = per_batch * 0.0 == 0.0  # finite: x * 0 is NaN for NaN and +-Inf
+                continue
+            rows = torch.stack(values).reshape(len(values), -1)  # one value per batch: (K, k)
+            if key == "dec_logvar" and layout.decoder_layout == "per_dim" and layout.has_elbo:
+                # for the entropy a (D,) log-variance is its mean over the D dimensions: (K, 1), not (N, D)
+                rows = rows.mean(-1, keepdim=True)
+            stacked[key] = self.per_point(rows)
+        keep_batch = self._per_batch(self._probe(stacked)) * 0.0 == 0.0  # finite: NaN for NaN and +-Inf
+        stacked["data_dim"] = layout.data_dim  # D, when neither x nor dec_mean is kept
         return stacked, self.per_point(keep_batch), keep_batch
 
     def losses(self) -> Tensor:
@@ -102,9 +105,9 @@ class PendingBatches:
         return out[0] if len(out) == 1 else torch.cat(out)
 
     def per_point(self, per_batch: Tensor) -> Tensor:
-        """Repeat a per-batch vector (K,) for each of the batch's points: (N,)."""
+        """Repeat each batch's row of ``per_batch`` (K, ...) for each of the batch's points: (N, ...)."""
         out, start = [], 0
         for count, size in _runs(self.sizes):
-            out.append(per_batch[start:start + count].unsqueeze(-1).expand(count, size).reshape(-1))
+            out.append(per_batch[start:start + count].repeat_interleave(size, dim=0))
             start += count
         return out[0] if len(out) == 1 else torch.cat(out)

@@ -72,17 +72,18 @@ class StageRecorder:
         """The stage's first batch fixes its layout (every rule of the vocabulary checked) and its metrics."""
         owner = owner_of(hook, pl_module)
         need_loss = stage == "train" and self.objective
-        layout = StageLayout(values, owner, need_loss=need_loss)
+        found_fixed = False
         if stage == "train" and self.fixed_variance is None:
             lv = values.get("dec_logvar")  # a detached learnable parameter (`.detach()`) is not a fixed variance
-            self.fixed_variance = fixed_decoder_variance(lv) and self.live.parameter_of(lv) is None
-            if self.fixed_variance:
-                rank_zero_warn(
-                    f"{owner}: `dec_logvar` does not require grad, so the decoder variance is fixed (VAE-0 / plain MSE"
-                    " training). The ELBO of such a model does not converge to the entropy sum; their gap stays"
-                    " 0.5*(D - R/sigma^2) per point. Also logging `sum_profiled`: the entropy sum at the optimal"
-                    " variance sigma^2* = mean squared residual, which a learned variance would reach."
-                )
+            self.fixed_variance = found_fixed = fixed_decoder_variance(lv) and self.live.parameter_of(lv) is None
+        layout = StageLayout(values, owner, need_loss=need_loss, need_residual=bool(self.fixed_variance))
+        if found_fixed:
+            rank_zero_warn(
+                f"{owner}: `dec_logvar` does not require grad, so the decoder variance is fixed (VAE-0 / plain MSE"
+                " training). The ELBO of such a model does not converge to the entropy sum; their gap stays"
+                " 0.5*(D - R/sigma^2) per point. Also logging `sum_profiled`: the entropy sum at the optimal"
+                " variance sigma^2* = mean squared residual, which a learned variance would reach."
+            )
         first = values.get("enc_logvar", values.get("posterior"))
         device, dtype = ((first.device, first.dtype) if isinstance(first, torch.Tensor)
                          else (pl_module.device, torch.float32))

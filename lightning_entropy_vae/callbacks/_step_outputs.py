@@ -61,7 +61,8 @@ class StageLayout:
     such as a scalar ``dec_logvar`` or a ``(H,)`` ``prior_logvar``) and the first batch's shape.
     """
 
-    def __init__(self, kw: Mapping[str, Any], owner: str, *, need_loss: bool = False) -> None:
+    def __init__(self, kw: Mapping[str, Any], owner: str, *, need_loss: bool = False,
+                 need_residual: bool = False) -> None:
         d = _in.data(kw.get("x"))
         enc = _in.encoder(kw.get("enc_mean"), kw.get("enc_logvar"), kw.get("posterior"), owner=owner, given=kw)
         if enc.mean is None:
@@ -83,14 +84,25 @@ class StageLayout:
         self.has_prior = p.logvar is not None and p.dist is None
         #: distribution objects cannot be stacked: their batches go to the metrics one by one
         self.distributions = any(kw.get(k) is not None for k in DISTRIBUTION_KEYS)
+        #: every vocabulary key of the first batch: each batch is checked for all of them
         self.keys = tuple(k for k in kw if k in STEP_KEYS and kw[k] is not None and k != "data_dim"
                           and (k != "loss" or need_loss))
         self._keyset = frozenset(self.keys)
         data_rank = len(d.data_shape) if d.data_shape is not None else 1
         self._rules = {k: _shape_rule(k, kw[k], data_rank, dec.layout) for k in self.keys if k != "loss"}
         self._expected: dict[int, dict[str, tuple[int, ...]]] = {}
+        #: the keys the metrics need, of which a batch keeps references: no D-sized tensor unless needed
+        needed = {"enc_mean", "enc_logvar", "posterior", "prior_logvar", "prior", "dec_logvar", "likelihood",
+                  "loss"}
+        if self.has_elbo:
+            needed.add("elbo")
+        if not self.has_elbo or (need_residual and "dec_sq_residual" not in kw):
+            needed.update(("x", "dec_mean"))  # the ELBO from the pieces, or the squared residual
+        if need_residual:
+            needed.add("dec_sq_residual")
+        self.kept = tuple(k for k in self.keys if k in needed)
         #: the tensors a reduction stacks (distribution objects are updated batch by batch)
-        self.tensor_keys = tuple(k for k in self._rules if isinstance(kw[k], Tensor))
+        self.tensor_keys = tuple(k for k in self.kept if k in self._rules and isinstance(kw[k], Tensor))
         #: bytes that references to one point's tensors hold until the reduction
         self.bytes_per_point = sum(kw[k].numel() * kw[k].element_size() for k in self.tensor_keys
                                    if self._rules[k][0] is not None) // self.batch
@@ -116,13 +128,13 @@ class StageLayout:
         ``owner()`` names the hook and module in an error message.
         """
         try:
-            kw = {k: values[k] for k in self.keys}
+            checked = {k: values[k] for k in self.keys}
         except KeyError as err:
             raise ValueError(
                 f"{owner()} expected `{err.args[0]}` in every batch's output, as in the stage's first batch, but got"
                 f" the keys {sorted(str(k) for k in values)}."
             ) from None
-        if len(values) != len(kw):
+        if len(values) != len(checked):
             new = sorted(k for k in values if k in STEP_KEYS and k not in self._keyset and values[k] is not None
                          and k not in ("loss", "data_dim"))
             if new:
@@ -131,16 +143,16 @@ class StageLayout:
                     f" stage's first batch, which fixed its inputs {sorted(k for k in self.keys if k != 'loss')}."
                     " Return the same keys from every batch."
                 )
-        enc = kw.get("enc_logvar", kw.get("posterior"))
+        enc = checked.get("enc_logvar", checked.get("posterior"))
         batch = _full_shape(enc)[0] if isinstance(enc, (Tensor, Distribution)) and _full_shape(enc) else self.batch
         for key, shape in self.expected(batch).items():
-            value = kw[key]
+            value = checked[key]
             if isinstance(value, Tensor):
                 if value.shape != shape or not value.is_floating_point():
                     self._raise(key, value, shape, owner())
             elif not isinstance(value, Distribution) or _full_shape(value) != shape:
                 self._raise(key, value, shape, owner())
-        return kw, batch
+        return {k: checked[k] for k in self.kept}, batch
 
     def _raise(self, key: str, value: Any, shape: tuple[int, ...], owner: str) -> None:
         if not isinstance(value, (Tensor, Distribution)):

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from lightning_entropy_vae.functional import _inputs as _in
 from lightning_entropy_vae.functional._checks import LOG_2PI_E, as_float_tensor, check_keywords, missing_inputs_error
-from lightning_entropy_vae.functional.elbo import _kl_update
+from lightning_entropy_vae.functional.elbo import _kl_compute, _kl_per_latent, _kl_update
 from lightning_entropy_vae.functional.entropy import _entropy_from_logdet
 
 __all__ = [
@@ -46,14 +46,21 @@ COLLAPSE_CRITERIA: tuple[str, ...] = ("entropy", "kl", "active_units")
 #: Default thresholds: 1.0 nat average encoder entropy (the paper), 0.01 nats KL, 0.01 variance.
 DEFAULT_THRESHOLDS: dict[str, float] = {"entropy": 1.0, "kl": 0.01, "active_units": 0.01}
 #: Rows of the per-point table of :func:`_latent_statistics_update`.
-LATENT_ROWS = ("logvar", "kl", "mean", "mean_sq", "prior_logvar")
+LATENT_ROWS = ("logvar", "prior_logvar", "ratio", "scaled_sq", "mean", "mean_sq")
 
 
-def _latent_statistics_update(enc: _in.Encoder, p: _in.Prior) -> Tensor:
-    """Per-point, per-latent sufficient statistics, shape ``(B, 5, H)`` with rows :data:`LATENT_ROWS`."""
+def _latent_statistics_update(enc: _in.Encoder, p: _in.Prior, per_sample: bool = True) -> Tensor:
+    """Per-latent sufficient statistics: per point ``(B, 6, H)`` with rows :data:`LATENT_ROWS`, or their sums
+    over the batch ``(6, H)``. Every per-latent value is a function of their sums (:func:`_latent_statistics_compute`).
+    """
     lv, mean = enc.logvar, enc.mean
-    prior_logvar = p.logvar.expand_as(lv) if p.logvar is not None else torch.zeros_like(lv)
-    return torch.stack([lv, _kl_update(enc, p), mean, mean.square(), prior_logvar], dim=-2)
+    ratio, scaled_sq = _kl_update(enc, p)
+    mean_sq = scaled_sq if p.logvar is None and p.mean is None else mean.square()
+    prior_logvar = p.logvar.expand_as(lv) if p.logvar is not None else lv.new_zeros(()).expand_as(lv)
+    rows = [lv, prior_logvar, ratio, scaled_sq, mean, mean_sq]
+    if per_sample:
+        return torch.stack(rows, dim=-2)
+    return torch.stack([r.sum(0) for r in rows])
 
 
 def _mean_variance_compute(mean_sum: Tensor, mean_sq_sum: Tensor, count: Any) -> Tensor:
@@ -87,11 +94,11 @@ def _latent_statistics_compute(sums: Tensor, count: Any, criterion: str, thresho
     With no points (``count`` 0) every statistic and ``num_active``/``num_collapsed`` are NaN and no
     latent is flagged.
     """
-    logvar, kl, mean, mean_sq, prior_logvar = sums.unbind(-2)
+    logvar, prior_logvar, ratio, scaled_sq, mean, mean_sq = sums.unbind(-2)
     stats = {
         "latent_entropy": _entropy_from_logdet(logvar, count, 1) / count,
         "prior_latent_entropy": _entropy_from_logdet(prior_logvar, count, 1) / count,
-        "latent_kl": kl / count,
+        "latent_kl": _kl_compute(count, logvar, prior_logvar, ratio, scaled_sq) / count,
         "latent_mean_variance": _mean_variance_compute(mean, mean_sq, count),
     }
     collapsed = collapsed_latents(**stats, criterion=criterion, threshold=threshold)
@@ -147,7 +154,7 @@ def latent_kl(
     check_keywords("latent_kl()", vocabulary, ("enc_mean", "enc_logvar", "prior_logvar", "posterior", "prior"))
     enc = _encoder_with_mean("latent_kl()", enc_mean, enc_logvar, posterior)
     p = _in.prior(prior_logvar, prior, latent_dim=enc.logvar.shape[-1], batch=enc.logvar.shape[0])
-    return _kl_update(enc, p).mean(0)
+    return _kl_per_latent(enc, p).mean(0)
 
 
 def latent_mean_variance(*, enc_mean: Tensor | None = None, posterior: Any = None, **vocabulary: Any) -> Tensor:
@@ -232,5 +239,5 @@ def posterior_collapse(
     t = _check_criterion(criterion, threshold)
     enc = _encoder_with_mean("posterior_collapse()", enc_mean, enc_logvar, posterior)
     p = _in.prior(prior_logvar, prior, latent_dim=enc.logvar.shape[-1], batch=enc.logvar.shape[0])
-    sums = _latent_statistics_update(enc, p).sum(0)
+    sums = _latent_statistics_update(enc, p, per_sample=False)
     return _latent_statistics_compute(sums, enc.logvar.shape[0], criterion, t)

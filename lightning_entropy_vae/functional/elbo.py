@@ -49,19 +49,38 @@ def _log_likelihood_update(dec: _in.Decoder, d: _in.Data) -> Tensor:
     return ll.mean(0) if ll.dim() == 2 else ll
 
 
-def _kl_update(enc: _in.Encoder, p: _in.Prior) -> Tensor:
-    r"""Per-sample, per-latent KL (B, H) between the diagonal marginals of q(z|x) and p(z).
+def _kl_update(enc: _in.Encoder, p: _in.Prior) -> tuple[Tensor, Tensor]:
+    r"""Per-point, per-latent sufficient statistics of the KL between the diagonal marginals of q(z|x) and p(z).
 
-    :math:`\tfrac12\left(\tau^2/\alpha^2 + (\nu - m)^2/\alpha^2 - 1 - \log(\tau^2/\alpha^2)\right)`; exact for
-    diagonal q and p. ``prior_logvar`` may be ``(H,)`` or ``(B, H)``; ``None`` means N(0, I).
+    ``(ratio, scaled_sq)``, each (B, H): :math:`\tau^2/\alpha^2` and :math:`(\nu - m)^2/\alpha^2`. With the
+    log-variances, :func:`_kl_compute` gives the KL of any sum of them. ``prior_logvar`` may be ``(H,)`` or
+    ``(B, H)``; ``None`` means N(0, I).
     """
     lvq, lvp = enc.logvar, p.logvar
     diff = enc.mean if p.mean is None else enc.mean - p.mean
     if lvp is None:  # N(0, I): alpha^2 = 1
-        log_ratio, scaled_sq = lvq, diff.square()
-    else:
-        log_ratio, scaled_sq = lvq - lvp, diff.square() * torch.exp(-lvp)
-    return 0.5 * (torch.exp(log_ratio) + scaled_sq - 1.0 - log_ratio)
+        return torch.exp(lvq), diff.square()
+    return torch.exp(lvq - lvp), diff.square() * torch.exp(-lvp)
+
+
+def _kl_compute(count: Any, logvar: Any, prior_logvar: Any, ratio: Any, scaled_sq: Any) -> Any:
+    r"""The KL from sums over ``count`` (point, latent) terms of :math:`\log\tau^2`, :math:`\log\alpha^2` and
+    the two statistics of :func:`_kl_update`:
+
+    .. math::
+
+        \tfrac12\left(\sum \tau^2/\alpha^2 + \sum (\nu - m)^2/\alpha^2 - c - \sum\log\tau^2 + \sum\log\alpha^2\right)
+
+    Elementwise: per point and latent (``count`` 1), summed over the latents of a point (``count`` H),
+    over the points of a latent (``count`` N).
+    """
+    return 0.5 * (ratio + scaled_sq - count - logvar + prior_logvar)
+
+
+def _kl_per_latent(enc: _in.Encoder, p: _in.Prior) -> Tensor:
+    """Per-point, per-latent KL (B, H) of diagonal marginals."""
+    ratio, scaled_sq = _kl_update(enc, p)
+    return _kl_compute(1, enc.logvar, 0.0 if p.logvar is None else p.logvar, ratio, scaled_sq)
 
 
 def _as_mvn(mean: Tensor, logvar: Tensor, dist: Any) -> MultivariateNormal:
@@ -73,7 +92,7 @@ def _as_mvn(mean: Tensor, logvar: Tensor, dist: Any) -> MultivariateNormal:
 def _kl_per_sample_update(enc: _in.Encoder, p: _in.Prior) -> Tensor:
     """Per-sample KL (B,): the sum of :func:`_kl_update` for diagonal q and p, the general Gaussian KL else."""
     if enc.full is None and (p.dist is None or _in.is_diagonal(p.dist)):
-        return _kl_update(enc, p).sum(-1)
+        return _kl_per_latent(enc, p).sum(-1)
     prior_mean = p.mean if p.mean is not None else torch.zeros_like(enc.logvar[0])
     prior_logvar = p.logvar if p.logvar is not None else torch.zeros_like(enc.logvar[0])
     return kl_divergence(_as_mvn(enc.mean, enc.logvar, enc.full), _as_mvn(prior_mean, prior_logvar, p.dist))

@@ -108,14 +108,20 @@ class SumAndCountMetric(Metric):
                 values = torch.cat([*(s.reshape(-1) for s in stats), self._constant_row(constants, like)])
         else:
             weight = check_weight(weight, batch)
-            parts = [s.expand(batch).unsqueeze(-1) if s.dim() <= 1 else s.reshape(batch, -1)
-                     for s in statistics(True)]
-            table = torch.cat([*parts, self._constant_row((*per_point, 1.0), like).expand(batch, -1)], -1)
             keep = weight if weight.dtype == torch.bool else weight > 0
-            table = table.where(keep.unsqueeze(-1), self._constant(0.0, table))
-            if weight.dtype != torch.bool:
-                table = table * weight.unsqueeze(-1).to(table.dtype)
-            values = torch.cat([table.sum(0), self._constant_row((0.0,), like)])
+            # points of weight 0 go before any product (NaN-safe), then the kept ones are summed with their weights
+            w = None if weight.dtype == torch.bool else weight.where(keep, 0.0).unsqueeze(-1)
+            count = keep.sum() if w is None else w.sum()
+            parts = []
+            for stat in statistics(True):
+                if stat.dim() == 0:  # one value for every point: times their weight (nothing when none is kept)
+                    parts.append((stat.where(count > 0, 0.0) * count).reshape(1))
+                    continue
+                table = stat.reshape(batch, -1).where(keep.unsqueeze(-1), self._constant(0.0, stat))
+                parts.append((table if w is None else table * w.to(table.dtype)).sum(0))
+            count = count.to(like.dtype).reshape(1)
+            values = torch.cat([*parts, self._constant_row(per_point, like) * count, count,
+                                self._constant_row((0.0,), like)])
         self._add_values(values)
 
     def _add_values(self, values: Tensor) -> None:

@@ -90,8 +90,8 @@ class PosteriorCollapse(SumAndCountMetric):
         p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=latent_dim, batch=batch)
         if self.nan_strategy == "error":
             self._check_finite({"enc_mean": enc.mean, "enc_logvar": enc.logvar, "prior_logvar": p.logvar}, weight)
-        stats = _latent_statistics_update(enc, p)  # (B, 5, H)
-        self._accumulate(lambda per_sample: [stats if per_sample else stats.sum(0)], (), batch, enc.logvar, weight)
+        self._accumulate(lambda per_sample: [_latent_statistics_update(enc, p, per_sample)], (), batch, enc.logvar,
+                         weight)
 
     def compute(self) -> dict[str, Tensor]:
         sums, count = self._totals()
