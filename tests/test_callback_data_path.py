@@ -175,10 +175,17 @@ def test_later_batch_keys_and_types_are_checked(tmp_path, alter, error, message)
 def test_a_short_last_batch_is_accepted(tmp_path):
     torch.manual_seed(0)
     model = MonitorVAE(lr=0.05)
-    trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",))], max_epochs=1)
+    logger = CSVLogger(tmp_path, name="short", version=0)
+    trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",))], max_epochs=1, log_every_n_steps=4,
+                              logger=logger)
     trainer.fit(model, monitor_loader(monitor_data(21, seed=5)))  # 5 batches of 4, then 1
-    assert [int(e["x"].shape[0]) for e in model.train_epoch(0)][-2:] == [4, 1]
-    assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(0)))
+    entries = model.train_epoch(0)
+    assert [int(e["x"].shape[0]) for e in entries][-2:] == [4, 1]
+    assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(entries))
+    with open(logger.log_dir + "/metrics.csv", newline="") as f:  # the window of batches 1-4 at step 3
+        step = [row for row in csv.DictReader(f) if row.get("entropy/train_step/sum")]
+    assert [int(row["step"]) for row in step] == [3]
+    assert float(step[0]["entropy/train_step/sum"]) == pytest.approx(monitor_reference(entries[:4])["sum"], rel=1e-5)
 
 
 # -------------------------------------------------------------------- None outputs and empty epochs
