@@ -19,6 +19,7 @@ flat storage (FSDP's flat parameters); element ranges are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -81,7 +82,10 @@ class LiveParameters:
         found = self._by_id.get(id(value))
         if found is not None or not self._by_id or (value._base is None and not value.is_leaf):
             return found  # a non-view result of an op never aliases a parameter
-        candidates = self._by_storage.get(value.untyped_storage().data_ptr())
+        return self._in_storage(value, value.untyped_storage())
+
+    def _in_storage(self, value: Tensor, storage: Any) -> nn.Parameter | None:
+        candidates = self._by_storage.get(storage.data_ptr())
         if candidates is None:
             return None
         start, stop = _extent(value)
@@ -91,8 +95,12 @@ class LiveParameters:
                 return p
         return None
 
-    def restore(self, kw: dict[str, Any], owner: str) -> dict[str, Any]:
-        """Swap returned tensors that alias a trainable parameter for the value the forward pass used."""
+    def restore(self, kw: dict[str, Any], owner: Callable[[], str]) -> dict[str, Any]:
+        """Swap returned tensors that alias a trainable parameter for the value the forward pass used.
+
+        Metadata only, except for a copy when no optimizer step preceded (see the module docstring).
+        ``owner()`` names the hook and module in an error message.
+        """
         if not self._by_id:
             return kw
         first = self._watched is None
@@ -100,11 +108,20 @@ class LiveParameters:
             self._watched = []
         swaps = {}
         for key, value in kw.items():
-            if key == "loss":
+            if key == "loss" or not isinstance(value, Tensor):
                 continue
-            p = self.parameter_of(value)
+            p = self._by_id.get(id(value))
+            if p is None and (value._base is not None or value.is_leaf):  # a view or a leaf may alias one
+                storage = value.untyped_storage()
+                if value._base is not None and value.numel() and storage.nbytes() == 0:
+                    raise ValueError(
+                        f"{owner()}: `{key}` is a view of a storage that was freed after the step (a sharded"
+                        " parameter, as FSDP reshards after the forward and backward passes), so it cannot be"
+                        f" read at the next logging step. Return a copy from your step:"
+                        f" `\"{key}\": {key}.detach().clone()`."
+                    )
+                p = self._in_storage(value, storage)
             if p is None:
-                _check_storage(key, value, owner)
                 continue
             if all(w is not p for w in self._watched):
                 self._watched.append(p)
@@ -126,14 +143,3 @@ class LiveParameters:
             return copy
         return copy.as_strided(value.shape, value.stride(), copy.storage_offset() + value.storage_offset()
                                - p.storage_offset())
-
-
-def _check_storage(key: str, value: Any, owner: str) -> None:
-    """A returned view whose storage was freed (a sharded parameter's gathered copy) cannot be read later."""
-    if isinstance(value, Tensor) and value._base is not None and value.numel() and \
-            value.untyped_storage().nbytes() == 0:
-        raise ValueError(
-            f"{owner}: `{key}` is a view of a storage that was freed after the step (a sharded parameter, as FSDP"
-            " reshards after the forward and backward passes), so it cannot be read at the next logging step."
-            f" Return a copy from your step: `\"{key}\": {key}.detach().clone()`."
-        )

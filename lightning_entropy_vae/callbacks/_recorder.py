@@ -62,9 +62,10 @@ class StageRecorder:
         current = self.stages.get(stage)
         if current is None:
             current = self.stages[stage] = self._start(stage, hook, pl_module, values)
-        kw, size = current.layout.check(values, lambda: owner_of(hook, pl_module))
+        owner = lambda: owner_of(hook, pl_module)  # noqa: E731  (built only for an error message)
+        kw, size = current.layout.check(values, owner)
         if stage == "train":
-            kw = self.live.restore(kw, owner_of(hook, pl_module))
+            kw = self.live.restore(kw, owner)
         if current.pending.add(kw, size):
             self.reduce(current, hook, pl_module)
 
