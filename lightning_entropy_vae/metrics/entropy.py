@@ -272,10 +272,13 @@ class EntropySumELBO(SumAndCountMetric):
         owner = "EntropySumELBO.update()"
         kw = merge_inputs(owner, outputs, kwargs)
         d = _in.data(kw.get("x"))
-        enc = _encoder_of(owner, kw)
+        # the means only where they are used: dec_mean for the squared residual, or for B and D without x
+        enc = _in.encoder(None, kw.get("enc_logvar"), kw.get("posterior"), owner=owner, given=kw)
         batch, latent_dim = enc.logvar.shape
         p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=latent_dim, batch=batch)
-        dec = _decoder_of(owner, kw, d)
+        need_mean = self.profile_decoder_variance or d.x is None
+        dec = _in.decoder(kw.get("dec_mean") if need_mean else None, kw.get("dec_logvar"), kw.get("likelihood"), d,
+                          owner=owner, data_dim=kw.get("data_dim"), given=kw)
         if dec.batch_size != batch or (d.batch_size is not None and d.batch_size != batch):
             check_batch(owner, encoder=batch, decoder=dec.batch_size, x=d.batch_size)
         _warn_if_fixed_variance(self, kw.get("dec_logvar"))
