@@ -69,6 +69,8 @@ class SumAndCountMetric(Metric):
         self.nan_strategy = nan_strategy
         self._warned_nonfinite = False
         self._constants: dict[tuple, Tensor] = {}
+        # (key, 0-d constants, constant row) of the last update; its 0-d constants end with a zero
+        self._last_constants: tuple = (None, (), None)
 
     def _add_sum_states(self, num_sums: int) -> None:
         self._num_sums = num_sums
@@ -99,13 +101,17 @@ class SumAndCountMetric(Metric):
         per-point table is weighted and summed, points of weight 0 dropped first (NaN-safe). A non-finite
         total skips the update.
         """
+        last = self._last_constants  # the same batch size, dtype and device as the last update: no lookup
+        if last[0] != (per_point, batch, like.dtype, like.device):
+            constants = (*(c * batch for c in per_point), float(batch), 0.0)
+            last = self._last_constants = ((per_point, batch, like.dtype, like.device),
+                                           self._constants_0d(constants, like), self._constant_row(constants, like))
         if weight is None:
             stats = statistics(False)
-            constants = (*(c * batch for c in per_point), float(batch), 0.0)
             if all(s.dim() == 0 for s in stats):  # one stack of 0-d tensors: the cheapest path
-                values = torch.stack([*stats, *self._constants_0d(constants, like)])
+                values = torch.stack([*stats, *last[1]])
             else:
-                values = torch.cat([*(s.reshape(-1) for s in stats), self._constant_row(constants, like)])
+                values = torch.cat([*(s.reshape(-1) for s in stats), last[2]])
         else:
             weight = check_weight(weight, batch)
             keep = weight if weight.dtype == torch.bool else weight > 0
@@ -130,7 +136,7 @@ class SumAndCountMetric(Metric):
         The test is one dot product: NaN or Inf in any entry (or an entry beyond 1e19 in float32, which no
         sum of log-variances, squared residuals or counts reaches) makes ``v . v`` fail ``< inf``.
         """
-        ok = values.dot(values) < math.inf
+        ok = values.dot(values) < self._constant(math.inf, values)  # a cached tensor: no scalar wrapping
         self._state.add_(torch.where(ok, values, self._skip_row(values)))
 
     def _constants_0d(self, values: tuple[float, ...], like: Tensor) -> tuple[Tensor, ...]:

@@ -48,7 +48,7 @@ def _decoder_of(owner: str, kw: Mapping[str, Any], d: _in.Data) -> _in.Decoder:
 def _prior_logdet(metric: SumAndCountMetric, p: _in.Prior, like: Tensor, per_sample: bool) -> Tensor:
     """The prior's log-determinant statistic; a standard normal's is a cached zero (no op per update)."""
     if p.logvar is None and p.dist is None:
-        return metric._constant(0.0, like)
+        return metric._last_constants[1][-1]  # set by _accumulate before it asks for the statistics
     return _prior_entropy_update(p, like, per_sample)
 
 
