@@ -26,8 +26,10 @@ EXAMPLES = [
     ("quickstart.py", [], r"train\s+-?\d+\.\d+\s+-?\d+\.\d+", ()),
     ("vae_kinds.py", [], r"vae0\s+train.*\d+\.\d+%\s+-?\d+\.\d+", ()),
     ("linear_vae_ppca.py", [], r"entropy sum \(no sampling\)\s+-?\d+\.\d+\s+rel\. error", ()),
-    ("streaming_bic.py", [], r"right H", ()),
-    ("elbo_estimation.py", [], r"100\s+-?\d+\.\d+.*\d+\.\dx", ()),
+    ("streaming_bic.py", [], r"right H by BIC, entropy sum\s+\d+\.\d+% \(100\.00%\)", ()),
+    ("streaming_bic.py", ["--setup", "legacy"], r"legacy set-up.*S = 1;", ()),
+    ("elbo_estimation.py", [], r"100\s+-?\d+\.\d+.*\d+\.\dx\s+-?\d+\.\d+", ()),
+    ("toy_manifolds.py", [], r"manifold\s+100\s+10\s+-?\d+\.\d+.*%", ()),
     ("posterior_collapse.py", [], r"Active latents: EntropyMonitor \(val\) \d+", ()),
     ("early_stopping.py", [], r"EntropyMonitor\(stop_on_convergence\)\s+\d+", ()),
     ("plain_pytorch.py", [], r"\n\s+2\s+-?\d+\.\d+\s+-?\d+\.\d+", ()),
@@ -48,7 +50,8 @@ def _env() -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize(("script", "args", "expected", "needs"), EXAMPLES, ids=[e[0] for e in EXAMPLES])
+@pytest.mark.parametrize(("script", "args", "expected", "needs"), EXAMPLES,
+                         ids=[" ".join([e[0], *e[1]]) for e in EXAMPLES])
 def test_example_runs(script, args, expected, needs, tmp_path):
     for module in needs:  # in the [examples] extra; a missing one is a broken environment, not a skip
         assert importlib.util.find_spec(module), f"{script} needs {module}: pip install '.[examples]'"
@@ -68,7 +71,7 @@ def test_every_example_is_listed():
     assert missing == [], f"add a line to examples/README.md for {missing}"
 
 
-@pytest.mark.parametrize("script", [e[0] for e in EXAMPLES])
+@pytest.mark.parametrize("script", sorted({e[0] for e in EXAMPLES}))
 def test_example_exposes_main(script, monkeypatch):
     """``main(argv=None) -> dict`` is what benchmarks import; importing a script must not run it."""
     monkeypatch.syspath_prepend(str(EXAMPLES_DIR))  # as `python examples/<script>` sees it: _common.py is there
