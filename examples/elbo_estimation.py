@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
             model = train(kind, train_x, latents, args)
             r = estimate(model, held_out, args)
             r.update(data=name, kind=kind, data_dim=train_x.shape[1], latents=latents, n_train=len(train_x),
+                     iwae_samples=args.iwae_samples,
                      seconds=round(time.perf_counter() - start, 1))
             results[f"{name}/{kind}"] = r
             report(r, args)

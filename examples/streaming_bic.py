@@ -19,7 +19,7 @@ sigma = softplus(b) with a = b = 0 at the start, ``nn.Linear``'s initialisation.
 is this script's earlier set-up: S = 1, one stream shared by the models, a new subspace per segment,
 log-variance parameters. Both record the values before the optimizer step.
 
-    python examples/streaming_bic.py                  # the paper's set-up and size, about 2 min on one core
+    python examples/streaming_bic.py                  # the paper's set-up and size, about 1 min on one core
     python examples/streaming_bic.py --setup legacy   # the earlier set-up
     python examples/streaming_bic.py --smoke          # a few seconds
 

@@ -14,7 +14,7 @@ The paper's code adds no noise to the k-manifold; here every set carries noise o
 rescaling (the swiss roll 0.005, as scikit-learn's roll with noise 0.05 divided by 10), so that each
 has a density in its D dimensions. The circle's noise is isotropic here, radial there.
 
-    python examples/toy_manifolds.py                        # 7 data sets x 2 models, about 10 min on one core
+    python examples/toy_manifolds.py                        # 7 data sets x 2 models, about 3 min on one core
     python examples/toy_manifolds.py --data circle cosine   # some of them
     python examples/toy_manifolds.py --smoke                # a few seconds
 """
@@ -130,7 +130,7 @@ def fit(kind: str, x: Tensor, latents: int, args: argparse.Namespace) -> dict:
         curve.append(rel_gap(*elbo_and_sum(model, x, 1)))
     elbo, entropy_sum = elbo_and_sum(model, x, args.eval_samples)
     return {"elbo": elbo, "sum": entropy_sum, "rel_gap": rel_gap(elbo, entropy_sum), "abs_gap": elbo - entropy_sum,
-            "floored_gap": floored_gap(elbo, entropy_sum, x.shape[1]), "curve": curve,
+            "floored_gap": floored_gap(elbo, entropy_sum, x.shape[1]), "data_dim": x.shape[1], "curve": curve,
             "seconds": round(time.perf_counter() - start, 1)}
 
 
