@@ -351,7 +351,7 @@ def write_markdown(rows: list[dict], path: Path, seconds: float, argv: list[str]
         "# Reproducing the paper's results",
         "",
         "Damm et al., *The ELBO of Variational Autoencoders Converges to a Sum of Three Entropies*, AISTATS 2023.",
-        "Produced by `python benchmarks/reproduce.py` (all claims, default sizes; about 45 minutes on one CPU"
+        "Produced by `python benchmarks/reproduce.py` (all claims, default sizes; about 25 minutes on one CPU"
         f" thread, torch {torch.__version__}). `--only CLAIM ...` re-runs some claims and keeps the other rows"
         f" of the last run (`runs/reproduce/rows.json`); this file's last writer: `reproduce.py {' '.join(argv)}`"
         f" ({seconds / 60:.1f} min). S in a command is the seed (0 ... seeds-1). Verdicts follow the rule"
