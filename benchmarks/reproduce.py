@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CLAIMS = ("ppca", "gaps", "fixed", "spread", "streaming", "collapse", "stopping")
+CLAIMS = ("ppca", "gaps", "manifolds", "fixed", "spread", "streaming", "collapse", "stopping")
 #: Per-data settings of the gap claim (the examples' defaults are for pPCA data).
 GAP_ARGS = {
     "ppca": [],
@@ -123,49 +123,186 @@ def claim_fixed(args, out) -> list[dict]:
 
 def claim_spread(args, out) -> list[dict]:
     extra = [*args.common, "--out", str(out / "spread")]
-    r = run("elbo_estimation", extra)
-    ratios = r["std_ratio"]
+    results = run("elbo_estimation", extra)
     rows = []
-    for n in (100, 1000):
-        if n in ratios:
-            ratio = ratios[n]
-            rows.append({
-                "claim": f"Held-out ELBO estimate from n = {n} points: spread of the sampled ELBO / entropy sum",
-                "paper": "Fig. 2b: the entropy sum's standard deviation is orders of magnitude smaller",
-                "ours": f"std ratio {ratio:.1f}x (10 repeats)",
-                "verdict": "match" if ratio >= 10 else "short",
-                "why": "at least an order of magnitude" if ratio >= 10 else "less than an order of magnitude here",
-                "command": cmd("elbo_estimation", args.common),
-            })
+    for r in results.values():
+        ratios = [r["std_ratio"][n] for n in r["sizes"]]
+        ok = min(ratios) >= 10
+        iwae = [(n, m) for n, m in zip(r["sizes"], r["iwae_mean"]) if m == m]  # NaN where not computed
+        n_ref, iwae_ref = iwae[-1] if iwae else (None, float("nan"))
+        i_ref = r["sizes"].index(n_ref) if n_ref else -1
+        point = r["point_std_elbo"] / r["point_std_sum"]
+        cost = r["us_per_point"]
+        if ok:
+            why = "at least an order of magnitude at every n"
+        elif r["kind"] == "vae3":
+            why = ("VAE-3's decoder entropy depends on x and z, so its entropy sum varies from point to point too"
+                   f" ({r['point_std_sum']:.2f} vs {r['point_std_elbo']:.2f} nats per point for the ELBO); that is"
+                   " spread over the points, which more z samples per point do not remove")
+        else:
+            why = (f"per point the ELBO varies {r['point_std_elbo']:.2f} nats and the entropy sum"
+                   f" {r['point_std_sum']:.2f} (through tau^2(x)) at D = {r['data_dim']}; the paper's Fig. 2 is a"
+                   " VAE-1 at D = 12,288, where a point's ELBO sums far more terms")
+        rows.append({
+            "claim": f"Held-out ELBO estimate, {r['kind'].upper()} on {r['data']} (D = {r['data_dim']}, H ="
+                     f" {r['latents']}): spread of the sampled ELBO / entropy sum",
+            "paper": "Fig. 2b (VAE-1 on CelebA): n = 10 ... 10,000 in batches of 10, 10 repeats; the entropy sum's"
+                     " std orders of magnitude below the ELBO's",
+            "ours": "std ratio at n = " + ", ".join(f"{n:,}: {v:.1f}x" for n, v in zip(r["sizes"], ratios))
+                    + f" (std of the ELBO {r['elbo_std'][0]:.3f} ... {r['elbo_std'][-1]:.4f}, of the entropy sum"
+                    f" {r['sum_std'][0]:.3f} ... {r['sum_std'][-1]:.4f}); per point {point:.1f}x. Mean at n ="
+                    f" {n_ref:,}: ELBO {r['elbo_mean'][i_ref]:.3f}, entropy sum {r['sum_mean'][i_ref]:.3f}, IWAE"
+                    f" (K = {r['iwae_samples']:,}) log-likelihood {iwae_ref:.3f} (std {r['iwae_std'][i_ref]:.3f});"
+                    f" cost per point {cost['iwae']:.0f} us for the IWAE vs {cost['single']:.1f} us for ELBO and"
+                    f" entropy sum together ({cost['iwae'] / cost['single']:.0f}x)",
+            "verdict": "match" if ok else "short",
+            "why": why,
+            "command": cmd("elbo_estimation", args.common),
+        })
     return rows
 
 
+def _finite(value: float | None) -> float:
+    """A settling offset of None (never settled within the segment) counts as infinitely late."""
+    return float("inf") if value is None else value
+
+
+def _seed_range(values: list[float], fmt: str) -> str:
+    """Median over seeds with the range in brackets."""
+    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
 def claim_streaming(args, out) -> list[dict]:
-    extra = ["--segment-size", str(args.segment_size), *args.common, "--out", str(out / "streaming")]
-    r = run("streaming_bic", extra)
-    share_sum, share_elbo = r["right_share_sum"], r["right_share_elbo"]
-    right = [r["latents"].index(k) for k in r["dims"]]  # the model with the segment's intrinsic dimension
-    std_right = [r["std_ratio"][s][m] for s, m in enumerate(right)]
-    noise_right = [r["noise_ratio"][s][m] for s, m in enumerate(right)]
-    perfect = all(s >= 0.999 for s in share_sum)
-    std_ok = min(std_right) >= 9
-    return [{
-        "claim": "Streaming model selection (D = 10; intrinsic dims 6, 2, 4; linear VAEs H = 2, 4, 6)",
-        "paper": "Fig. 3a: entropy-sum BIC picks the right H in 100 % of the last 5,000 batches;"
-                 " ELBO BIC 98.3-99.9 %; per-batch std 9-20x lower",
-        "ours": f"right H (last {r['eval_batches']} batches per segment): entropy sum "
-                + ", ".join(pct(s) for s in share_sum) + "; sampled ELBO " + ", ".join(pct(s) for s in share_elbo)
-                + "; std ratio ELBO/sum of the right model per segment (incl. the drift of learning) "
-                + ", ".join(f"{v:.1f}x" for v in std_right)
-                + "; batch-to-batch " + ", ".join(f"{v:.0f}x" for v in noise_right),
-        "verdict": ("match" if std_ok else "match (selection), short (spread)") if perfect else "short",
-        "why": ("entropy-sum BIC right in every evaluated batch" if perfect
-                else "the entropy-sum BIC misses some batches at this segment size")
-        + ("" if std_ok else "; the std over the last batches also holds the slow drift of the still-learning"
-           " models, which both BICs share, so it can fall below 9x where a segment's learning is slow (segment"
-           " 1, H = 6); the batch-to-batch noise is 2-3 orders of magnitude lower with the entropy sum"),
-        "command": cmd("streaming_bic", ["--segment-size", str(args.segment_size), *args.common]),
-    }]
+    size = ["--segment-size", str(args.segment_size)]
+    runs = [run("streaming_bic", [*size, *args.common, "--seed", str(s),
+                                  "--out", str(out / ("streaming" if s == 0 else f"streaming_{s}"))])
+            for s in range(args.seeds)]
+    legacy = run("streaming_bic", [*size, *args.common, "--setup", "legacy", "--out", str(out / "streaming_legacy")])
+    paper = example("streaming_bic").PAPER
+    segments = range(len(runs[0]["dims"]))
+    seeds = f"{len(runs)} seeds, median (range) per segment"
+    command = cmd("streaming_bic", [*size, *args.common, "--seed", "S"])
+
+    def per_segment(key: str, fmt: str) -> str:
+        return "; ".join(_seed_range([_finite(r[key][s]) for r in runs], fmt) for s in segments)
+
+    def paper_values(key: str, fmt: str) -> str:
+        return " / ".join(format(v, fmt) for v in paper[key])
+
+    def medians(key: str) -> list[float]:
+        return [statistics.median(_finite(r[key][s]) for r in runs) for s in segments]
+
+    setup = ("paper's set-up (S = 100, one stream per model, nested subspaces, softplus std; values before the"
+             " optimizer step)")
+    sum_all = all(r["right_share_sum"][s] == 1.0 for r in runs for s in segments)
+    lo, hi = paper["std_ratio_range"]
+    ratio_med = medians("std_ratio_right")
+    inside = all(lo <= v <= hi for v in ratio_med)
+    outside = [f"seed {i}, segment {s + 1}: {r['std_ratio_right'][s]:.1f}x" for i, r in enumerate(runs)
+               for s in segments if not lo <= r["std_ratio_right"][s] <= hi]
+    above = all(r["std_ratio_right"][s] >= lo for r in runs for s in segments)
+    all_models = [v for r in runs for per_model in r["std_ratio"] for v in per_model]
+    noise_med = medians("noise_ratio_right")
+    noise_ok = all(0.5 <= ours / theirs <= 2 for ours, theirs in zip(noise_med, paper["noise_ratio_right"]))
+    settle_sum, settle_elbo = medians("settle_sum"), medians("settle_elbo")
+    sooner = all(a < b for a, b in zip(settle_sum, settle_elbo))
+    pairs_sooner = sum(_finite(r["settle_sum"][s]) < _finite(r["settle_elbo"][s]) for r in runs for s in segments)
+    return [
+        {
+            "claim": "Streaming model selection (Fig. 3a; D = 10, intrinsic dims 6, 2, 4; linear VAEs H = 2, 4, 6):"
+                     " right H by BIC over the last 5,000 batches of each segment",
+            "paper": "authors' published outputs: entropy sum " + paper_values("right_share_sum", ".2%")
+                     + "; sampled ELBO " + paper_values("right_share_elbo", ".2%"),
+            "ours": f"{setup}, {seeds}: entropy sum " + per_segment("right_share_sum", ".2%") + "; sampled ELBO "
+                    + per_segment("right_share_elbo", ".2%"),
+            "verdict": "match" if sum_all else "short",
+            "why": "the entropy-sum BIC picks the right H in every evaluated batch of every segment and seed"
+                   if sum_all else "the entropy-sum BIC misses some batches",
+            "command": command,
+        },
+        {
+            "claim": "Streaming model selection: std of the right model's BIC, ELBO / entropy sum",
+            "paper": "authors' published outputs: " + paper_values("bic_std_elbo", ".2f") + " vs "
+                     + paper_values("bic_std_sum", ".3f") + ", ratio " + paper_values("std_ratio_right", ".1f")
+                     + f"x ({lo}-{hi}x over all models)",
+            "ours": f"{seeds}: " + per_segment("bic_std_elbo", ".2f") + " vs " + per_segment("bic_std_sum", ".3f")
+                    + "; ratio " + per_segment("std_ratio_right", ".1f") + f"; {min(all_models):.1f}-"
+                    f"{max(all_models):.1f}x over all models and seeds. Earlier set-up (`--setup legacy`: S = 1,"
+                    " one shared stream, a new subspace per segment, log-variance parameters), seed 0: ratio "
+                    + " / ".join(f"{v:.1f}" for v in legacy["std_ratio_right"]) + "x",
+            "verdict": "match" if inside else "short",
+            "why": (f"the median over seeds is inside the authors' {lo}-{hi}x in every segment" if inside
+                    else f"the median over seeds leaves the authors' {lo}-{hi}x in some segment")
+                   + ("; single seeds outside: " + ", ".join(outside) if outside else "")
+                   + (" (all above it: the entropy sum steadier still)" if outside and above else "")
+                   + ("; over all models the ratio drops where a model with more latents than the data still drifts"
+                      " late in a segment: the entropy sum follows that drift (see reproduce_streaming_bic.png)"
+                      if min(all_models) < lo else ""),
+            "command": command,
+        },
+        {
+            "claim": "Streaming model selection: batch-to-batch std ratio of the right model's BIC, and the per-point"
+                     " std",
+            "paper": "authors' published outputs: " + paper_values("noise_ratio_right", ".0f") + "x; per point"
+                     f" {paper['point_std_elbo'][0]}-{paper['point_std_elbo'][1]} (ELBO) vs"
+                     f" {paper['point_std_sum'][0]}-{paper['point_std_sum'][1]} (entropy sum)",
+            "ours": f"{seeds}: " + per_segment("noise_ratio_right", ".0f") + "x; per point "
+                    + per_segment("point_std_elbo", ".2f") + " vs " + per_segment("point_std_sum", ".3f")
+                    + "; earlier set-up, seed 0: " + " / ".join(f"{v:.0f}" for v in legacy["noise_ratio_right"])
+                    + "x",
+            "verdict": "match" if noise_ok else "short",
+            "why": "median within a factor of 2 of the authors' value in every segment" if noise_ok
+                   else "the median is more than a factor of 2 off the authors' value in some segment",
+            "command": command,
+        },
+        {
+            "claim": f"Streaming model selection: batches after each change until the BIC picks the right H"
+                     f" {runs[0]['settle_run']} times in a row",
+            "paper": "authors' published outputs: entropy sum " + paper_values("settle_sum", "d") + "; ELBO "
+                     + paper_values("settle_elbo", "d"),
+            "ours": f"{seeds}: entropy sum " + per_segment("settle_sum", ".0f") + "; ELBO "
+                    + per_segment("settle_elbo", ".0f")
+                    + f"; the entropy sum first in {pairs_sooner} of {len(runs) * len(segments)} seed-segment pairs",
+            "verdict": "match" if sooner else "short",
+            "why": "the entropy-sum BIC settles sooner than the ELBO's after every change (median over seeds)"
+                   if sooner else "the entropy-sum BIC does not settle sooner after every change",
+            "command": command,
+        },
+    ]
+
+
+def claim_manifolds(args, out) -> list[dict]:
+    runs = [run("toy_manifolds", [*args.common, "--seed", str(s),
+                                  "--out", str(out / ("manifolds" if s == 0 else f"manifolds_{s}"))])
+            for s in range(args.seeds)]
+    rows = []
+    for name, per_kind in runs[0].items():
+        dim = next(iter(per_kind.values()))["data_dim"]
+        cells, good, floored = [], True, []
+        for kind in ("vae1", "vae3"):
+            gaps = [r[name][kind]["rel_gap"] for r in runs]
+            q1, med, q3 = quartiles(gaps)
+            cells.append(f"{kind.upper()} median {pct(med)} ({pct(q1)} - {pct(q3)})")
+            if statistics.median(abs(r[name][kind]["elbo"]) for r in runs) < 0.1 * dim:  # ELBO near zero
+                med = statistics.median(r[name][kind]["floored_gap"] for r in runs)
+                floored.append(f"{kind.upper()} {pct(med)}")
+            good = good and med <= 0.04
+        elbos = ", ".join(f"{kind.upper()} {statistics.median(r[name][kind]['elbo'] for r in runs):.3f}"
+                          for kind in ("vae1", "vae3"))
+        rows.append({
+            "claim": f"Toy manifold {name} (D = {dim}): final |relative gap| (train), VAE-1 and VAE-3",
+            "paper": "Fig. 1, 5 and the verification data of the authors' code: relative difference on a 0-4 % axis",
+            "ours": "; ".join(cells) + f" over {len(runs)} seeds (quartiles); median ELBO {elbos} nats per point"
+                    + ("; floored gap |ELBO - sum| / max(|sum|, 0.1 D): " + ", ".join(floored)
+                       if floored else ""),
+            "verdict": "match" if good else "short",
+            "why": ("both medians inside the paper's 0-4 %" if good else "a median above 4 %")
+                   + ("; where the median |ELBO| < 0.1 D the relative difference is ill-conditioned (the ELBO"
+                      " crosses zero; a change of units x -> c x shifts it by -D log c), so the floored gap decides"
+                      if floored else ""),
+            "command": cmd("toy_manifolds", [*args.common, "--seed", "S"]),
+        })
+    return rows
 
 
 def claim_collapse(args, out) -> list[dict]:
@@ -214,7 +351,7 @@ def write_markdown(rows: list[dict], path: Path, seconds: float, argv: list[str]
         "# Reproducing the paper's results",
         "",
         "Damm et al., *The ELBO of Variational Autoencoders Converges to a Sum of Three Entropies*, AISTATS 2023.",
-        "Produced by `python benchmarks/reproduce.py` (all claims, default sizes; about 10 minutes on one CPU"
+        "Produced by `python benchmarks/reproduce.py` (all claims, default sizes; about 25 minutes on one CPU"
         f" thread, torch {torch.__version__}). `--only CLAIM ...` re-runs some claims and keeps the other rows"
         f" of the last run (`runs/reproduce/rows.json`); this file's last writer: `reproduce.py {' '.join(argv)}`"
         f" ({seconds / 60:.1f} min). S in a command is the seed (0 ... seeds-1). Verdicts follow the rule"
@@ -261,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:  # one figure per claim folder (not the per-seed gap runs) next to the results
         figures = args.results.parent / "figures"
         figures.mkdir(parents=True, exist_ok=True)
-        for folder in ("fixed", "spread", "streaming", "collapse", "stopping"):
+        for folder in ("manifolds", "fixed", "spread", "streaming", "collapse", "stopping"):
             for png in sorted((args.out / folder).glob("*.png")):
                 shutil.copyfile(png, figures / f"reproduce_{png.name}")
     write_markdown(rows, args.results, seconds, argv)

@@ -13,9 +13,13 @@ from lightning_entropy_vae.data import (
     ToyDataModule,
     load_digits_tensor,
     make_circle,
+    make_cosine,
     make_eight_gaussians,
+    make_lemniscate,
+    make_manifold,
     make_pca_ring,
     make_ppca_data,
+    make_spiral_3d,
     make_streaming_data,
     make_swiss_roll,
     split_tensor,
@@ -28,6 +32,11 @@ GENERATORS = [
     (make_pca_ring, {}, 10),
     (make_pca_ring, {"data_dim": 5}, 5),
     (make_ppca_data, {"data_dim": 7, "latent_dim": 2}, 7),
+    (make_cosine, {}, 2),
+    (make_lemniscate, {}, 2),
+    (make_spiral_3d, {}, 3),
+    (make_manifold, {}, 100),
+    (make_manifold, {"latent_dim": 3, "data_dim": 8}, 8),
 ]
 
 
@@ -85,6 +94,45 @@ def test_toy_manifolds_without_noise():
     assert roll[:, 1].min() >= 0 and roll[:, 1].max() <= 21
 
 
+def test_paper_manifolds_without_noise():
+    """Each point satisfies the curve's implicit equation (float64 checks on the float32 output)."""
+    cos = make_cosine(500, noise_std=0.0).double()
+    assert cos[:, 0].min() >= 0 and cos[:, 0].max() <= 3 * math.pi + 1e-5 and cos[:, 0].max() > 3 * math.pi - 0.1
+    torch.testing.assert_close(cos[:, 1], torch.cos(cos[:, 0]) + 1, atol=1e-5, rtol=0)
+    eight = 2 * make_lemniscate(4000, noise_std=0.0).double()  # Gerono: X^4 = X^2 - Y^2
+    torch.testing.assert_close(eight[:, 0] ** 4, eight[:, 0] ** 2 - eight[:, 1] ** 2, atol=1e-6, rtol=0)
+    assert abs(float((eight[:, 0] > 0).double().mean()) - 0.6) < 0.03  # t ~ U(-pi/2, 2 pi): 1.5 of 2.5 loops
+    spiral = make_spiral_3d(500, noise_std=0.0).double() - 1.5
+    a, b, c = (spiral[:, 0] + spiral[:, 2]) / 2, spiral[:, 1], (spiral[:, 2] - spiral[:, 0]) / 2
+    torch.testing.assert_close(a**2 + b**2, torch.full((500,), 6.25, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert c.min() >= -1e-6 and c.max() <= 3 + 1e-6
+    torch.testing.assert_close(torch.atan2(a, b) % (2 * math.pi), 2 * math.pi * c / 3, atol=1e-4, rtol=0)
+
+
+def test_manifold_is_a_function_of_its_first_k_coordinates():
+    x = make_manifold(400, latent_dim=4, data_dim=12, noise_std=0.0, seed=1).double()
+    base, rest = x[:, :4], x[:, 4:]
+    torch.testing.assert_close(base.mean(0), torch.full((4,), -0.175, dtype=torch.float64), atol=0.06, rtol=0)
+    torch.testing.assert_close(base.std(0), torch.full((4,), 0.35, dtype=torch.float64), rtol=0.15, atol=0)
+    squares = base.square()
+    for j in range(rest.shape[1]):  # some pair (a, b) of latent coordinates explains every other column
+        errors = [(rest[:, j] - 0.35 * torch.cos(squares[:, a] + squares[:, b])).abs().max() for a in range(4)
+                  for b in range(4)]
+        assert min(errors) < 1e-5
+    same_pairs = make_manifold(400, latent_dim=4, data_dim=12, noise_std=0.0, seed=2, param_seed=1).double()
+    assert not torch.allclose(same_pairs, x)
+    for j in range(8):
+        a_b = [(a, b) for a in range(4) for b in range(4)
+               if (rest[:, j] - 0.35 * torch.cos(squares[:, a] + squares[:, b])).abs().max() < 1e-5]
+        s2 = same_pairs[:, :4].square()
+        assert any((same_pairs[:, 4 + j] - 0.35 * torch.cos(s2[:, a] + s2[:, b])).abs().max() < 1e-5 for a, b in a_b)
+    noisy = make_manifold(20_000, latent_dim=3, data_dim=6, noise_std=0.1, seed=0).double()
+    clean = make_manifold(20_000, latent_dim=3, data_dim=6, noise_std=0.0, seed=0).double()
+    torch.testing.assert_close((noisy - clean).std(0), torch.full((6,), 0.1, dtype=torch.float64), rtol=0.05, atol=0)
+    with pytest.raises(ValueError, match=r"Expected `data_dim` >= `latent_dim` = 5, but got 4;"):
+        make_manifold(10, latent_dim=5, data_dim=4)
+
+
 def test_pca_ring_is_a_planar_ring():
     ring = make_pca_ring(2000, data_dim=10, noise_std=0.0, seed=3).double()
     assert torch.linalg.matrix_rank(ring, rtol=1e-5) == 2
@@ -96,28 +144,52 @@ def test_pca_ring_is_a_planar_ring():
     assert torch.linalg.matrix_rank(make_pca_ring(500, noise_std=0.05).double()) == 10
 
 
-def test_streaming_segments_have_their_intrinsic_dimension():
+def _segment_bases(x, n, dims):
+    """Leading eigenvectors (D, k) of each segment's sample covariance."""
+    return [torch.linalg.eigh(torch.cov(x[i * n : (i + 1) * n].double().T)).eigenvectors[:, -k:]
+            for i, k in enumerate(dims)]
+
+
+def _outside(inner, outer):
+    """Norm of the part of the columns of ``inner`` outside the span of the orthonormal ``outer``."""
+    return float((inner - outer @ (outer.T @ inner)).norm())
+
+
+@pytest.mark.parametrize("subspaces", ["nested", "fresh"])
+def test_streaming_segments_have_their_intrinsic_dimension(subspaces):
     n = 20_000
-    x, intrinsic_dim = make_streaming_data(segment_size=n, dims=(6, 2, 4), noise_std=0.1, seed=0)
+    x, intrinsic_dim = make_streaming_data(segment_size=n, dims=(6, 2, 4), noise_std=0.1, seed=0,
+                                           subspaces=subspaces)
     assert x.shape == (3 * n, 10) and x.dtype == torch.float32
     assert intrinsic_dim.dtype == torch.int64
     assert intrinsic_dim.tolist() == [6] * n + [2] * n + [4] * n
     scales = torch.linspace(1, 5, 10, dtype=torch.float64)
-    bases = []
     for i, k in enumerate((6, 2, 4)):
-        segment = x[i * n : (i + 1) * n]
-        eig = _eigvals(segment)
+        eig = _eigvals(x[i * n : (i + 1) * n])
         torch.testing.assert_close(eig[:k], (scales[:k] ** 2 + 0.01).flip(0), rtol=0.06, atol=0)
         torch.testing.assert_close(
             eig[k:], torch.full((10 - k,), 0.01, dtype=torch.float64), rtol=0.1, atol=0
         )
-        bases.append(torch.linalg.eigh(torch.cov(segment.double().T)).eigenvectors[:, -k:])
-    # the 2-D subspace of segment 2 is not inside the 6-D subspace of segment 1
-    residual = bases[1] - bases[0] @ (bases[0].T @ bases[1])
-    assert residual.norm() > 0.5
-    again = make_streaming_data(segment_size=50, seed=0)
-    assert torch.equal(again.x, make_streaming_data(segment_size=50, seed=0).x)
-    assert not torch.allclose(again.x, make_streaming_data(segment_size=50, seed=1).x)
+    again = make_streaming_data(segment_size=50, seed=0, subspaces=subspaces)
+    assert torch.equal(again.x, make_streaming_data(segment_size=50, seed=0, subspaces=subspaces).x)
+    assert not torch.allclose(again.x, make_streaming_data(segment_size=50, seed=1, subspaces=subspaces).x)
+
+
+def test_streaming_subspaces_nested_or_fresh():
+    n = 20_000
+    nested = _segment_bases(make_streaming_data(segment_size=n, seed=0).x, n, (6, 2, 4))
+    # one orthogonal U: segment 2 (k = 2) and segment 3 (k = 4) lie in segment 1's 6-D subspace, 2 in 3
+    assert _outside(nested[1], nested[0]) < 0.05
+    assert _outside(nested[2], nested[0]) < 0.05
+    assert _outside(nested[1], nested[2]) < 0.05
+    fresh = _segment_bases(make_streaming_data(segment_size=n, seed=0, subspaces="fresh").x, n, (6, 2, 4))
+    assert _outside(fresh[1], fresh[0]) > 0.5  # a new subspace per segment
+    # param_seed fixes the subspaces; seed draws another stream of them
+    other = make_streaming_data(segment_size=n, seed=7, param_seed=0)
+    assert not torch.allclose(other.x[:100], make_streaming_data(segment_size=100, seed=0).x[:100])
+    for mine, theirs in zip(_segment_bases(other.x, n, (6, 2, 4)), nested):
+        assert _outside(mine, theirs) < 0.05
+    assert _outside(_segment_bases(make_streaming_data(segment_size=n, seed=7).x, n, (6,))[0][:, -2:], nested[0]) > 0.1
 
 
 @pytest.mark.parametrize(
@@ -131,6 +203,7 @@ def test_streaming_segments_have_their_intrinsic_dimension():
         ({"dims": ()}, r"Expected `dims` .* but got \(\)\."),
         ({"dims": (3, 5), "data_dim": 4}, r"between 1 and 4 \(min\(data_dim, 10\)\), but got \(3, 5\)\."),
         ({"segment_size": 0}, r"Expected `segment_size` to be a positive int, but got 0\."),
+        ({"subspaces": "random"}, r"Expected `subspaces` to be one of \('nested', 'fresh'\), but got 'random'\."),
     ],
 )
 def test_streaming_validates_arguments(kwargs, match):
@@ -250,7 +323,9 @@ def test_toy_datamodule():
     assert len(dm.train_dataloader()) == 18
     full = make_ppca_data(1000, data_dim=6, latent_dim=2, seed=2)
     assert sorted(map(tuple, torch.cat([dm.train, dm.val]).tolist())) == sorted(map(tuple, full.tolist()))
-    assert sorted(TOY_DATASETS) == ["circle", "eight_gaussians", "pca_ring", "ppca", "swiss_roll"]
+    assert sorted(TOY_DATASETS) == [
+        "circle", "cosine", "eight_gaussians", "lemniscate", "manifold", "pca_ring", "ppca", "spiral_3d", "swiss_roll"
+    ]
     for name in TOY_DATASETS:
         if name != "ppca":
             assert ToyDataModule(name, n=50, val_fraction=0.0).val is None

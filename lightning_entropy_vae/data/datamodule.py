@@ -10,7 +10,28 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_entropy_vae.data.digits import load_digits_tensor, pixel_statistics
-from lightning_entropy_vae.data.synthetic import TOY_DATASETS, _check_positive_int
+from lightning_entropy_vae.data.manifolds import make_cosine, make_lemniscate, make_manifold, make_spiral_3d
+from lightning_entropy_vae.data.synthetic import (
+    _check_positive_int,
+    make_circle,
+    make_eight_gaussians,
+    make_pca_ring,
+    make_ppca_data,
+    make_swiss_roll,
+)
+
+TOY_DATASETS = {
+    "circle": make_circle,
+    "cosine": make_cosine,
+    "eight_gaussians": make_eight_gaussians,
+    "lemniscate": make_lemniscate,
+    "manifold": make_manifold,
+    "pca_ring": make_pca_ring,
+    "ppca": make_ppca_data,
+    "spiral_3d": make_spiral_3d,
+    "swiss_roll": make_swiss_roll,
+}
+"""Generators by name, called as ``fn(n, seed=..., **kwargs)`` ("ppca" needs ``data_dim``, ``latent_dim``)."""
 
 
 def _check_data(name: str, x: Any) -> None:
@@ -169,7 +190,8 @@ class ToyDataModule(TensorDataModule):
     """A synthetic data set by name (see ``TOY_DATASETS``), generated once and split into train/val.
 
     Args:
-        name: ``"circle"``, ``"eight_gaussians"``, ``"pca_ring"``, ``"ppca"`` or ``"swiss_roll"``.
+        name: a key of ``TOY_DATASETS``: ``"circle"``, ``"cosine"``, ``"eight_gaussians"``, ``"lemniscate"``,
+            ``"manifold"``, ``"pca_ring"``, ``"ppca"``, ``"spiral_3d"`` or ``"swiss_roll"``.
         n: number of points generated (before the split).
         val_fraction: share held out for validation, in [0, 1).
         batch_size: rows per batch.

@@ -159,11 +159,3 @@ def make_pca_ring(
     return _finish(ring @ matrix.T, noise_std, gen)
 
 
-TOY_DATASETS = {
-    "circle": make_circle,
-    "eight_gaussians": make_eight_gaussians,
-    "pca_ring": make_pca_ring,
-    "ppca": make_ppca_data,
-    "swiss_roll": make_swiss_roll,
-}
-"""Generators by name, called as ``fn(n, seed=..., **kwargs)`` ("ppca" needs ``data_dim``, ``latent_dim``)."""
