@@ -22,6 +22,8 @@ History = dict[str, np.ndarray]  # SIGNALS (and the derived "val_elbo_dn:<alpha>
 def as_history(run: dict) -> History:
     h = {key: np.asarray(run["history"][key], dtype=float) for key in (*SIGNALS, "test_elbo")}
     h["dim"] = np.asarray(run["dim"])
+    cfg = run["config"]
+    h.update(name=f"{cfg['data']}_lr{cfg['lr']:g}_s{cfg['seed']}", data=cfg["data"], lr=cfg["lr"], seed=cfg["seed"])
     return h
 
 
@@ -34,12 +36,7 @@ def denoised_val_elbo(h: History, alpha: float) -> np.ndarray:
     """val_sum + EMA(val_gap): the smooth entropy sum plus a smoothed held-out gap (causal)."""
     key = f"val_elbo_dn:{alpha:g}"
     if key not in h:
-        ema = np.empty_like(h["val_gap"])
-        acc = 0.0
-        for t, gap in enumerate(h["val_gap"]):
-            acc = gap if t == 0 else (1 - alpha) * acc + alpha * (gap if math.isfinite(gap) else acc)
-            ema[t] = acc
-        h[key] = h["val_sum"] + ema
+        h[key] = h["val_sum"] + ema(h["val_gap"], alpha)
     return h[key]
 
 
@@ -49,12 +46,32 @@ def signal(h: History, name: str) -> np.ndarray:
     return h[name]
 
 
-def gate_epoch(h: History, gate: float | None) -> int:
-    """First epoch with |train rel gap| < gate (0 without a gate; len(h) if never)."""
+def ema(values: np.ndarray, alpha: float) -> np.ndarray:
+    """Causal exponential moving average (a non-finite value keeps the previous average)."""
+    out, acc = np.empty_like(values), math.nan
+    for t, v in enumerate(values):
+        if math.isfinite(v):
+            acc = v if math.isnan(acc) else (1 - alpha) * acc + alpha * v
+        out[t] = acc
+    return out
+
+
+def gap_closed(h: History, gate: float | None, smooth: float | None = None) -> np.ndarray:
+    """Per epoch: |train rel gap| < gate (all True without a gate); with `smooth`, the EMA of the gap."""
+    gap = h["train_rel_gap"]
+    if gate is None:
+        return np.ones(len(gap), bool)
+    if smooth is not None:
+        gap = ema(gap, smooth)
+    return np.abs(gap) < gate  # NaN compares False
+
+
+def gate_epoch(h: History, gate: float | None, smooth: float | None = None, consecutive: int = 1) -> int:
+    """First epoch ending `consecutive` closed-gap epochs in a row (0 without a gate; len(h) if never)."""
     if gate is None:
         return 0
-    hits = np.flatnonzero(np.abs(h["train_rel_gap"]) < gate)
-    return int(hits[0]) if hits.size else len(h["train_rel_gap"])
+    hit = _first_run(gap_closed(h, gate, smooth), consecutive)
+    return len(h["train_rel_gap"]) if hit is None else hit
 
 
 # ------------------------------------------------------------------------------------------- rules
@@ -62,16 +79,27 @@ def budget(h: History) -> int | None:
     return None
 
 
-def early_stopping(h: History, monitor: str, patience: int, gate: float | None = None) -> int | None:
-    """Lightning's EarlyStopping(mode="max", min_delta=0), counting from the gate epoch on."""
+def early_stopping(h: History, monitor: str, patience: int, gate: float | None = None, mode: str = "arm",
+                   growth: float = 0.0, smooth: float | None = None, consecutive: int = 1) -> int | None:
+    """Lightning's EarlyStopping(mode="max", min_delta=0) on `monitor`, with an optional train-gap gate.
+
+    The gap is "closed" at an epoch when |train rel gap| < gate (with `smooth`, its EMA).
+    ``mode="arm"``: nothing counts before the first run of `consecutive` closed epochs.
+    ``mode="count"``: an epoch without improvement adds to the wait only while the gap is closed
+    (while it is open the model is not at a stationary point: keep training).
+    ``growth`` > 0 lets the patience grow with the run: stop after max(patience, growth * best epoch)
+    epochs without improvement (a run that took 600 epochs to improve waits longer than one that took 60).
+    """
     values = signal(h, monitor)
-    best, wait = -math.inf, 0
-    for t in range(gate_epoch(h, gate), len(values)):
+    closed = gap_closed(h, gate, smooth)
+    start = gate_epoch(h, gate, smooth, consecutive) if mode == "arm" else 0
+    best, best_t, wait = -math.inf, 0, 0
+    for t in range(start, len(values)):
         if values[t] > best:
-            best, wait = values[t], 0
-        else:  # also a NaN: Lightning counts a non-finite value as no improvement (check_finite stops)
+            best, best_t, wait = values[t], t, 0
+        elif mode == "arm" or closed[t]:  # also a NaN: Lightning counts a non-finite value as no improvement
             wait += 1
-            if wait >= patience:
+            if wait >= max(patience, growth * (best_t + 1)):
                 return t
     return None
 
@@ -143,24 +171,40 @@ class Rule:
     name: str
     family: str
     fn: Callable[[History], int | None]
-    restore: str = "val_elbo"  # ModelCheckpoint(monitor=...) over the epochs up to the stop
+    restore: str = "val_elbo"  # the rule's own restore monitor (ModelCheckpoint(monitor=...) up to the stop)
     baseline: bool = False
     params: dict = field(default_factory=dict)
 
 
+MONITOR_LABELS = {"val_elbo": "val ELBO", "val_sum": "val sum"}
+
+
+def monitor_label(monitor: str) -> str:
+    if monitor.startswith("val_elbo_dn:"):
+        return f"val sum + EMA_{monitor.split(':')[1]}(val gap)"
+    return MONITOR_LABELS.get(monitor, monitor)
+
+
+def restores(rule: Rule) -> list[str | None]:
+    """The variants of a rule: no restore, ModelCheckpoint(monitor=val ELBO), and the rule's own monitor."""
+    return list(dict.fromkeys([None, "val_elbo", rule.restore]))
+
+
 def replay(rule: Rule, h: History) -> dict:
-    """Stop and restore epochs of `rule` on one run, and the shortfalls of the ground truth there."""
+    """Stop epoch of `rule` on one run, its restore epochs, and the ground truth's shortfalls there:
+    ``plain`` at the stop, ``restore:<monitor>`` at the best epoch of <monitor> up to the stop."""
     test, dim = h["test_elbo"], int(h["dim"])
     epochs = len(test)
     stop = rule.fn(h)
     stop = epochs - 1 if stop is None else stop
-    monitor = signal(h, rule.restore)[:stop + 1]
-    restored = int(np.nanargmax(monitor)) if np.isfinite(monitor).any() else stop
     best = float(np.nanmax(test))
-    out = {"stop": stop, "stop_frac": (stop + 1) / epochs, "restored": restored, "scale": scale(best, dim)}
-    for key, epoch in (("plain", stop), ("restore", restored)):
-        value = test[epoch]
-        shortfall = best - value if math.isfinite(value) else math.inf
-        out[key] = shortfall
-        out[f"{key}_rel"] = shortfall / out["scale"]
+    out = {"stop": stop, "stop_frac": (stop + 1) / epochs, "scale": scale(best, dim)}
+    for monitor in restores(rule):
+        epoch = stop
+        if monitor is not None:
+            seen = signal(h, monitor)[:stop + 1]
+            epoch = int(np.nanargmax(seen)) if np.isfinite(seen).any() else stop
+        key = "plain" if monitor is None else f"restore:{monitor}"
+        shortfall = best - test[epoch] if math.isfinite(test[epoch]) else math.inf
+        out[key], out[f"{key}_rel"], out[f"{key}_epoch"] = shortfall, shortfall / out["scale"], epoch
     return out

@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="run histories (default: runs/stopping)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes for CI (seconds), no docs written")
     parser.add_argument("--train-only", action="store_true", help="phase 1 only")
+    parser.add_argument("--replay-only", action="store_true", help="phase 2 over the runs already saved")
     parser.add_argument("--no-docs", action="store_true",
                         help="do not write docs/figures/stopping_benchmark.png and the docs/results.md section")
     args = parser.parse_args(argv)
@@ -77,6 +78,8 @@ def train_all(args: argparse.Namespace) -> list[dict]:
             for lr in args.lrs:
                 cfg = config_for(data, lr, seed, smoke=args.smoke)
                 done = (args.out / f"{cfg.name}.json").exists()
+                if args.replay_only and not done:
+                    continue
                 runs.append(load_or_train(cfg, args.out, log=lambda s: print(s, flush=True)))
                 trained += not done
     train_seconds = sum(r["history"]["seconds"][-1] for r in runs)
