@@ -8,9 +8,10 @@ import numpy as np
 from _stopping_grid import WORST_TARGET, Summary
 from _stopping_rules import monitor_label, signal
 
-EXAMPLE_RUN = "eight_gaussians_lr0.0003_s0"
+EXAMPLE_RUN = "pca_ring_lr0.0003_s2"
 KEY_RULES = (
     ("fixed budget", None, "budget"),
+    ("fixed budget", "val_elbo", "budget\n+restore"),
     ("EarlyStopping(val ELBO, patience 10)", None, "ES p10"),
     ("EarlyStopping(val ELBO, patience 10)", "val_elbo", "ES p10\n+restore"),
     ("EarlyStopping(val ELBO, patience 20)", None, "ES p20"),
@@ -79,7 +80,7 @@ def figure(histories: list[dict], results: dict[str, list[dict]], tuned: list[Su
         if monitor.startswith("val_elbo_dn"):
             ax_c.plot(epochs, signal(h, monitor), color="C2", lw=0.8, label=monitor_label(monitor))
     ax_c.plot(epochs, h["test_elbo"], color="k", lw=1.0, label="test ELBO, 32 z per point (hidden truth)")
-    shown = [(rules[1], "C0", "--"), (rules[4], "C5", "--")]
+    shown = [(rules[2], "C0", "--"), (rules[5], "C5", "--")]
     shown += [(rule, color, ":") for rule, color in zip(rules[len(KEY_RULES):], ("C3", "C4"))]
     for (name, restore, label), color, ls in shown:
         r = next(r for r in results[name] if r["run"] == h["name"])
@@ -88,11 +89,11 @@ def figure(histories: list[dict], results: dict[str, list[dict]], tuned: list[Su
             ax_c.plot(r[f"restore:{restore}_epoch"] + 1, h["test_elbo"][r[f"restore:{restore}_epoch"]], "o",
                       color=color, ms=5)
     best = np.nanmax(h["test_elbo"])
-    ax_c.set_ylim(best - 2.5, best + 0.7)
+    ax_c.set_ylim(best - 3.5, best + 0.7)
     ax_c.set_xlabel("epoch")
     ax_c.set_ylabel("ELBO, nats per point")
     ax_c.set_title(f"(c) one run: {h['name']} (dots: the restored epochs)", fontsize=10)
-    ax_c.legend(fontsize=6.5, loc="lower right")
+    ax_c.legend(fontsize=6.5, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

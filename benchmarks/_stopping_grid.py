@@ -40,11 +40,11 @@ def _gated(text: str, gate: float | None) -> str:
 
 
 def baselines() -> list[Rule]:
-    rules = [Rule("fixed budget", "baseline", lambda h: None, baseline=True)]
+    rules = [Rule("fixed budget", "baseline", lambda h: None, baseline=True, entropy=False)]
     for p in (5, 10, 20):
         rules.append(Rule(f"EarlyStopping(val ELBO, patience {p})", "baseline",
                           functools.partial(early_stopping, monitor="val_elbo", patience=p), baseline=True,
-                          params={"patience": p}))
+                          params={"patience": p}, entropy=False))
     for stage in ("val", "train"):
         rules.append(Rule(f"today's gap rule on {stage} (|rel gap| < 1 %, 3 checks)", "baseline",
                           functools.partial(gap_rule, stage=stage), baseline=True, params={"stage": stage}))
@@ -78,7 +78,8 @@ def candidates() -> list[Rule]:
             rules.append(Rule(name, f"ES({label}) with growing patience",
                               functools.partial(es, monitor=monitor, patience=p, gate=g, mode="count",
                                                 growth=growth),
-                              restore=monitor, params={"p": p, "growth": growth, "gate": g, **extra}))
+                              restore=monitor, params={"p": p, "growth": growth, "gate": g, **extra},
+                              entropy=monitor != "val_elbo" or g is not None))
     for monitor, label in (("val_elbo", "val ELBO"), ("val_elbo_dn:0.1", "val sum + EMA_0.1(val gap)")):
         extra = {"alpha": 0.1} if monitor.startswith("val_elbo_dn") else {}
         for p, g, k in itertools.product((10, 20), (0.01, 0.02), (3, 5, 10)):
@@ -106,7 +107,7 @@ def candidates() -> list[Rule]:
         rules.append(Rule(_gated(f"plateau({labels[monitor]}, window {w}, tol {tol:g})", g),
                           f"plateau of the {labels[monitor]}",
                           functools.partial(pl, monitor=monitor, window=w, tolerance=tol, gate=g),
-                          params={"window": w, "tol": tol, "gate": g}))
+                          params={"window": w, "tol": tol, "gate": g}, entropy=monitor != "val_elbo" or g is not None))
     for drop, g in itertools.product((0.01, 0.02, 0.05), (0.02, 0.05)):
         rules.append(Rule(_gated(f"overfit(EMA val rel gap drops {drop:g})", g), "overfitting sign",
                           functools.partial(overfit, drop=drop, gate=g), params={"drop": drop, "gate": g}))

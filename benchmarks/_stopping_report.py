@@ -101,17 +101,27 @@ def report(runs: list[dict], args: argparse.Namespace) -> dict:
     for level, s in alternatives.items():
         print(f"  worst <= {level:g} nats: " + (f"{s.label} ({s.stop_pct:.0f} %, {s.median:.2f} / {s.worst:.2f})"
                                                  if s else "none"))
+    plain = frontier([s for s in cands if not s.rule.entropy], es10)
+    print("The same among the candidates that read no entropy signal (only the val ELBO):")
+    for level, s in plain.items():
+        print(f"  worst <= {level:g} nats: " + (f"{s.label} ({s.stop_pct:.0f} %, {s.median:.2f} / {s.worst:.2f})"
+                                                 if s else "none"))
     shortlist = [(b.name, r) for b in baselines() for r in restores(b)]
-    extra = [*picks.values(), *(a for a in alternatives.values() if a), *_family_bests(tuned, es10, es20)]
-    for s in extra:
-        if (s.rule.name, s.restore) not in shortlist:
-            shortlist.append((s.rule.name, s.restore))
-    n_docs = len(shortlist) - len(_family_bests(tuned, es10, es20))  # the docs leave the family bests out
-    tables, verdicts = {}, {}
+    extra = [*picks.values(), *(a for a in alternatives.values() if a), *(a for a in plain.values() if a)]
+    families = _family_bests(tuned, es10, es20)
+    for rule in [*(s.rule for s in extra), None, *(s.rule for s in families)]:
+        if rule is None:
+            n_docs = len(shortlist)  # the docs leave the family bests out
+            continue
+        for r in restores(rule):
+            if (rule.name, r) not in shortlist:
+                shortlist.append((rule.name, r))
+    tables, verdicts, lookup = {}, {}, {}
     for label, seeds in (("all seeds", all_seeds), ("tuning seeds", tune), ("held-out seeds", held)):
         if not seeds:
             continue
         summaries = [summarise(by_name[n], _subset(results[n], seeds), r) for n, r in shortlist]
+        lookup.update({(label, s.rule.name, s.restore): s for s in summaries})
         tables[label] = [_row(s) for s in summaries]
         _console(f"On the {label} {sorted(seeds)} ({summaries[0].n} runs): baselines, the picks, the frontier,"
                  " then each candidate family's best variant by the pre-stated rule", tables[label])
@@ -120,22 +130,27 @@ def report(runs: list[dict], args: argparse.Namespace) -> dict:
         for name, lines in verdicts[label].items():
             print(f"  targets for the {name}: " + "; ".join(lines))
 
-    names = [ES10, ES20, "today's gap rule on val (|rel gap| < 1 %, 3 checks)"]
-    per_group = breakdown(results, histories, [(n, None) for n in names]
-                          + [(s.rule.name, s.restore) for s in picks.values()])
+    sensitivity = neighbours(worst_first, rules, results, tune, held) if worst_first else []
+    columns = [(ES10, None, "ES p10"), (ES20, None, "ES p20"), (ES20, "val_elbo", "ES p20 + restore"),
+               ("today's gap rule on train (|rel gap| < 1 %, 3 checks)", None, "today's gap rule (train)"),
+               ("fixed budget", "val_elbo", "budget + restore")]
+    columns += [(s.rule.name, s.restore, name + " + restore" * bool(s.restore)) for name, s in picks.items()]
+    per_group = breakdown(results, histories, columns)
     write_grid(tuned, args.out / "candidates.csv")
     print(f"\nAll {len(tuned)} variants on the tuning seeds: {args.out / 'candidates.csv'}")
     summary = {name: {"rule": s.label, "params": s.rule.params, "restore_monitor": s.restore}
                for name, s in picks.items()}
     summary.update(admissible=admissible, tables=tables, verdicts=verdicts,
-                   frontier={str(k): v.label if v else None for k, v in alternatives.items()})
+                   frontier={str(k): v.label if v else None for k, v in alternatives.items()},
+                   frontier_without_entropy={str(k): v.label if v else None for k, v in plain.items()})
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if not args.no_docs:
         from _stopping_figure import figure
 
         png = ROOT / "docs" / "figures" / "stopping_benchmark.png"
         figure(histories, results, tuned, picks, es10, es20, png)
-        write_docs(tables, verdicts, per_group, picks, admissible, args)
+        write_docs(tables, verdicts, [*per_group, "", *sensitivity], picks, admissible, args, lookup, alternatives,
+                   plain)
         print(f"\nwrote {png} and the stopping section of {ROOT / 'docs' / 'results.md'}")
     return summary
 
@@ -167,18 +182,40 @@ def targets(summaries: list[Summary], winner: Summary) -> list[str]:
     ]
 
 
-def breakdown(results: dict[str, list[dict]], histories: list[dict], variants: list[tuple[str, str | None]]
+def neighbours(pick: Summary, rules: list[Rule], results: dict[str, list[dict]], tune: set[int], held: set[int]
+               ) -> list[str]:
+    """The pick's family with the same restore, tuning and held-out seeds: how sharp is the choice?"""
+    lines = [f"The worst-first pick's neighbours (family \"{pick.rule.family}\", restore as the pick):", "",
+             "| rule | tuning: stop, median / worst | held-out: stop, median / worst |", "|---|---|---|"]
+    print(f"\nNeighbours of the worst-first pick (family {pick.rule.family!r}, restore {pick.restore}):")
+    for rule in rules:
+        if rule.family != pick.rule.family:
+            continue
+        cells = []
+        for seeds in (tune, held):
+            if seeds:
+                s = summarise(rule, _subset(results[rule.name], seeds), pick.restore)
+                cells.append(f"{s.stop_pct:.0f} %, {s.median:.2f} / {s.worst:.2f}")
+            else:
+                cells.append("-")
+        mark = " (the pick)" if rule.name == pick.rule.name else ""
+        lines.append(f"| {rule.name.replace('|', chr(92) + '|')}{mark} | " + " | ".join(cells) + " |")
+        print(f"  {rule.name + mark:90s} tuning {cells[0]:22s} held-out {cells[1]}")
+    return lines
+
+
+def breakdown(results: dict[str, list[dict]], histories: list[dict], variants: list[tuple[str, str | None, str]]
               ) -> list[str]:
     """Per data set and learning rate (5 seeds each): median stop % and median / worst shortfall."""
     groups = sorted({(h["data"], h["lr"]) for h in histories})
-    heads = [name + (" + restore" if restore else "") for name, restore in variants]
+    heads = [head for *_, head in variants]
     lines = ["| data, lr | " + " | ".join(heads) + " |", "|---|" + "---|" * len(variants)]
     print("\nPer data set and learning rate (all seeds): median stop % of budget; shortfall median / worst (nats)")
     for i, head in enumerate(heads):
         print(f"  [{i}] {head}")
     for data, lr in groups:
         cells = []
-        for name, restore in variants:
+        for name, restore, _ in variants:
             key = f"restore:{restore}" if restore else "plain"
             rs = [r for r in results[name] if r["run"].startswith(f"{data}_lr{lr:g}_")]
             cells.append(f"{100 * statistics.median(r['stop_frac'] for r in rs):.0f} %;"
@@ -200,10 +237,10 @@ def write_grid(summaries: list[Summary], path: Path) -> None:
 
 
 def write_docs(tables: dict, verdicts: dict, per_group: list[str], picks: dict[str, Summary], admissible: bool,
-               args: argparse.Namespace) -> None:
+               args: argparse.Namespace, lookup: dict, alternatives: dict, plain: dict) -> None:
     from _stopping_text import section
 
-    lines = section(tables, verdicts, per_group, picks, admissible, args, _markdown)
+    lines = section(tables, verdicts, per_group, picks, admissible, args, _markdown, lookup, alternatives, plain)
     path = ROOT / "docs" / "results.md"
     text = path.read_text() if path.exists() else ""
     block = "\n".join([BEGIN, *lines, END])

@@ -174,6 +174,7 @@ class Rule:
     restore: str = "val_elbo"  # the rule's own restore monitor (ModelCheckpoint(monitor=...) up to the stop)
     baseline: bool = False
     params: dict = field(default_factory=dict)
+    entropy: bool = True  # reads an entropy signal (sum, gap); False: only the val ELBO (stock-callback material)
 
 
 MONITOR_LABELS = {"val_elbo": "val ELBO", "val_sum": "val sum"}

@@ -9,9 +9,10 @@ PyTorch loop and saves per epoch what ``EntropyMonitor`` publishes (train and va
 Phase 2 (seconds) replays stopping rules offline (``_stopping_rules.py``): fixed budget, Lightning's
 ``EarlyStopping`` on the validation ELBO, today's gap rule and the candidates, each with and without
 a best-checkpoint restore. The shortfall of a run is the best test ELBO over the whole budget minus
-the test ELBO at the stop epoch (or the restored epoch), nats per point. The winner is chosen on the
-tuning seeds by the rule stated in ``_stopping_report.SELECTION`` (fixed before any result was seen)
-and reported on the held-out seeds too.
+the test ELBO at the stop epoch (or the restored epoch), nats per point. Rules are picked on the
+tuning seeds by ``_stopping_grid.SELECTION`` (fixed before any result was seen) and by
+``_stopping_grid.SELECTION_WORST_FIRST`` (added afterwards), and reported on the held-out seeds too.
+The full run writes ``docs/figures/stopping_benchmark.png`` and its section of ``docs/results.md``.
 
     python benchmarks/stopping.py                # everything (phase 1 about an hour on one core)
     python benchmarks/stopping.py --smoke        # tiny sizes, seconds: checks the script, not the rules
