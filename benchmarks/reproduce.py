@@ -366,6 +366,11 @@ def write_markdown(rows: list[dict], path: Path, seconds: float, argv: list[str]
         lines.append("| " + " | ".join(cells) + " |")
     figures = sorted(p.name for p in (path.parent / "figures").glob("reproduce_*.png"))
     lines += ["", "## Figures from these runs", ""] + [f"![{name}](figures/{name})" for name in figures] + [""]
+    # keep the section benchmarks/stopping.py writes (an hour of training; not re-run here)
+    old = path.read_text() if path.exists() else ""
+    begin, end = "<!-- stopping-benchmark:begin -->", "<!-- stopping-benchmark:end -->"
+    if begin in old and end in old:
+        lines += [old[old.index(begin):old.index(end) + len(end)], ""]
     path.write_text("\n".join(lines))
 
 
