@@ -68,12 +68,11 @@ class LiveParameters:
         if not params:
             self._copies = {}
             return
-        with torch.no_grad():
-            if len(params) == 1:
-                self._copies = {id(params[0]): params[0].detach().clone(memory_format=torch.preserve_format)}
-            else:
-                flat = torch.cat([p.detach().reshape(-1) for p in params])
-                self._copies = {id(p): c.view(p.shape) for p, c in zip(params, flat.split([p.numel() for p in params]))}
+        if len(params) == 1:  # clone keeps the strides of a dense parameter
+            self._copies = {id(params[0]): params[0].detach().clone()}
+        else:
+            flat = torch.cat([p.detach().reshape(-1) for p in params])
+            self._copies = {id(p): c.view(p.shape) for p, c in zip(params, flat.split([p.numel() for p in params]))}
 
     def parameter_of(self, value: Any) -> nn.Parameter | None:
         """The trainable parameter whose memory holds every element of ``value``, if any (metadata only)."""
@@ -102,7 +101,7 @@ class LiveParameters:
         ``owner()`` names the hook and module in an error message.
         """
         if not self._by_id:
-            return kw
+            return _detached(kw)
         first = self._watched is None
         if first:
             self._watched = []
@@ -122,6 +121,8 @@ class LiveParameters:
                     )
                 p = self._in_storage(value, storage)
             if p is None:
+                if value.requires_grad:  # a detached view (no kernel): the step's autograd graph is not held
+                    swaps[key] = value.detach()
                 continue
             if all(w is not p for w in self._watched):
                 self._watched.append(p)
@@ -143,3 +144,8 @@ class LiveParameters:
             return copy
         return copy.as_strided(value.shape, value.stride(), copy.storage_offset() + value.storage_offset()
                                - p.storage_offset())
+
+
+def _detached(kw: dict[str, Any]) -> dict[str, Any]:
+    """Tensors that require grad as detached views (no kernel), so kept references do not hold autograd graphs."""
+    return {k: v.detach() if isinstance(v, Tensor) and v.requires_grad else v for k, v in kw.items()}

@@ -3,8 +3,9 @@
 A batch hook only appends the step's (checked) tensors to a list: no device work. At the logging
 cadence :meth:`PendingBatches.stack` concatenates them into one batch of N points (one ``cat`` per key;
 values shared by a batch's points, such as a scalar ``dec_logvar`` or a ``(H,)`` ``prior_logvar``, become
-one row per point), and finds the batches holding NaN/Inf on the device: a per-batch keep mask, with no
-host sync. The metrics then take the stacked batch and the mask through their public ``update``.
+one row per point), and :meth:`PendingBatches.finite` finds the batches holding NaN/Inf with one small
+read to the host (with the returned losses). The metrics then take the stacked batch, of the finite
+batches only, through their public ``update``: one call each.
 """
 
 from __future__ import annotations
@@ -58,9 +59,11 @@ class PendingBatches:
         self._bytes += batch * self.layout.bytes_per_point
         return len(self.batches) >= MAX_PENDING or self._bytes >= MAX_PENDING_BYTES
 
-    def stack(self) -> tuple[dict[str, Any], Tensor, Tensor]:
-        """The pending batches as one: ``(inputs, keep per point (N,), keep per batch (K,))``; call under no_grad."""
-        layout, batches = self.layout, self.batches
+    def stack(self, batches: list[dict[str, Any]] | None = None,
+              sizes: list[int] | None = None) -> dict[str, Any]:
+        """The pending batches (or the given ones) as one batch of N points; call under no_grad."""
+        layout = self.layout
+        batches, sizes = (self.batches, self.sizes) if batches is None else (batches, sizes)
         stacked: dict[str, Any] = {}
         for key in layout.tensor_keys:
             axis = layout.batch_axis(key)
@@ -72,19 +75,26 @@ class PendingBatches:
             if key == "dec_logvar" and layout.decoder_layout == "per_dim" and layout.has_elbo:
                 # for the entropy a (D,) log-variance is its mean over the D dimensions: (K, 1), not (N, D)
                 rows = rows.mean(-1, keepdim=True)
-            stacked[key] = self.per_point(rows)
-        keep_batch = self._per_batch(self._probe(stacked)) * 0.0 == 0.0  # finite: NaN for NaN and +-Inf
+            stacked[key] = _per_point(rows, sizes)
         stacked["data_dim"] = layout.data_dim  # D, when neither x nor dec_mean is kept
-        return stacked, self.per_point(keep_batch), keep_batch
+        return stacked
 
-    def losses(self) -> Tensor:
-        """The batches' returned losses (K,)."""
-        return torch.stack([b["loss"].reshape(()) for b in self.batches])
+    def finite(self, stacked: dict[str, Any]) -> tuple[list[bool], list[float] | None]:
+        """Which pending batches hold only finite inputs, and their losses if kept: one read to the host."""
+        probe = _per_batch(self._probe(stacked), self.sizes)
+        if "loss" in self.layout.kept:
+            probe = torch.cat([probe, torch.stack([b["loss"].reshape(()) for b in self.batches]).to(probe.dtype)])
+        values = probe.tolist()
+        k = len(self.batches)
+        finite = [v - v == 0.0 for v in values[:k]]  # NaN and +-Inf give NaN
+        return finite, (values[k:] if len(values) > k else None)
 
     def _probe(self, stacked: dict[str, Tensor]) -> Tensor:
         """Per point: a sum of every input that is NaN/Inf iff some input of the point is (or overflows in exp)."""
         columns = []
         for key, t in stacked.items():
+            if not isinstance(t, Tensor):  # data_dim
+                continue
             if t.dtype in (torch.float16, torch.bfloat16):  # exp and sums as the metrics take them: in float32
                 t = t.float()
             sign = EXPONENTIATED.get(key)
@@ -96,18 +106,20 @@ class PendingBatches:
             columns.append(t.reshape(t.shape[0], -1))
         return torch.cat(columns, -1).sum(-1)
 
-    def _per_batch(self, per_point: Tensor) -> Tensor:
-        """Sum a per-point vector (N,) within each batch: (K,)."""
-        out, start = [], 0
-        for count, size in _runs(self.sizes):
-            out.append(per_point[start:start + count * size].view(count, size).sum(-1))
-            start += count * size
-        return out[0] if len(out) == 1 else torch.cat(out)
 
-    def per_point(self, per_batch: Tensor) -> Tensor:
-        """Repeat each batch's row of ``per_batch`` (K, ...) for each of the batch's points: (N, ...)."""
-        out, start = [], 0
-        for count, size in _runs(self.sizes):
-            out.append(per_batch[start:start + count].repeat_interleave(size, dim=0))
-            start += count
-        return out[0] if len(out) == 1 else torch.cat(out)
+def _per_batch(per_point: Tensor, sizes: list[int]) -> Tensor:
+    """Sum a per-point vector (N,) within each batch: (K,)."""
+    out, start = [], 0
+    for count, size in _runs(sizes):
+        out.append(per_point[start:start + count * size].view(count, size).sum(-1))
+        start += count * size
+    return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def _per_point(per_batch: Tensor, sizes: list[int]) -> Tensor:
+    """Repeat each batch's row of ``per_batch`` (K, ...) for each of the batch's points: (N, ...)."""
+    out, start = [], 0
+    for count, size in _runs(sizes):
+        out.append(per_batch[start:start + count].repeat_interleave(size, dim=0))
+        start += count
+    return out[0] if len(out) == 1 else torch.cat(out)

@@ -64,7 +64,7 @@ class StageRecorder:
             current = self.stages[stage] = self._start(stage, hook, pl_module, values)
         owner = lambda: owner_of(hook, pl_module)  # noqa: E731  (built only for an error message)
         kw, size = current.layout.check(values, owner)
-        if stage == "train":
+        if stage == "train":  # also detaches (views, no kernel): kept tensors do not hold the autograd graph
             kw = self.live.restore(kw, owner)
         if current.pending.add(kw, size):
             self.reduce(current, hook, pl_module)

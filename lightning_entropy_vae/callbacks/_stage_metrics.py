@@ -10,6 +10,7 @@ and carried, already counted, into the next step log's window.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -62,39 +63,49 @@ class StageMetrics:
 
     # ------------------------------------------------------------------------------------ reduction
     def reduce(self, pending: PendingBatches, loss_scale: float = 1.0) -> None:
-        """Update the metrics with the pending batches in one call each, dropping those holding NaN/Inf."""
+        """Update the metrics with the pending batches in one call each, leaving out those holding NaN/Inf."""
         if not len(pending):
             return
         with torch.no_grad():
             if self.layout.distributions:  # distribution objects: batch by batch, each metric skips NaN itself
                 for kw in pending.batches:
-                    self._update(kw, None)
+                    self._update(kw)
             else:
-                inputs, keep, keep_batch = pending.stack()
-                self._update(inputs, keep)
-                self.dropped = self.dropped + (keep_batch.numel() - keep_batch.sum())
-                if self._objective is not None:
-                    self._add_objective(inputs, keep_batch, pending, loss_scale)
+                inputs = pending.stack()
+                finite, losses = pending.finite(inputs)  # one small read to the host
+                batches, sizes = pending.batches, pending.sizes
+                if not all(finite):
+                    self.dropped += finite.count(False)
+                    kept = [i for i, ok in enumerate(finite) if ok]
+                    batches, sizes = [batches[i] for i in kept], [sizes[i] for i in kept]
+                    losses = None if losses is None else [losses[i] for i in kept]
+                    inputs = pending.stack(batches, sizes) if batches else None
+                if inputs is not None:
+                    self._update(inputs)
+                    if self._objective is not None and losses is not None:
+                        self._add_objective(pending, inputs, batches, sizes, losses, loss_scale)
         pending.clear()
 
-    def _update(self, inputs: Any, weight: Tensor | None) -> None:
+    def _update(self, inputs: Any) -> None:
         entropy_sum, elbo = self._windows[0] if self._windows else (self.epoch_sum, self.epoch_elbo)
-        entropy_sum.update(inputs, weight=weight)
-        elbo.update(inputs, weight=weight)
-        self.collapse.update(inputs, weight=weight)
+        entropy_sum.update(inputs)
+        elbo.update(inputs)
+        self.collapse.update(inputs)
 
-    def _add_objective(self, inputs: Any, keep_batch: Tensor, pending: PendingBatches, scale: float) -> None:
-        """-loss over the kept batches with a finite loss, read as a batch mean and as a batch sum, and the ELBO
-        of the same points."""
-        if "loss" not in pending.layout.keys:
-            return
-        loss = pending.losses()
-        keep_batch = keep_batch & torch.isfinite(loss)
-        loss = loss.where(keep_batch, 0.0) * scale  # Lightning divides the loss by the accumulation
-        keep = pending.per_point(keep_batch)
-        self._objective.update(inputs, weight=keep)
-        sums = torch.stack([-pending.per_point(loss).sum(), -loss.sum(), keep.sum().to(loss.dtype)])
-        self.objective_sums = self.objective_sums + sums
+    def _add_objective(self, pending: PendingBatches, inputs: Any, batches: list, sizes: list[int],
+                       losses: list[float], scale: float) -> None:
+        """-loss over the batches with a finite loss, read as a batch mean and as a batch sum, and the ELBO of
+        the same points (Lightning divides the returned loss by the accumulation: ``scale`` undoes it)."""
+        if not all(math.isfinite(v) for v in losses):
+            kept = [i for i, v in enumerate(losses) if math.isfinite(v)]
+            if not kept:
+                return
+            batches, sizes, losses = [batches[i] for i in kept], [sizes[i] for i in kept], [losses[i] for i in kept]
+            inputs = pending.stack(batches, sizes)
+        self._objective.update(inputs)
+        self.objective_sums[0] -= sum(v * n for v, n in zip(losses, sizes)) * scale
+        self.objective_sums[1] -= sum(losses) * scale
+        self.objective_sums[2] += sum(sizes)
 
     # ---------------------------------------------------------------------------------------- reads
     def window_values(self) -> tuple[float, float]:
@@ -134,7 +145,7 @@ class StageMetrics:
         """Rank-local mean -loss per point (the loss read as a batch mean, then as a batch sum) and mean ELBO."""
         if self._objective is None or not self._objective.update_count:
             return None
-        neg_loss_mean, neg_loss_sum, kept = self.objective_sums.tolist()
+        neg_loss_mean, neg_loss_sum, kept = self.objective_sums
         return neg_loss_mean / kept, neg_loss_sum / kept, float(_compute(self._objective))
 
     def reset_epoch(self, carry_window: bool = True) -> None:
@@ -149,6 +160,6 @@ class StageMetrics:
                     m.reset()
         if self._objective is not None:
             self._objective.reset()
-        self.dropped: Tensor | int = 0  # batches dropped for NaN/Inf (a tensor after a reduction)
+        self.dropped = 0  # batches left out for NaN/Inf
         self.skipped_none = 0  # batches whose step returned None
-        self.objective_sums: Tensor | int = 0  # -loss read as a batch mean, as a batch sum; kept points
+        self.objective_sums = [0.0, 0.0, 0]  # -loss read as a batch mean, as a batch sum; the points

@@ -88,6 +88,7 @@ class StageLayout:
         self.keys = tuple(k for k in kw if k in STEP_KEYS and kw[k] is not None and k != "data_dim"
                           and (k != "loss" or need_loss))
         self._keyset = frozenset(self.keys)
+        self._first_len = len(kw)
         data_rank = len(d.data_shape) if d.data_shape is not None else 1
         self._rules = {k: _shape_rule(k, kw[k], data_rank, dec.layout) for k in self.keys if k != "loss"}
         self._expected: dict[int, dict[str, tuple[int, ...]]] = {}
@@ -134,7 +135,7 @@ class StageLayout:
                 f"{owner()} expected `{err.args[0]}` in every batch's output, as in the stage's first batch, but got"
                 f" the keys {sorted(str(k) for k in values)}."
             ) from None
-        if len(values) != len(checked):
+        if len(values) != self._first_len:  # some other keys than the first batch's: a new vocabulary key?
             new = sorted(k for k in values if k in STEP_KEYS and k not in self._keyset and values[k] is not None
                          and k not in ("loss", "data_dim"))
             if new:
@@ -143,8 +144,12 @@ class StageLayout:
                     f" stage's first batch, which fixed its inputs {sorted(k for k in self.keys if k != 'loss')}."
                     " Return the same keys from every batch."
                 )
-        enc = checked.get("enc_logvar", checked.get("posterior"))
-        batch = _full_shape(enc)[0] if isinstance(enc, (Tensor, Distribution)) and _full_shape(enc) else self.batch
+        enc = checked.get("enc_logvar")
+        if isinstance(enc, Tensor) and enc.dim():
+            batch = enc.shape[0]
+        else:
+            enc = checked.get("posterior")
+            batch = _full_shape(enc)[0] if isinstance(enc, Distribution) and _full_shape(enc) else self.batch
         for key, shape in self.expected(batch).items():
             value = checked[key]
             if isinstance(value, Tensor):
