@@ -21,20 +21,21 @@ from lightning_entropy_vae.outputs import VAEOutput
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from lightning_entropy_vae.callbacks import EntropyMonitor
+    from lightning_entropy_vae.callbacks import EntropyConvergence, EntropyMonitor
 
 
 def __getattr__(name: str) -> Any:
-    # The callback imports Lightning (seconds); metric and function users need not pay for it.
-    if name == "EntropyMonitor":
-        from lightning_entropy_vae.callbacks import EntropyMonitor
+    # The callbacks import Lightning (seconds); metric and function users need not pay for it.
+    if name in ("EntropyConvergence", "EntropyMonitor"):
+        from lightning_entropy_vae import callbacks
 
-        return EntropyMonitor
+        return getattr(callbacks, name)
     raise AttributeError(f"module 'lightning_entropy_vae' has no attribute {name!r}")
 
 __all__ = [
     "DecoderEntropy",
     "EncoderEntropy",
+    "EntropyConvergence",
     "EntropyMonitor",
     "EntropySumELBO",
     "GaussianELBO",

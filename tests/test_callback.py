@@ -25,7 +25,7 @@ from helpers import (
 from lightning.pytorch.loggers import CSVLogger
 from torch.distributions import Normal
 
-from lightning_entropy_vae import EntropyMonitor
+from lightning_entropy_vae import EntropyConvergence, EntropyMonitor
 from lightning_entropy_vae.models import GaussianVAE
 
 TRAIN, VAL = monitor_data(24, seed=0), monitor_data(12, seed=1)
@@ -156,21 +156,23 @@ def test_gradient_accumulation(tmp_path):
     torch.manual_seed(0)
     model = MonitorVAE(lr=0.05)
     logger = CSVLogger(tmp_path, name="acc", version=0)
-    monitor = EntropyMonitor(stages=("train",), stop_on_convergence=True, tolerance=1e9, patience=2)
+    monitor = EntropyMonitor(stages=("train",))
+    convergence = EntropyConvergence(gap_tolerance=1e9, gate_epochs=2, patience=5, monitor_stage="train")
     train = monitor_data(28, seed=2)  # 7 batches of 4: optimizer steps after batches 2, 4, 6 and 7
-    trainer = monitor_trainer(tmp_path, [monitor], max_epochs=3, accumulate_grad_batches=2, logger=logger)
+    trainer = monitor_trainer(tmp_path, [monitor, convergence], max_epochs=3, accumulate_grad_batches=2,
+                              logger=logger)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         trainer.fit(model, monitor_loader(train))
     # values: the recorded outputs of the last epoch
-    assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(1)))
-    # the objective check scales Lightning's divided loss back: -loss is the ELBO, checks count, it stops
-    assert not _monitor_warnings(record, "not -ELBO")
-    assert monitor.stop_reason is not None and "stayed below" in monitor.stop_reason
-    assert monitor.convergence.stopped_epoch == 1 and trainer.global_step == 8
+    assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(2)))
+    # the objective check scales Lightning's divided loss back: -loss is the ELBO, the epochs count
+    assert not _monitor_warnings(record, "not the beta = 1 ELBO")
+    assert monitor.objective_check[0] is True and convergence.gate_open
+    assert trainer.global_step == 12
     # step-level logs: once per optimizer step, at Lightning's step index, over that step's batches
     rows = [r for r in _csv_rows(logger) if r.get("entropy/train_step/sum")]
-    assert [int(r["step"]) for r in rows] == list(range(8))
+    assert [int(r["step"]) for r in rows] == list(range(12))
     for row in rows:
         window = [e for e in model.train_log if e["step"] == int(row["step"])]
         assert len(window) in (1, 2)
@@ -198,8 +200,11 @@ def test_sanity_check_batches_are_ignored(tmp_path):
     torch.manual_seed(0)
     model = MonitorVAE(lr=0.0, sanity_shift=3.0)  # the sanity-check outputs differ from the real ones
     logger = CSVLogger(tmp_path, name="sanity", version=0)
-    monitor = EntropyMonitor(stop_on_convergence=True, tolerance=1e6, patience=2)
-    trainer = _fit(tmp_path, model, monitor, max_epochs=1, num_sanity_val_steps=2, logger=logger)
+    monitor = EntropyMonitor()
+    convergence = EntropyConvergence(gap_tolerance=1e6, gate_epochs=1, patience=2)
+    trainer = monitor_trainer(tmp_path, [monitor, convergence], max_epochs=1, num_sanity_val_steps=2,
+                              logger=logger)
+    trainer.fit(model, monitor_loader(TRAIN), monitor_loader(VAL))
     sanity = [e for e in model.val_log if e["sanity"]]
     assert len(sanity) == 2
     real = model.val_epoch(0)
@@ -210,7 +215,7 @@ def test_sanity_check_batches_are_ignored(tmp_path):
     rows = _csv_rows(logger)
     assert sum(1 for r in rows if r.get("entropy/val/sum")) == 1
     assert sum(1 for r in rows if r.get("entropy/val/latent_entropy/0")) == 1
-    assert monitor.convergence.wait_count == 1
+    assert convergence.best == pytest.approx(float(trainer.callback_metrics["entropy/val/elbo"]))
 
 
 def test_two_validation_loaders_log_val_and_val_1(tmp_path):

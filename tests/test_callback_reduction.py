@@ -108,13 +108,17 @@ def test_flush_equals_per_batch_updates(layout, prior, sizes, profiled):
         torch.testing.assert_close(collapse[key], ref_collapse[key], rtol=1e-5, atol=1e-5, msg=key)
     assert torch.equal(collapse["collapsed"], ref_collapse["collapsed"])
     assert int(stage.metrics.dropped) == 0
-    # the objective bookkeeping: -loss per point (read as a batch mean, as a batch sum) and the ELBO of the points
-    points = sum(sizes)
-    neg_loss_mean, neg_loss_sum, objective_elbo = stage.metrics.objective()
-    assert neg_loss_mean == pytest.approx(-sum(float(b["loss"]) * n for b, n in zip(batches, sizes)) / points,
-                                          rel=1e-5)
-    assert neg_loss_sum == pytest.approx(-sum(float(b["loss"]) for b in batches) / points, rel=1e-5)
-    assert objective_elbo == pytest.approx(float(ref_elbo), rel=1e-5)
+    # the objective check: per batch -loss, the ELBO and the KL summed over its points
+    check = stage.metrics.objective
+    assert check.batches == len(batches)
+    assert check.sums["mean"][1] == pytest.approx(-sum(float(b["loss"]) for b in batches), rel=1e-5)
+    elbo_sums = [float(b["elbo"].sum()) for b in batches]
+    assert check.sums["sum"][2] == pytest.approx(sum(elbo_sums), rel=1e-5)
+    kl_sums = [float(torch.distributions.kl_divergence(
+        torch.distributions.Normal(b["enc_mean"], (0.5 * b["enc_logvar"]).exp()),
+        torch.distributions.Normal(0.0, (0.5 * b.get("prior_logvar", torch.zeros(H))).exp())).sum())
+        for b in batches]
+    assert check.sums["sum"][3] == pytest.approx(sum(kl_sums), rel=1e-5)
 
 
 def test_flush_drops_batches_with_nan_or_inf():
@@ -135,9 +139,8 @@ def test_flush_drops_batches_with_nan_or_inf():
     assert float(elbo) == pytest.approx(float(ref_elbo), rel=1e-6)
     torch.testing.assert_close(collapse["latent_kl"], ref_collapse["latent_kl"], rtol=1e-5, atol=1e-5)
     assert int(stage.metrics.epoch_sum.num_skipped_batches) == 0  # dropped by the keep mask, not metric skips
-    neg_loss_mean, _, objective_elbo = stage.metrics.objective()  # batch 0 alone
-    assert neg_loss_mean == pytest.approx(-float(batches[0]["loss"]), rel=1e-5)
-    assert objective_elbo == pytest.approx(float(batches[0]["elbo"].mean()), rel=1e-6)
+    assert stage.metrics.objective.batches == 1  # batch 0 alone: batch 5's loss is NaN
+    assert stage.metrics.objective.sums["mean"][1] == pytest.approx(-float(batches[0]["loss"]), rel=1e-5)
 
 
 def test_window_is_the_points_since_the_last_read():

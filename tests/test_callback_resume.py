@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_entropy_vae import EntropyMonitor
+from lightning_entropy_vae import EntropyConvergence, EntropyMonitor
 
 TRAIN, VAL = monitor_data(24, seed=0), monitor_data(8, seed=1)
 EPOCH_KEYS = [f"entropy/{stage}/{key}" for stage in ("train", "val")
@@ -32,10 +32,11 @@ class CollapsesInEpochTwo(MonitorVAE):
 def _run(tmp_path, name, max_epochs, ckpt_path=None, checkpoint=None):
     torch.manual_seed(0)
     model = CollapsesInEpochTwo(lr=0.05, sample=False)  # deterministic: no draws, fixed data order
-    # every epoch counts towards a patience that is never reached
-    monitor = EntropyMonitor(stop_on_convergence=True, tolerance=1e6, patience=10)
+    monitor = EntropyMonitor()
+    # every epoch counts towards a gate that is never opened
+    monitor.convergence = EntropyConvergence(gap_tolerance=1e6, gate_epochs=10, require_elbo_objective=False)
     logger = CSVLogger(tmp_path, name=name, version=0)
-    callbacks = [monitor] if checkpoint is None else [monitor, checkpoint]
+    callbacks = [monitor, monitor.convergence] + ([] if checkpoint is None else [checkpoint])
     trainer = monitor_trainer(tmp_path, callbacks, max_epochs=max_epochs, logger=logger, log_every_n_steps=2,
                               enable_checkpointing=checkpoint is not None)
     with warnings.catch_warnings(record=True) as record:
@@ -70,15 +71,15 @@ def test_resume_reproduces_straight_run(tmp_path, save_on_train_epoch_end):
                                  save_on_train_epoch_end=save_on_train_epoch_end)
     _, first, _ = _run(tmp_path, "first", 2, checkpoint=checkpoint)
     ckpt = tmp_path / "ckpt" / "last.ckpt"
-    assert first.convergence.wait_count == 2
-    loaded = torch.load(ckpt, weights_only=True)  # the callback state holds plain types only
-    assert loaded["callbacks"][first.state_key]["wait_count"] == 2
+    assert first.convergence.closed_epochs == 2
+    loaded = torch.load(ckpt, weights_only=True)  # the callbacks' state holds plain types only
+    assert loaded["callbacks"][first.convergence.state_key]["closed_epochs"] == 2
     assert isinstance(loaded["callbacks"][first.state_key]["gap_ema"], float)
 
     again = ModelCheckpoint(dirpath=tmp_path / "ckpt2", save_top_k=0)
     trainer, resumed, resumed_rows = _run(tmp_path, "resumed", 4, ckpt_path=ckpt, checkpoint=again)
     assert trainer.current_epoch == 4
-    assert resumed.convergence.wait_count == straight.convergence.wait_count == 4
+    assert resumed.convergence.closed_epochs == straight.convergence.closed_epochs == 4
     assert len(straight.collapse_warnings) == len(resumed.collapse_warnings) == 1
     assert "latent(s) [1] collapsed during epoch 2" in resumed.collapse_warnings[0]
     assert resumed.state_dict()["gap_ema"] == pytest.approx(straight.state_dict()["gap_ema"], rel=1e-6)

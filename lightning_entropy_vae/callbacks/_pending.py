@@ -79,15 +79,25 @@ class PendingBatches:
         stacked["data_dim"] = layout.data_dim  # D, when neither x nor dec_mean is kept
         return stacked
 
-    def finite(self, stacked: dict[str, Any]) -> tuple[list[bool], list[float] | None]:
-        """Which pending batches hold only finite inputs, and their losses if kept: one read to the host."""
+    def finite(self, stacked: dict[str, Any],
+               columns: tuple[Tensor, ...] = ()) -> tuple[list[bool], list[float] | None, list[list[float]]]:
+        """Which pending batches hold only finite inputs, their losses if kept, and per-batch ``columns`` (each
+        (K,)): one read to the host."""
         probe = _per_batch(self._probe(stacked), self.sizes)
-        if "loss" in self.layout.kept:
-            probe = torch.cat([probe, torch.stack([b["loss"].reshape(()) for b in self.batches]).to(probe.dtype)])
-        values = probe.tolist()
+        parts = [probe]
+        has_loss = "loss" in self.layout.kept
+        if has_loss:
+            parts.append(torch.stack([b["loss"].reshape(()) for b in self.batches]).to(probe.dtype))
+        parts += [c.to(probe.dtype) for c in columns]
+        values = torch.cat(parts).tolist() if len(parts) > 1 else probe.tolist()
         k = len(self.batches)
-        finite = [v - v == 0.0 for v in values[:k]]  # NaN and +-Inf give NaN
-        return finite, (values[k:] if len(values) > k else None)
+        rows = [values[i * k:(i + 1) * k] for i in range(len(parts))]
+        finite = [v - v == 0.0 for v in rows[0]]  # NaN and +-Inf give NaN
+        return finite, (rows[1] if has_loss else None), rows[1 + has_loss:]
+
+    def per_batch(self, per_point: Tensor) -> Tensor:
+        """Sum a per-point vector (N,) of the pending batches within each batch: (K,)."""
+        return _per_batch(per_point, self.sizes)
 
     def _probe(self, stacked: dict[str, Tensor]) -> Tensor:
         """Per point: a sum of every input that is NaN/Inf iff some input of the point is (or overflows in exp)."""

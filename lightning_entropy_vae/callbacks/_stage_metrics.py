@@ -17,8 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+import lightning_entropy_vae.functional as F
+from lightning_entropy_vae.callbacks._objective import ObjectiveCheck
 from lightning_entropy_vae.callbacks._pending import PendingBatches
 from lightning_entropy_vae.callbacks._step_outputs import StageLayout
+from lightning_entropy_vae.functional._checks import VOCABULARY
 from lightning_entropy_vae.metrics import EntropySumELBO, GaussianELBO, PosteriorCollapse
 
 
@@ -51,10 +54,8 @@ class StageMetrics:
         self.collapse = PosteriorCollapse(layout.latent_dim, criterion=criterion, threshold=threshold,
                                           nan_strategy=nan_strategy)
         self._windows = [pair(sync_on_compute=False) for _ in range(2)] if windowed else []
-        # the loss as -ELBO: a rank-local ELBO over the batches whose loss was recorded, and -loss sums
-        self._objective = GaussianELBO(nan_strategy=nan_strategy, sync_on_compute=False) if objective else None
-        for m in (self.epoch_sum, self.epoch_elbo, self.collapse, *(m for p in self._windows for m in p),
-                  *([self._objective] if objective else [])):
+        self.track_objective = objective  # regress the losses on the batches' ELBO and KL (rank-local)
+        for m in (self.epoch_sum, self.epoch_elbo, self.collapse, *(m for p in self._windows for m in p)):
             m.to(device)
             if dtype == torch.float64:  # float64 steps (precision="64-true") keep float64 sums
                 m.set_dtype(torch.float64)
@@ -72,40 +73,37 @@ class StageMetrics:
                     self._update(kw)
             else:
                 inputs = pending.stack()
-                finite, losses = pending.finite(inputs)  # one small read to the host
-                batches, sizes = pending.batches, pending.sizes
+                columns = self._objective_columns(inputs, pending)
+                finite, losses, columns = pending.finite(inputs, columns)  # one small read to the host
+                if losses is not None and columns:
+                    for ok, loss, elbo, kl, n in zip(finite, losses, *columns, pending.sizes):
+                        if ok and math.isfinite(loss):
+                            self.objective.add(-loss * loss_scale, elbo, kl, n)
                 if not all(finite):
                     self.dropped += finite.count(False)
                     kept = [i for i, ok in enumerate(finite) if ok]
-                    batches, sizes = [batches[i] for i in kept], [sizes[i] for i in kept]
-                    losses = None if losses is None else [losses[i] for i in kept]
+                    batches, sizes = [pending.batches[i] for i in kept], [pending.sizes[i] for i in kept]
                     inputs = pending.stack(batches, sizes) if batches else None
                 if inputs is not None:
                     self._update(inputs)
-                    if self._objective is not None and losses is not None:
-                        self._add_objective(pending, inputs, batches, sizes, losses, loss_scale)
         pending.clear()
+
+    def _objective_columns(self, inputs: dict[str, Any], pending: PendingBatches) -> tuple[Tensor, ...]:
+        """Per batch, the ELBO and the KL summed over its points: what the loss is regressed on."""
+        if not self.track_objective or "loss" not in pending.layout.kept:
+            return ()
+        vocabulary = {k: v for k, v in inputs.items() if k in VOCABULARY}
+        elbo = inputs.get("elbo")
+        if elbo is None:
+            elbo = F.gaussian_elbo(**vocabulary, reduction="none")
+        kl = F.gaussian_kl(**vocabulary, reduction="none")
+        return pending.per_batch(elbo), pending.per_batch(kl)
 
     def _update(self, inputs: Any) -> None:
         entropy_sum, elbo = self._windows[0] if self._windows else (self.epoch_sum, self.epoch_elbo)
         entropy_sum.update(inputs)
         elbo.update(inputs)
         self.collapse.update(inputs)
-
-    def _add_objective(self, pending: PendingBatches, inputs: Any, batches: list, sizes: list[int],
-                       losses: list[float], scale: float) -> None:
-        """-loss over the batches with a finite loss, read as a batch mean and as a batch sum, and the ELBO of
-        the same points (Lightning divides the returned loss by the accumulation: ``scale`` undoes it)."""
-        if not all(math.isfinite(v) for v in losses):
-            kept = [i for i, v in enumerate(losses) if math.isfinite(v)]
-            if not kept:
-                return
-            batches, sizes, losses = [batches[i] for i in kept], [sizes[i] for i in kept], [losses[i] for i in kept]
-            inputs = pending.stack(batches, sizes)
-        self._objective.update(inputs)
-        self.objective_sums[0] -= sum(v * n for v, n in zip(losses, sizes)) * scale
-        self.objective_sums[1] -= sum(losses) * scale
-        self.objective_sums[2] += sum(sizes)
 
     # ---------------------------------------------------------------------------------------- reads
     def window_values(self) -> tuple[float, float]:
@@ -141,13 +139,6 @@ class StageMetrics:
         self.epoch_sum.merge_state(entropy_sum)
         self.epoch_elbo.merge_state(elbo)
 
-    def objective(self) -> tuple[float, float, float] | None:
-        """Rank-local mean -loss per point (the loss read as a batch mean, then as a batch sum) and mean ELBO."""
-        if self._objective is None or not self._objective.update_count:
-            return None
-        neg_loss_mean, neg_loss_sum, kept = self.objective_sums
-        return neg_loss_mean / kept, neg_loss_sum / kept, float(_compute(self._objective))
-
     def reset_epoch(self, carry_window: bool = True) -> None:
         """Start a new epoch; with ``carry_window`` (training) the batches after the last step log stay in the
         next window."""
@@ -158,8 +149,6 @@ class StageMetrics:
             for pair in self._windows:
                 for m in pair:
                     m.reset()
-        if self._objective is not None:
-            self._objective.reset()
+        self.objective = ObjectiveCheck()
         self.dropped = 0  # batches left out for NaN/Inf
         self.skipped_none = 0  # batches whose step returned None
-        self.objective_sums = [0.0, 0.0, 0]  # -loss read as a batch mean, as a batch sum; the points

@@ -19,7 +19,6 @@ from lightning_utilities.core.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_entropy_vae.callbacks import _loggers
-from lightning_entropy_vae.callbacks._convergence import ConvergenceTracker
 from lightning_entropy_vae.callbacks._recorder import Stage, StageRecorder
 from lightning_entropy_vae.callbacks._step_outputs import read_output
 from lightning_entropy_vae.functional import COLLAPSE_CRITERIA, collapsed_latents, relative_gap
@@ -72,14 +71,6 @@ class EntropyMonitor(Callback):
         log_histograms: write a per-epoch histogram of the per-latent entropies (TensorBoard, W&B).
         log_bar_chart_every_n_epochs: also write the bar chart as an image every n epochs (0: never;
             drawing costs tens of milliseconds).
-        stop_on_convergence: stop training once ``abs_rel_gap`` of ``monitor_stage`` stays below
-            ``tolerance`` for ``patience`` consecutive checks after ``warmup_epochs``.
-        tolerance, patience, warmup_epochs: see ``stop_on_convergence``.
-        monitor_stage: ``"train"``, ``"val"`` or ``None`` (default: val if validated, else train). On
-            small data sets the held-out gap also holds the generalisation gap (an overfitting model's
-            held-out ELBO stays below its entropy sum), so it may never reach the tolerance: use ``"train"``.
-        require_elbo_objective: do not count epochs whose training loss is not -ELBO (beta != 1, KL
-            annealing), averaged or summed over the batch; needs ``loss`` and ``elbo`` in the step output.
         extract: ``extract(pl_module, outputs, batch) -> mapping`` for modules whose step output cannot change.
         nan_strategy: ``"skip"`` (default) drops and counts batches holding NaN/Inf; ``"error"`` raises.
         warn_on_collapse: warn when a latent collapses during training.
@@ -87,7 +78,10 @@ class EntropyMonitor(Callback):
     Example:
         >>> import lightning as L
         >>> from lightning_entropy_vae import EntropyMonitor
-        >>> trainer = L.Trainer(callbacks=[EntropyMonitor(stop_on_convergence=True, tolerance=0.01)])
+        >>> trainer = L.Trainer(callbacks=[EntropyMonitor()])
+
+    To stop training on convergence, add :class:`~lightning_entropy_vae.EntropyConvergence`, which reads what
+    this callback publishes.
     """
 
     def __init__(
@@ -100,12 +94,6 @@ class EntropyMonitor(Callback):
         max_latents_as_scalars: int = 64,
         log_histograms: bool = True,
         log_bar_chart_every_n_epochs: int = 0,
-        stop_on_convergence: bool = False,
-        tolerance: float = 0.01,
-        patience: int = 3,
-        warmup_epochs: int = 0,
-        monitor_stage: str | None = None,
-        require_elbo_objective: bool = True,
         extract: Extract | None = None,
         nan_strategy: str = "skip",
         warn_on_collapse: bool = True,
@@ -127,10 +115,6 @@ class EntropyMonitor(Callback):
         _non_negative_int("log_bar_chart_every_n_epochs", log_bar_chart_every_n_epochs)
         if extract is not None and not callable(extract):
             raise TypeError(f"Expected `extract` to be callable(pl_module, outputs, batch), but got {extract!r}.")
-        if monitor_stage not in (None, "train", "val"):
-            raise ValueError(f"Expected `monitor_stage` to be 'train', 'val' or None, but got {monitor_stage!r}.")
-        if monitor_stage is not None and monitor_stage not in stages:
-            raise ValueError(f"Expected `monitor_stage` {monitor_stage!r} among `stages` {stages!r}.")
         if nan_strategy not in ("skip", "error"):
             raise ValueError(f"Expected `nan_strategy` to be one of ('skip', 'error'), but got {nan_strategy!r}.")
         self.stages = stages
@@ -142,24 +126,16 @@ class EntropyMonitor(Callback):
         self.log_histograms = bool(log_histograms)
         self.log_bar_chart_every_n_epochs = log_bar_chart_every_n_epochs
         self.extract = extract
-        self.monitor_stage = monitor_stage
         self.nan_strategy = nan_strategy
         self.warn_on_collapse = bool(warn_on_collapse)
-        self.convergence = ConvergenceTracker(
-            enabled=stop_on_convergence, tolerance=tolerance, patience=patience, warmup_epochs=warmup_epochs,
-            require_elbo_objective=require_elbo_objective,
-        )
-        self._check_objective = self.convergence.enabled and self.convergence.require_elbo_objective
         self._recorder = StageRecorder(extract=extract, nan_strategy=nan_strategy, criterion=collapse_criterion,
-                                       threshold=collapse_threshold, objective=self._check_objective)
+                                       threshold=collapse_threshold, objective=False)
         self._stages = self._recorder.stages  # the monitored stages, filled by their first batches
         self._callback_metrics = _loggers.CallbackMetrics()
         self._train = "train" in self.stages
         self._reset_run()
         # Lightning reads state_key on every hook call: build it once
-        self._state_key = self._generate_state_key(
-            stages=self.stages, collapse_criterion=self.collapse_criterion, stop=self.convergence.enabled
-        )
+        self._state_key = self._generate_state_key(stages=self.stages, collapse_criterion=self.collapse_criterion)
 
     def _reset_run(self) -> None:
         """State of one fit (restored from a checkpoint by ``load_state_dict``, after ``setup``)."""
@@ -170,15 +146,19 @@ class EntropyMonitor(Callback):
         self._warned_empty: set[str] = set()
         self._layout_written = False
         self._last_global_step = -1
+        #: the last training epoch's answer to "is the loss the beta = 1 ELBO?": ``(True | False | None, why)``;
+        #: ``None`` while nothing could tell (see :meth:`watch_objective`)
+        self.objective_check: tuple[bool | None, str] = (None, "not checked")
 
     @property
     def state_key(self) -> str:
         return self._state_key
 
-    @property
-    def stop_reason(self) -> str | None:
-        """Why training was stopped by convergence, or ``None``."""
-        return self.convergence.stop_reason
+    def watch_objective(self) -> None:
+        """Also check, each training epoch, whether the training loss is the beta = 1 ELBO up to a constant
+        (:attr:`objective_check`); :class:`~lightning_entropy_vae.EntropyConvergence` asks for it at set-up.
+        It keeps the returned ``loss`` of each batch and regresses it on the batches' ELBO and KL."""
+        self._recorder.objective = True
 
     # ---------------------------------------------------------------------------------------- hooks
     @override
@@ -186,7 +166,6 @@ class EntropyMonitor(Callback):
         self._recorder.clear()  # each run reads its own layouts: a reused callback may meet another model
         if stage == "fit":
             self._reset_run()
-            self.convergence.reset()
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -198,7 +177,6 @@ class EntropyMonitor(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._recorder.loss_scale = float(trainer.accumulate_grad_batches)  # a GradientAccumulationScheduler
         self._recorder.skipped_none["train"] = 0
         if "train" in self._stages:
             self._stages["train"].metrics.reset_epoch(carry_window=True)
@@ -208,6 +186,8 @@ class EntropyMonitor(Callback):
                              batch_idx: int) -> None:
         if self._train:
             self._recorder.live.start_batch()
+            # Lightning divides the returned loss by this; a GradientAccumulationScheduler sets it per epoch
+            self._recorder.loss_scale = trainer.accumulate_grad_batches
 
     @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
@@ -235,8 +215,10 @@ class EntropyMonitor(Callback):
             return
         stats = self._log_epoch("train", current, trainer, pl_module)
         self._warn_on_new_collapse(trainer, stats["collapsed"])
-        if self._convergence_stage() == "train":
-            self.convergence.check(trainer, stats["abs_rel_gap"], self._objective(pl_module), stage="train")
+        if self._recorder.objective:
+            metrics = current.metrics
+            self.objective_check = (metrics.objective.verdict() if "loss" in current.layout.kept
+                                    else (None, "the training steps return no `loss`"))
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -261,9 +243,7 @@ class EntropyMonitor(Callback):
         if "val" in self.stages and "val" not in self._stages:
             self._no_output("val", "on_validation_epoch_end", trainer, pl_module)
         for stage in sorted(s for s in self._stages if s.startswith("val")):
-            stats = self._log_epoch(stage, self._stages[stage], trainer, pl_module)
-            if stage == "val" and self._convergence_stage() == "val":
-                self.convergence.check(trainer, stats["abs_rel_gap"], self._objective(pl_module), stage="val")
+            self._log_epoch(stage, self._stages[stage], trainer, pl_module)
 
     def _no_output(self, stage: str, hook: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """An epoch whose every step returned None: an error for validation (its step returns nothing), a
@@ -277,19 +257,6 @@ class EntropyMonitor(Callback):
             self._warned_empty.add(stage)
             rank_zero_warn(f"EntropyMonitor: every `training_step` of epoch {trainer.current_epoch} returned None"
                            f" ({skipped} batches skipped); there is nothing to monitor.")
-
-    def _convergence_stage(self) -> str:
-        if self.monitor_stage is not None:
-            return self.monitor_stage
-        return "val" if "val" in self.stages and "val" in self._stages else "train"
-
-    def _objective(self, pl_module: pl.LightningModule) -> tuple[float, float, float] | None:
-        """Rank-local -loss per point (read as a batch mean and as a batch sum) and ELBO, for the objective guard."""
-        current = self._stages.get("train")
-        if current is None or not self._check_objective:
-            return None
-        self._recorder.reduce(current, "on_train_batch_end", pl_module)
-        return current.metrics.objective()
 
     # ---------------------------------------------------------------------------------------- logs
     def _log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, current: Stage) -> None:
@@ -380,7 +347,6 @@ class EntropyMonitor(Callback):
             "warned_collapse": sorted(self._warned_collapse),
             "fixed_variance": self._recorder.fixed_variance,
             "last_global_step": self._last_global_step,
-            **self.convergence.state_dict(),
         }
 
     @override
@@ -391,7 +357,6 @@ class EntropyMonitor(Callback):
         self._warned_collapse = set(state_dict.get("warned_collapse", []))
         self._recorder.fixed_variance = state_dict.get("fixed_variance")
         self._last_global_step = int(state_dict.get("last_global_step", -1))
-        self.convergence.load_state_dict(state_dict)
 
 
 def _positive(name: str, value: Any) -> None:
