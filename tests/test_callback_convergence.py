@@ -3,8 +3,12 @@ beta = 1 ELBO, and the loop cases (stages, cadences, reuse, resume, fast_dev_run
 
 import math
 import re
+import sys
 import warnings
+from pathlib import Path
 
+import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from helpers import D, MonitorVAE, monitor_data, monitor_loader, monitor_trainer
@@ -184,7 +188,7 @@ def test_an_objective_other_than_the_elbo_does_not_count(tmp_path, model_kwargs)
 ], ids=["fp32", "bf16-true", "accumulation-2", "accumulation-schedule"])
 def test_the_elbo_objective_counts_under_any_precision_and_accumulation(tmp_path, precision, callbacks):
     convergence = EntropyConvergence(**OPEN, patience=1)
-    trainer, messages = _gaussian_vae_fit(tmp_path, convergence, precision=precision, callbacks=callbacks)
+    _trainer, messages = _gaussian_vae_fit(tmp_path, convergence, precision=precision, callbacks=callbacks)
     assert convergence.gate_open, messages
     assert not any("not the beta = 1 ELBO" in m for m in messages)
 
@@ -201,7 +205,7 @@ class OffsetAndSummed(MonitorVAE):
 def test_a_summed_loss_with_a_constant_offset_of_shape_one_counts(tmp_path):
     torch.manual_seed(0)
     convergence = EntropyConvergence(**OPEN, patience=1)
-    trainer, messages = _fit(tmp_path, OffsetAndSummed(lr=0.01), [EntropyMonitor(), convergence])
+    _trainer, messages = _fit(tmp_path, OffsetAndSummed(lr=0.01), [EntropyMonitor(), convergence])
     assert convergence.gate_open and not any("not the beta = 1 ELBO" in m for m in messages)
 
 
@@ -221,7 +225,8 @@ class ManualNoLoss(MonitorVAE):
 
 def test_without_a_training_loss_it_says_so_once_and_does_not_count(tmp_path):
     convergence = EntropyConvergence(**OPEN, patience=1)
-    trainer, messages = _fit(tmp_path, ManualNoLoss(lr=0.0, sample=False), [EntropyMonitor(), convergence], max_epochs=4)
+    trainer, messages = _fit(tmp_path, ManualNoLoss(lr=0.0, sample=False), [EntropyMonitor(), convergence],
+                             max_epochs=4)
     assert not convergence.gate_open and trainer.current_epoch == 4
     assert sum("cannot tell whether the training loss is the beta = 1 ELBO (the training steps return no"
                " `loss`)" in m for m in messages) == 1
@@ -234,7 +239,7 @@ def test_without_a_training_loss_it_says_so_once_and_does_not_count(tmp_path):
 def test_validation_every_other_epoch_counts_validation_checks(tmp_path):
     """The gate counts training epochs; the patience counts validation runs (epochs 1, 3, 5, ...)."""
     convergence = EntropyConvergence(**OPEN, patience=2)
-    trainer, _ = _fit(tmp_path, MonitorVAE(lr=0.0, sample=False), [EntropyMonitor(), convergence], max_epochs=10,
+    _trainer, _ = _fit(tmp_path, MonitorVAE(lr=0.0, sample=False), [EntropyMonitor(), convergence], max_epochs=10,
                       check_val_every_n_epoch=2)
     assert convergence.stopped_epoch == 5  # checks at epochs 1 (best), 3 (wait 1), 5 (wait 2)
 
@@ -266,7 +271,7 @@ def test_after_validate_a_fit_without_validation_does_not_watch_a_stale_stage(tm
 
 def test_fast_dev_run_never_counts(tmp_path):
     convergence = EntropyConvergence(gap_tolerance=1e6, gate_epochs=1, patience=1)
-    trainer, _ = _fit(tmp_path, MonitorVAE(lr=0.0, sample=False), [EntropyMonitor(), convergence], fast_dev_run=True)
+    _fit(tmp_path, MonitorVAE(lr=0.0, sample=False), [EntropyMonitor(), convergence], fast_dev_run=True)
     assert convergence.closed_epochs == 0 and convergence.stop_reason is None
 
 
@@ -292,3 +297,34 @@ def test_stock_early_stopping_still_monitors_the_published_keys(tmp_path):
     stopper = EarlyStopping(monitor="entropy/val/abs_rel_gap", mode="min", stopping_threshold=1e6)
     trainer, _ = _fit(tmp_path, MonitorVAE(lr=0.0, sample=False), [EntropyMonitor(), stopper])
     assert trainer.current_epoch == 1 and math.isfinite(float(trainer.callback_metrics["entropy/val/abs_rel_gap"]))
+
+
+# ------------------------------------------------------------------- the benchmark's rule, replayed
+class Published(pl.Callback):
+    """The per-epoch values the rule reads, as published (placed after the monitor)."""
+
+    def __init__(self):
+        self.rel_gap, self.val_elbo = [], []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        metrics = trainer.callback_metrics
+        self.rel_gap.append(float(metrics["entropy/train/rel_gap"]))
+        self.val_elbo.append(float(metrics["entropy/val/elbo"]))
+
+
+def test_the_callback_stops_where_the_benchmark_replay_of_its_rule_stops(tmp_path):
+    """benchmarks/stopping.py chose the rule by replaying it offline; the callback must be the same rule."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from _stopping_rules import early_stopping
+
+    torch.manual_seed(0)
+    x = monitor_data(400, seed=3)
+    model = GaussianVAE(D, 2, kind="vae1", hidden_dims=(16,), lr=3e-3)
+    published = Published()
+    convergence = EntropyConvergence(gap_tolerance=0.05, gate_epochs=3, patience=3)
+    trainer = monitor_trainer(tmp_path, [EntropyMonitor(), published, convergence], max_epochs=80)
+    trainer.fit(model, datamodule=TensorDataModule(x[:320], x[320:], batch_size=32, shuffle=False))
+    history = {"train_rel_gap": np.array(published.rel_gap), "val_elbo": np.array(published.val_elbo)}
+    replayed = early_stopping(history, "val_elbo", patience=3, gate=0.05, mode="arm", consecutive=3)
+    assert convergence.gate_open and replayed is not None
+    assert convergence.stopped_epoch == replayed

@@ -31,7 +31,7 @@ EXAMPLES = [
     ("elbo_estimation.py", [], r"100\s+-?\d+\.\d+.*\d+\.\dx\s+-?\d+\.\d+", ()),
     ("toy_manifolds.py", [], r"manifold\s+100\s+10\s+-?\d+\.\d+.*%", ()),
     ("posterior_collapse.py", [], r"Active latents: EntropyMonitor \(val\) \d+", ()),
-    ("early_stopping.py", [], r"EntropyMonitor\(stop_on_convergence\)\s+\d+", ()),
+    ("early_stopping.py", [], r"EntropyConvergence\(\)\s+\d+", ()),
     ("plain_pytorch.py", [], r"\n\s+2\s+-?\d+\.\d+\s+-?\d+\.\d+", ()),
     ("cli.py", [], r"train\s+ELBO\s+-?\d+\.\d+\s+entropy sum", ("jsonargparse",)),
 ]
