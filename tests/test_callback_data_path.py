@@ -106,7 +106,8 @@ def test_each_logging_step_runs_the_same_ops_whatever_the_number_of_batches_it_r
         torch.manual_seed(0)
         monitor = CountingMonitor()
         train = monitor_data(48, seed=4)  # 12 batches of 4
-        trainer = monitor_trainer(tmp_path, [monitor], max_epochs=1, log_every_n_steps=every)
+        trainer = monitor_trainer(tmp_path, [monitor], max_epochs=1, log_every_n_steps=every,
+                                  logger=CSVLogger(tmp_path / str(every)))  # no logger: no step logging
         trainer.fit(MonitorVAE(lr=0.05), monitor_loader(train))
         logging = [len(calls) for calls in monitor.ops["on_train_batch_end"][1:] if calls]  # 0: the set-up
         assert len(logging) == 12 // every
@@ -114,6 +115,21 @@ def test_each_logging_step_runs_the_same_ops_whatever_the_number_of_batches_it_r
     assert len(set(counts[2] + counts[6])) == 1, counts  # fused: 2 or 6 batches, the same ops
     assert counts[2][0] <= 90, counts[2][0]
 
+
+
+def test_without_a_logger_no_step_reduces_and_the_epoch_values_are_the_same(tmp_path):
+    """The step keys only go to loggers: with none, the kept batches wait for the epoch end (same numbers)."""
+    results = {}
+    for logger in (False, True):
+        torch.manual_seed(0)
+        monitor = CountingMonitor()
+        trainer = monitor_trainer(tmp_path, [monitor], max_epochs=1, log_every_n_steps=2,
+                                  logger=CSVLogger(tmp_path / "csv") if logger else False)
+        trainer.fit(MonitorVAE(lr=0.05), monitor_loader(monitor_data(48, seed=4)))
+        results[logger] = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("entropy/")}
+        reducing = [calls for calls in monitor.ops["on_train_batch_end"][1:] if calls]
+        assert len(reducing) == (6 if logger else 0), len(reducing)
+    assert results[False] == pytest.approx(results[True], rel=1e-5, abs=1e-5)  # float32 sums, another order
 
 # ------------------------------------------------------------------------- every batch is checked
 class Altered(MonitorVAE):

@@ -13,6 +13,7 @@ from helpers import (
     monitor_reference,
     monitor_trainer,
 )
+from lightning.pytorch.loggers import CSVLogger
 
 from lightning_entropy_vae import EntropyMonitor
 
@@ -236,7 +237,8 @@ def test_no_host_sync_in_batch_hooks_between_logging_steps(tmp_path, monkeypatch
     watch("on_validation_batch_end", lambda trainer: False)
     torch.manual_seed(0)
     model = MonitorVAE(lr=0.05)
-    trainer = monitor_trainer(tmp_path, [monitor], max_epochs=2, log_every_n_steps=every)
+    trainer = monitor_trainer(tmp_path, [monitor], max_epochs=2, log_every_n_steps=every,
+                              logger=CSVLogger(tmp_path))  # without a logger, no step logging
     trainer.fit(model, monitor_loader(monitor_data(28, seed=3)), monitor_loader(VAL))  # 7 batches per epoch
     assert calls["quiet"] == 2 * 7 + 2 * 7 - 4 + 2 * 2 and calls["logging"] == 4
     assert sum(counts["quiet"].values()) == 0, dict(counts["quiet"])

@@ -204,7 +204,10 @@ class EntropyMonitor(Callback):
         stepped = step != self._last_global_step
         self._last_global_step = step
         every = trainer.log_every_n_steps
-        if stepped and every and step % every == 0 and "train" in self._stages:
+        # the step keys go to loggers only: without one, the kept batches wait for the epoch end (or a full
+        # stash), unless nan_strategy="error" asks to fail within log_every_n_steps of a bad batch
+        if (stepped and every and step % every == 0 and (trainer.loggers or self.nan_strategy == "error")
+                and "train" in self._stages):
             self._log_step(trainer, pl_module, self._stages["train"])
 
     @override
