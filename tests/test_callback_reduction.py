@@ -143,6 +143,24 @@ def test_flush_drops_batches_with_nan_or_inf():
     assert stage.metrics.objective.sums["mean"][1] == pytest.approx(-float(batches[0]["loss"]), rel=1e-5)
 
 
+
+def test_flush_drops_the_right_batches_of_mixed_sizes():
+    """Runs of equal batch sizes are probed run by run: a bad batch in any run drops that batch only."""
+    gen = torch.Generator().manual_seed(3)
+    batches = [_batch(gen, n, "scalar", prior=True) for n in (4, 4, 2, 3, 3, 1)]
+    batches[2]["enc_logvar"][1, 0] = 200.0  # the 2-point run: exp() overflows
+    batches[4]["prior_logvar"][0] = math.nan  # second batch of the 3-point run
+    batches[5]["enc_mean"][0, 1] = -math.inf  # the last, single point
+    stage = Stage(batches, profiled=False)
+    for b in batches:
+        stage.keep(b)
+    sums, elbo, collapse = stage.epoch()
+    ref_sums, ref_elbo, ref_collapse, kept = _reference(batches, profiled=False)
+    assert len(kept) == 3 and int(stage.metrics.dropped) == 3
+    assert float(sums["sum"]) == pytest.approx(float(ref_sums["sum"]), rel=1e-5)
+    assert float(elbo) == pytest.approx(float(ref_elbo), rel=1e-6)
+    torch.testing.assert_close(collapse["latent_kl"], ref_collapse["latent_kl"], rtol=1e-5, atol=1e-5)
+
 def test_window_is_the_points_since_the_last_read():
     gen = torch.Generator().manual_seed(2)
     batches = [_batch(gen, n, "scalar", prior=False) for n in (4, 4, 2, 4, 3)]

@@ -83,7 +83,7 @@ class PendingBatches:
                columns: tuple[Tensor, ...] = ()) -> tuple[list[bool], list[float] | None, list[list[float]]]:
         """Which pending batches hold only finite inputs, their losses if kept, and per-batch ``columns`` (each
         (K,)): one read to the host."""
-        probe = _per_batch(self._probe(stacked), self.sizes)
+        probe = self._probe(stacked)
         parts = [probe]
         has_loss = "loss" in self.layout.kept
         if has_loss:
@@ -100,29 +100,43 @@ class PendingBatches:
         return _per_batch(per_point, self.sizes)
 
     def _probe(self, stacked: dict[str, Tensor]) -> Tensor:
-        """Per point: a sum of every input that is NaN/Inf iff some input of the point is (or overflows in exp)."""
-        columns = []
+        """Per batch (K,): a sum that is NaN/Inf iff some input of the batch is (or overflows in exp).
+
+        Each key adds its sum over the batch's points, and an exponentiated log-variance also the exp of its
+        maximum (of its minimum for ``exp(-t)``): exp is monotone, so it overflows iff some element's exp
+        does, and only K values are exponentiated. NaN propagates through sums, maxima and exp alike.
+        """
+        total = None
         for key, t in stacked.items():
             if not isinstance(t, Tensor):  # data_dim
                 continue
             if t.dtype in (torch.float16, torch.bfloat16):  # exp and sums as the metrics take them: in float32
                 t = t.float()
-            sign = EXPONENTIATED.get(key)
-            if sign is not None:  # the value itself (an exp(-inf) is 0), and its exp
-                t = t + (t.exp() if sign > 0 else torch.exp(-t))
             axis = self.layout.batch_axis(key) or 0
-            if axis:  # (S, N, ...): one value per point
-                t = t.sum(0)
-            columns.append(t.reshape(t.shape[0], -1))
-        return torch.cat(columns, -1).sum(-1)
+            points = (t.movedim(axis, 0) if axis else t).reshape(t.shape[axis], -1)  # (N, everything else)
+            sign = EXPONENTIATED.get(key)
+            columns = []
+            for rows in _batch_rows(points, self.sizes):  # (batches, size * everything else) per run
+                column = rows.sum(-1)
+                if sign is not None:
+                    column = column + (rows.amax(-1).exp() if sign > 0 else torch.exp(-rows.amin(-1)))
+                columns.append(column)
+            column = columns[0] if len(columns) == 1 else torch.cat(columns)
+            total = column if total is None else total + column
+        return total
+
+def _batch_rows(points: Tensor, sizes: list[int]) -> list[Tensor]:
+    """A per-point table (N, m) as one (batches, size * m) view per run of equal batch sizes."""
+    out, start = [], 0
+    for count, size in _runs(sizes):
+        out.append(points[start:start + count * size].reshape(count, -1))
+        start += count * size
+    return out
 
 
 def _per_batch(per_point: Tensor, sizes: list[int]) -> Tensor:
     """Sum a per-point vector (N,) within each batch: (K,)."""
-    out, start = [], 0
-    for count, size in _runs(sizes):
-        out.append(per_point[start:start + count * size].view(count, size).sum(-1))
-        start += count * size
+    out = [rows.sum(-1) for rows in _batch_rows(per_point, sizes)]
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
