@@ -62,8 +62,8 @@ def alias_hints(keys: Any) -> str:
     """A sentence naming the received keys that are known aliases, with the vocabulary name to use (or ``""``).
 
     Example:
-        >>> alias_hints(["mu", "log_var", "z", "loss"])
-        ' Received `mu`, `log_var`, `z`, which are not vocabulary names: rename `mu` -> `enc_mean`, `log_var` -> `enc_logvar`; `z` is not needed.'
+        >>> alias_hints(["mu", "z", "loss"])
+        ' Received `mu`, `z`, which are not vocabulary names: rename `mu` -> `enc_mean`; `z` is not needed.'
     """
     found = [str(k) for k in keys if k not in STEP_KEYS and k in ALIASES]
     if not found:

@@ -62,8 +62,8 @@ def _residual_inputs(x: Any, dec_mean: Any, owner: str) -> tuple[_in.Data, Tenso
 
 
 def fixed_decoder_variance(dec_logvar: Any) -> bool:
-    """Whether a step's ``dec_logvar`` looks fixed: a Python number, or one tensor value per model (``()``, ``(1,)`` or ``(D,)``) that
-    does not require grad, outside inference mode (where nothing requires grad).
+    """Whether a step's ``dec_logvar`` looks fixed: a Python number, or one tensor value per model (``()``, ``(1,)``
+    or ``(D,)``) that does not require grad, outside inference mode (where nothing requires grad).
 
     A fixed variance (VAE-0, plain MSE training) keeps the ELBO away from the entropy sum; see
     :func:`profiled_entropy_sum`. A learnable parameter returned through ``.detach()`` looks fixed too.
