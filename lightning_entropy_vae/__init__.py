@@ -8,6 +8,7 @@ Lightning callback (:class:`EntropyMonitor`).
 
 from typing import TYPE_CHECKING, Any
 
+from lightning_entropy_vae.capture import Capture, capture
 from lightning_entropy_vae.metrics import (
     DecoderEntropy,
     EncoderEntropy,
@@ -33,6 +34,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'lightning_entropy_vae' has no attribute {name!r}")
 
 __all__ = [
+    "Capture",
     "DecoderEntropy",
     "EncoderEntropy",
     "EntropyConvergence",
@@ -43,4 +45,5 @@ __all__ = [
     "PriorEntropy",
     "VAEOutput",
     "__version__",
+    "capture",
 ]

@@ -177,8 +177,8 @@ def test_a_later_batch_that_disagrees_with_the_first_raises_the_first_batch_erro
     (lambda out: {**out, "prior_logvar": torch.zeros(2)}, ValueError,
      "got `prior_logvar` in a later batch's output, but not in the stage's first batch, which fixed its inputs"
      " ['dec_logvar', 'dec_mean', 'elbo', 'enc_logvar', 'enc_mean', 'x']. Return the same keys from every batch."),
-    (lambda out: {**out, "dec_logvar": 0.5}, TypeError,
-     "expected `dec_logvar` to be a torch.Tensor, as in the stage's first batch, but got float."),
+    (lambda out: {**out, "dec_logvar": [0.5]}, TypeError,  # a Python number is a 0-d tensor since issue 10
+     "expected `dec_logvar` to be a torch.Tensor, as in the stage's first batch, but got list."),
     (lambda out: {**out, "enc_logvar": out["enc_logvar"].long()}, TypeError,
      "expected `enc_logvar` to be a floating-point tensor, but got dtype torch.int64."),
 ])

@@ -4,7 +4,7 @@ import re
 
 import pytest
 import torch
-from torch.distributions import Bernoulli, Categorical, Independent, Normal
+from torch.distributions import Bernoulli, Categorical, Independent, MultivariateNormal, Normal
 
 import lightning_entropy_vae.functional as F
 from lightning_entropy_vae.functional import _checks, _inputs
@@ -37,33 +37,34 @@ CASES = {
         ValueError,
         "Expected `enc_logvar` of shape (B, H) matching `enc_mean` (128, 16), but got (128, 8).",
     ),
-    "enc_logvar 3-d": (
-        lambda: F.encoder_entropy(enc_logvar=z(2, 3, 4)),
+    "enc_logvar 3-d vs enc_mean": (  # (B, *latent) latents are flattened, but enc_mean must match first
+        lambda: F.gaussian_kl(enc_mean=z(2, 3, 4), enc_logvar=z(2, 4, 3)),
         ValueError,
-        "Expected `enc_logvar` of shape (B, H), but got (2, 3, 4).",
+        "Expected `enc_logvar` of shape (B, H) matching `enc_mean` (2, 3, 4), but got (2, 4, 3).",
     ),
     "enc_logvar 1-d": (
         lambda: F.entropy_sum(enc_logvar=z(3), dec_logvar=z(), x=z(3, 2)),
         ValueError,
-        "Expected `enc_logvar` of shape (B, H), but got (3,).",
+        "Expected `enc_logvar` of shape (B, H) (or (B, *latent)), but got (3,).",
     ),
-    "posterior shape": (
-        lambda: F.encoder_entropy(posterior=Normal(z(2, 3, 4), 1.0)),
+    "posterior shape": (  # a full covariance over (B, *latent) has no flat form
+        lambda: F.encoder_entropy(posterior=MultivariateNormal(z(2, 3, 4), torch.eye(4))),
         ValueError,
-        "Expected `posterior` with batch and event shape (B, H), but got (2, 3, 4)"
-        " (batch_shape=(2, 3, 4), event_shape=()).",
+        "Expected `posterior` with batch and event shape (B, H) (or (B, *latent) for a diagonal one),"
+        " but got (2, 3, 4) (batch_shape=(2, 3), event_shape=(4,)).",
     ),
     "posterior event shape": (
-        lambda: F.latent_entropy(posterior=Independent(Normal(z(2, 3, 4), 1.0), 2)),
+        lambda: F.latent_entropy(posterior=Normal(z(2), 1.0)),
         ValueError,
-        "Expected `posterior` with batch and event shape (B, H), but got (2, 3, 4)"
-        " (batch_shape=(2,), event_shape=(3, 4)).",
+        "Expected `posterior` with batch and event shape (B, H) (or (B, *latent) for a diagonal one),"
+        " but got (2,) (batch_shape=(2,), event_shape=()).",
     ),
     # ---- prior
     "prior shape": (
         lambda: F.entropy_sum(enc_logvar=z(2, 3), dec_logvar=z(), x=z(2, 4), prior=Normal(z(4), 1.0)),
         ValueError,
-        "Expected `prior` with batch and event shape (H,) = (3,), but got (4,).",
+        "Expected `prior` with batch and event shape (H,) = (3,), or (B, H) = (2, 3) for a diagonal prior repeated"
+        " over the batch (a Pyro plate), but got (4,).",
     ),
     "prior_logvar H": (
         lambda: F.entropy_sum(enc_logvar=z(2, 3), dec_logvar=z(), x=z(2, 4), prior_logvar=z(4)),
@@ -202,10 +203,10 @@ CASES = {
         TypeError,
         "Expected `enc_logvar` to be a torch.Tensor, but got list.",
     ),
-    "non-tensor float": (
-        lambda: F.decoder_entropy(dec_logvar=0.5, x=z(2, 3)),
+    "non-tensor list": (  # a Python float or int is a fixed log-variance; a list is not
+        lambda: F.decoder_entropy(dec_logvar=[0.5], x=z(2, 3)),
         TypeError,
-        "Expected `dec_logvar` to be a torch.Tensor, but got float.",
+        "Expected `dec_logvar` to be a torch.Tensor, but got list.",
     ),
     "integer enc_logvar": (
         lambda: F.encoder_entropy(enc_logvar=torch.zeros(2, 3, dtype=torch.long)),
@@ -225,7 +226,8 @@ CASES = {
     "posterior not a distribution": (
         lambda: F.encoder_entropy(posterior=z(2, 3)),
         TypeError,
-        "Expected `posterior` to be a torch.distributions.Distribution, but got Tensor.",
+        "Expected `posterior` to be a torch.distributions.Distribution, or an object with a `.mean` and a"
+        " `.logvar` (or `.var`, `.std`, `.scale`) tensor, but got Tensor.",
     ),
     "likelihood Bernoulli": (
         lambda: F.decoder_entropy(likelihood=Bernoulli(probs=z(2, 3) + 0.5)),

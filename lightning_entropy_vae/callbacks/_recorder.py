@@ -18,7 +18,7 @@ from lightning_utilities.core.rank_zero import rank_zero_warn
 from lightning_entropy_vae.callbacks._live_params import LiveParameters
 from lightning_entropy_vae.callbacks._pending import PendingBatches
 from lightning_entropy_vae.callbacks._stage_metrics import StageMetrics
-from lightning_entropy_vae.callbacks._step_outputs import StageLayout, owner_of, read_output
+from lightning_entropy_vae.callbacks._step_outputs import StageLayout, normalize, owner_of, read_output
 from lightning_entropy_vae.functional import fixed_decoder_variance
 from lightning_entropy_vae.functional._checks import first_nonfinite
 
@@ -52,6 +52,13 @@ class StageRecorder:
         self.stages.clear()
         self.skipped_none.clear()
 
+    def start_batch(self, record: bool) -> None:
+        """A batch starts: an ``extract`` that records forward passes (a :class:`~lightning_entropy_vae.Capture`)
+        drops what it holds and records this batch's forward pass only if ``record`` (its stage is monitored)."""
+        start = getattr(self.extract, "start_batch", None)
+        if start is not None:
+            start(record)
+
     def keep(self, hook: str, stage: str, pl_module: Any, outputs: Any, batch: Any) -> None:
         """Keep references to a step's tensors (no device work), reducing them when the stash is full."""
         values = self.extract(pl_module, outputs, batch) if self.extract is not None else outputs
@@ -59,10 +66,11 @@ class StageRecorder:
         if values is None:  # Lightning's "skip this batch"
             self.skipped_none[stage] = self.skipped_none.get(stage, 0) + 1
             return
+        owner = lambda: owner_of(hook, pl_module)  # noqa: E731  (built only for an error message)
+        values = normalize(values, owner)  # duck-typed Gaussians as tensors, a Python-number dec_logvar as one
         current = self.stages.get(stage)
         if current is None:
             current = self.stages[stage] = self._start(stage, hook, pl_module, values)
-        owner = lambda: owner_of(hook, pl_module)  # noqa: E731  (built only for an error message)
         kw, size = current.layout.check(values, owner)
         if stage == "train":  # also detaches (views, no kernel): kept tensors do not hold the autograd graph
             kw = self.live.restore(kw, owner)

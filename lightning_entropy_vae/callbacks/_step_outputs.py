@@ -50,6 +50,42 @@ def read_output(values: Any, hook: str, stage: str, pl_module: Any, got: str | N
     )
 
 
+_NUMBERS: dict[tuple, Tensor] = {}
+
+
+def normalize(values: Mapping[str, Any], owner: Callable[[], str]) -> Mapping[str, Any]:
+    """A step output with duck-typed Gaussians as their tensors and a Python-number ``dec_logvar`` as a 0-d tensor.
+
+    A ``posterior`` (``likelihood``) with ``.mean`` and ``.logvar`` (or ``.var``, ``.std``, ...) becomes
+    ``enc_mean``/``enc_logvar`` (``dec_mean``/``dec_logvar``), read by :func:`~._inputs.gaussian_moments`: tensors
+    stack across batches, objects would be updated one by one. Metadata only; the mapping is copied only when
+    something changes.
+    """
+    swaps: dict[str, Any] = {}
+    for key, mean_key, logvar_key in (("posterior", "enc_mean", "enc_logvar"),
+                                      ("likelihood", "dec_mean", "dec_logvar")):
+        value = values.get(key)
+        moments = None if value is None else _in.gaussian_moments(key, value)
+        if moments is not None:
+            if values.get(mean_key) is not None or values.get(logvar_key) is not None:
+                raise ValueError(f"{owner()} expected either `{key}` or `{mean_key}`/`{logvar_key}`, but got both.")
+            swaps.update({key: None, mean_key: moments[0], logvar_key: moments[1]})
+    lv = values.get("dec_logvar")
+    if isinstance(lv, (int, float)) and not isinstance(lv, bool):
+        like = swaps.get("enc_logvar", values.get("enc_logvar"))
+        like = like if isinstance(like, Tensor) else values.get("x")
+        key = (float(lv), *((like.device, like.dtype) if isinstance(like, Tensor) else ()))
+        found = _NUMBERS.get(key)
+        if found is None:
+            if len(_NUMBERS) > 16:
+                _NUMBERS.clear()
+            found = _NUMBERS[key] = _in.as_logvar("dec_logvar", lv, like if isinstance(like, Tensor) else None)
+        swaps["dec_logvar"] = found
+    if not swaps:
+        return values
+    return {k: v for k, v in {**values, **swaps}.items() if v is not None or k not in swaps}
+
+
 def _fmt(shape: Any) -> str:
     return str(tuple(shape))
 
@@ -68,7 +104,12 @@ class StageLayout:
         if enc.mean is None:
             raise missing_inputs_error(owner, "`enc_mean` and `enc_logvar` (or a `posterior`)", kw)
         self.batch, self.latent_dim = enc.logvar.shape
-        p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=self.latent_dim, batch=self.batch)
+        p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=self.latent_dim, batch=self.batch,
+                      check_rows=False)
+        latent = kw.get("enc_logvar", kw.get("posterior"))
+        #: the latents' shape per point before flattening: ``(H,)``, or ``(C, h, w)`` for an image VAE
+        self.latent_shape = (tuple(latent.shape[1:]) if isinstance(latent, Tensor) else
+                             _full_shape(latent)[1:] if isinstance(latent, Distribution) else (self.latent_dim,))
         dec = _in.decoder(kw.get("dec_mean"), kw.get("dec_logvar"), kw.get("likelihood"), d, owner=owner, given=kw)
         check_batch(owner, encoder=self.batch, decoder=dec.batch_size, x=d.batch_size)
         self.data_dim = dec.data_dim
@@ -186,10 +227,8 @@ def _shape_rule(key: str, value: Any, data_rank: int, decoder_layout: str) -> tu
         axis: int | None = 0 if len(shape) == 1 + data_rank else 1
     elif key == "dec_logvar":  # (B, D) or (B, 1); (S, B, D); or one value per model: () or (D,)
         axis = {"per_sample": 0, "per_z": 1}.get(decoder_layout)
-    elif key == "prior_logvar":  # (H,), or each sample's own (B, H)
+    elif key in ("prior_logvar", "prior"):  # (H,); each sample's own (B, H), or a prior repeated over a plate
         axis = 0 if len(shape) == 2 else None
-    elif key == "prior":  # a distribution over (H,)
-        axis = None
     else:  # enc_mean, enc_logvar, posterior, x, elbo, dec_sq_residual
         axis = 0
     return axis, shape

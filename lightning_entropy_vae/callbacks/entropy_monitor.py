@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning_utilities.core.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from lightning_entropy_vae.callbacks import _loggers
+from lightning_entropy_vae.callbacks import _groups, _loggers
 from lightning_entropy_vae.callbacks._recorder import Stage, StageRecorder
 from lightning_entropy_vae.callbacks._step_outputs import read_output
 from lightning_entropy_vae.functional import COLLAPSE_CRITERIA, collapsed_latents, relative_gap
@@ -74,6 +74,9 @@ class EntropyMonitor(Callback):
         extract: ``extract(pl_module, outputs, batch) -> mapping`` for modules whose step output cannot change.
         nan_strategy: ``"skip"`` (default) drops and counts batches holding NaN/Inf; ``"error"`` raises.
         warn_on_collapse: warn when a latent collapses during training.
+        latent_groups: ``"channel"``: for latents of shape ``(B, C, h, w)`` (flattened to H = C*h*w) also log
+            ``entropy/{stage}/channel_active/{c}`` and ``.../channel_entropy/{c}`` per channel, a readable summary
+            where H is above ``max_latents_as_scalars``; ``None`` (default): no groups.
 
     Example:
         >>> import lightning as L
@@ -97,6 +100,7 @@ class EntropyMonitor(Callback):
         extract: Extract | None = None,
         nan_strategy: str = "skip",
         warn_on_collapse: bool = True,
+        latent_groups: str | None = None,
     ) -> None:
         stages = tuple(stages)
         if not stages or any(s not in ("train", "val") for s in stages):
@@ -117,6 +121,10 @@ class EntropyMonitor(Callback):
             raise TypeError(f"Expected `extract` to be callable(pl_module, outputs, batch), but got {extract!r}.")
         if nan_strategy not in ("skip", "error"):
             raise ValueError(f"Expected `nan_strategy` to be one of ('skip', 'error'), but got {nan_strategy!r}.")
+        if latent_groups is not None and latent_groups not in _groups.LATENT_GROUPS:
+            raise ValueError(f"Expected `latent_groups` to be None or one of {_groups.LATENT_GROUPS}, but got"
+                             f" {latent_groups!r}.")
+        self.latent_groups = latent_groups
         self.stages = stages
         self.collapse_criterion = collapse_criterion
         self.collapse_threshold = collapse_threshold
@@ -184,6 +192,7 @@ class EntropyMonitor(Callback):
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
+        self._recorder.start_batch(record=self._train)  # a Capture records this step's forward pass, or nothing
         if self._train:
             self._recorder.live.start_batch()
             # Lightning divides the returned loss by this; a GradientAccumulationScheduler sets it per epoch
@@ -217,7 +226,7 @@ class EntropyMonitor(Callback):
             self._no_output("train", "on_train_epoch_end", trainer, pl_module)
             return
         stats = self._log_epoch("train", current, trainer, pl_module)
-        self._warn_on_new_collapse(trainer, stats["collapsed"])
+        self._warn_on_new_collapse(trainer, stats["collapsed"], current.layout.latent_shape)
         if self._recorder.objective:
             metrics = current.metrics
             self.objective_check = (metrics.objective.verdict() if "loss" in current.layout.kept
@@ -230,6 +239,11 @@ class EntropyMonitor(Callback):
                 current.pending.clear()
                 current.metrics.reset_epoch(carry_window=False)
                 self._recorder.skipped_none[stage] = 0
+
+    @override
+    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._recorder.start_batch(record="val" in self.stages and not trainer.sanity_checking)
 
     @override
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -293,6 +307,8 @@ class EntropyMonitor(Callback):
         per_latent = current.layout.latent_dim <= self.max_latents_as_scalars and bool(trainer.loggers)
         tensors, floats = _loggers.epoch_metrics(stage, sums, elbo, collapse, skipped, data_dim=current.layout.data_dim,
                                                  floor=self.rel_gap_floor, per_latent=per_latent)
+        if self.latent_groups is not None and trainer.loggers:
+            floats.update(_groups.group_keys(stage, collapse, current.layout.latent_shape))
         self._callback_metrics.publish(trainer, pl_module, tensors)
         _loggers.log_to_loggers(trainer, floats, trainer.global_step)
         self._write_extras(trainer, stage, current, collapse, per_latent)
@@ -326,7 +342,8 @@ class EntropyMonitor(Callback):
             _loggers.write_latent_figures(trainer.loggers, stage, collapse, trainer.global_step,
                                           histogram=self.log_histograms, figure=figure)
 
-    def _warn_on_new_collapse(self, trainer: pl.Trainer, collapsed: list[bool] | None) -> None:
+    def _warn_on_new_collapse(self, trainer: pl.Trainer, collapsed: list[bool] | None,
+                              latent_shape: tuple[int, ...] = ()) -> None:
         if collapsed is None:  # an epoch without kept points says nothing about collapse
             return
         previous, self._collapsed = self._collapsed, collapsed
@@ -337,7 +354,8 @@ class EntropyMonitor(Callback):
         self._warned_collapse.update(new)
         if new:
             rank_zero_warn(
-                f"EntropyMonitor: latent(s) {new} collapsed during epoch {trainer.current_epoch} (criterion"
+                f"EntropyMonitor: {_groups.named_latents(new, latent_shape)} collapsed during epoch"
+                f" {trainer.current_epoch} (criterion"
                 f" {self.collapse_criterion!r}): their posterior now matches the prior and they carry no information."
             )
 

@@ -44,6 +44,38 @@ EXAMPLE_RETURN = (
 )
 
 
+#: Names other code bases give the vocabulary's quantities, and what to return instead (``None``: not needed).
+#: Suggested in error messages only, never accepted silently: a ``z`` or a ``recon`` can mean several things.
+ALIASES: dict[str, str | None] = {
+    "mu": "enc_mean", "mean": "enc_mean", "z_mean": "enc_mean", "embedding": "enc_mean", "loc": "enc_mean",
+    "log_var": "enc_logvar", "logvar": "enc_logvar", "log_sigma2": "enc_logvar", "z_log_var": "enc_logvar",
+    "log_covariance": "enc_logvar",
+    "recon_x": "dec_mean", "x_hat": "dec_mean", "recon": "dec_mean", "reconstruction": "dec_mean",
+    "x_recon": "dec_mean", "sample": "dec_mean",
+    "latent_dist": "posterior", "q_z": "posterior", "qz": "posterior", "p_z": "prior", "pz": "prior",
+    "p_x": "likelihood", "px": "likelihood", "inputs": "x", "data": "x",
+    "z": None, "eps": None, "recon_loss": None, "reg_loss": None, "kld": None, "kl": None,
+}
+
+
+def alias_hints(keys: Any) -> str:
+    """A sentence naming the received keys that are known aliases, with the vocabulary name to use (or ``""``).
+
+    Example:
+        >>> alias_hints(["mu", "z", "loss"])
+        ' Received `mu`, `z`, which are not vocabulary names: rename `mu` -> `enc_mean`; `z` is not needed.'
+    """
+    found = [str(k) for k in keys if k not in STEP_KEYS and k in ALIASES]
+    if not found:
+        return ""
+    renames = [f"`{k}` -> `{ALIASES[k]}`" for k in found if ALIASES[k] is not None]
+    unneeded = [f"`{k}`" for k in found if ALIASES[k] is None]
+    parts = (["rename " + ", ".join(renames)] if renames else []) + (
+        [", ".join(unneeded) + (" is" if len(unneeded) == 1 else " are") + " not needed"] if unneeded else [])
+    return (f" Received {', '.join(f'`{k}`' for k in found)}, which are not vocabulary names: "
+            + "; ".join(parts) + ".")
+
+
 def missing_inputs_error(owner: str, needed: str, given: Mapping[str, Any] | None = None) -> ValueError:
     """Build the error for missing vocabulary keys, with the ``return {...}`` a user should write.
 
@@ -55,7 +87,7 @@ def missing_inputs_error(owner: str, needed: str, given: Mapping[str, Any] | Non
     else:
         got = ", ".join(f"`{k}`" for k in given) if given else "nothing"
     return ValueError(
-        f"{owner} needs {needed}, but got {got}."
+        f"{owner} needs {needed}, but got {got}." + alias_hints(given or ()) +
         " Return the encoder and decoder statistics from your step, for example:\n" + EXAMPLE_RETURN
     )
 
@@ -72,8 +104,10 @@ def check_keywords(owner: str, extra: Mapping[str, Any], accepted: tuple[str, ..
     valid = sorted({*accepted, *STEP_KEYS})
     hints = []
     for key in unknown:
-        close = difflib.get_close_matches(key, valid, n=1)
-        hints.append(f"`{key}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
+        alias = ALIASES.get(key, "")
+        close = [alias] if alias else difflib.get_close_matches(key, valid, n=1)
+        hints.append(f"`{key}`" + (f" (did you mean `{close[0]}`?)" if close else
+                                   " (not needed)" if key in ALIASES else ""))
     raise TypeError(
         f"{owner} got unexpected keyword argument(s) {', '.join(hints)}. Expected {', '.join(accepted)}"
         " or names of the vocabulary."

@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor
 from torch.distributions import (
     Distribution,
@@ -22,6 +23,9 @@ from torch.distributions import (
 
 from lightning_entropy_vae.functional._checks import as_float_tensor, missing_inputs_error
 from lightning_entropy_vae.functional._checks import shape_of as _shape
+from lightning_entropy_vae.functional._duck import as_logvar, gaussian_moments
+
+__all__ = ["as_logvar", "gaussian_moments"]  # with the parsers below; read as ``_in.<name>``
 
 _GAUSSIANS = (Normal, MultivariateNormal, LowRankMultivariateNormal)
 
@@ -30,7 +34,8 @@ def check_gaussian(name: str, dist: Any, role: str) -> Distribution:
     """Accept Normal, Independent(Normal), MultivariateNormal and LowRankMultivariateNormal."""
     base = dist.base_dist if isinstance(dist, Independent) else dist
     if not isinstance(dist, Distribution):
-        raise TypeError(f"Expected `{name}` to be a torch.distributions.Distribution, but got {type(dist).__name__}.")
+        raise TypeError(f"Expected `{name}` to be a torch.distributions.Distribution, or an object with a `.mean` and"
+                        f" a `.logvar` (or `.var`, `.std`, `.scale`) tensor, but got {type(dist).__name__}.")
     if not isinstance(base, _GAUSSIANS):
         raise TypeError(
             f"Expected a Gaussian `{name}` (Normal, Independent(Normal), MultivariateNormal or"
@@ -66,26 +71,31 @@ def encoder(
     owner: str,
     given: Mapping[str, Any] | None = None,
 ) -> Encoder:
-    """Resolve the encoder from tensors or a ``posterior`` distribution.
+    """Resolve the encoder from tensors, a ``posterior`` distribution or a duck-typed Gaussian posterior.
 
+    Latents of any shape ``(B, *latent)`` (an image VAE's ``(B, C, h, w)``) are flattened to ``(B, H)``.
     ``given``: the caller's inputs (a metric's merged mapping), named in a missing-key error.
     """
     if posterior is not None:
-        dist = check_gaussian("posterior", posterior, "encoder")
-        full = _dist_full_shape(dist)
-        if len(full) != 2:
-            raise ValueError(
-                f"Expected `posterior` with batch and event shape (B, H), but got {full}"
-                f" (batch_shape={tuple(dist.batch_shape)}, event_shape={tuple(dist.event_shape)})."
-            )
-        mean = as_float_tensor("posterior.mean", dist.mean)
-        logvar = as_float_tensor("posterior.variance", dist.variance).log()
-        return Encoder(mean, logvar, None if is_diagonal(dist) else dist)
+        moments = gaussian_moments("posterior", posterior)
+        if moments is None:
+            dist = check_gaussian("posterior", posterior, "encoder")
+            full = _dist_full_shape(dist)
+            diagonal = is_diagonal(dist)
+            if len(full) != 2 and not (diagonal and len(full) > 2):
+                raise ValueError(
+                    f"Expected `posterior` with batch and event shape (B, H) (or (B, *latent) for a diagonal one),"
+                    f" but got {full} (batch_shape={tuple(dist.batch_shape)}, event_shape={tuple(dist.event_shape)})."
+                )
+            mean = _flat(as_float_tensor("posterior.mean", dist.mean))
+            logvar = _flat(as_float_tensor("posterior.variance", dist.variance).log())
+            return Encoder(mean, logvar, None if diagonal else dist)
+        enc_mean, enc_logvar = moments
     if enc_logvar is None:
         raise missing_inputs_error(owner, "`enc_logvar` (or a `posterior` distribution)", given)
     logvar = as_float_tensor("enc_logvar", enc_logvar)
-    if logvar.dim() != 2:
-        raise ValueError(f"Expected `enc_logvar` of shape (B, H), but got {_shape(logvar)}.")
+    if logvar.dim() < 2:
+        raise ValueError(f"Expected `enc_logvar` of shape (B, H) (or (B, *latent)), but got {_shape(logvar)}.")
     mean = None
     if enc_mean is not None:
         mean = as_float_tensor("enc_mean", enc_mean)
@@ -94,7 +104,13 @@ def encoder(
                 f"Expected `enc_logvar` of shape (B, H) matching `enc_mean` {_shape(mean)},"
                 f" but got {_shape(logvar)}."
             )
-    return Encoder(mean, logvar, None)
+        mean = _flat(mean)
+    return Encoder(mean, _flat(logvar), None)
+
+
+def _flat(t: Tensor) -> Tensor:
+    """``(B, *latent)`` as ``(B, H)``."""
+    return t if t.dim() == 2 else t.reshape(t.shape[0], -1)
 
 
 # ------------------------------------------------------------------------------------------- prior
@@ -106,19 +122,38 @@ class Prior(NamedTuple):
     dist: Distribution | None  # a `prior` distribution, as given
 
 
-def prior(prior_logvar: Any = None, prior_dist: Any = None, *, latent_dim: int, batch: int | None = None) -> Prior:
+def prior(prior_logvar: Any = None, prior_dist: Any = None, *, latent_dim: int, batch: int | None = None,
+          check_rows: bool = True) -> Prior:
     """Resolve the prior; the default is the standard normal N(0, I) over ``latent_dim`` latents.
 
     ``prior_logvar`` is ``(H,)``, or ``(B, H)`` when each sample carries the prior that was in effect
     for it (the callback concatenates batches of a learnable prior this way).
+
+    A diagonal ``prior`` distribution over ``(H,)``, or with a batch dimension, ``(B, H)``: a Pyro model's
+    prior expanded over its plate. Its rows are read per point, as a ``(B, H)`` ``prior_logvar`` is; the prior
+    entropy is that of p(z), so the rows must be one prior: with ``check_rows`` (the functions) they are
+    compared (a sync with the device); the metrics and the callback do not compare them.
     """
     if prior_dist is not None:
-        dist = check_gaussian("prior", prior_dist, "prior")
-        full = _dist_full_shape(dist)
-        if full != (latent_dim,):
-            raise ValueError(f"Expected `prior` with batch and event shape (H,) = ({latent_dim},), but got {full}.")
-        mean = as_float_tensor("prior.mean", dist.mean)
-        logvar = as_float_tensor("prior.variance", dist.variance).log()
+        moments = gaussian_moments("prior", prior_dist)
+        dist = None if moments is not None else check_gaussian("prior", prior_dist, "prior")
+        full = _shape(moments[0].shape) if dist is None else _dist_full_shape(dist)
+        rows = len(full) == 2 and full[1] == latent_dim and (batch is None or full[0] == batch)
+        if full != (latent_dim,) and not (rows and (dist is None or is_diagonal(dist))):
+            raise ValueError(f"Expected `prior` with batch and event shape (H,) = ({latent_dim},), or (B, H) ="
+                             f" ({batch or 'B'}, {latent_dim}) for a diagonal prior repeated over the batch (a Pyro"
+                             f" plate), but got {full}.")
+        mean, logvar = moments if dist is None else (
+            as_float_tensor("prior.mean", dist.mean), as_float_tensor("prior.variance", dist.variance).log())
+        if rows and check_rows and not (torch.equal(mean, mean[:1].expand_as(mean))
+                                        and torch.equal(logvar, logvar[:1].expand_as(logvar))):
+            raise ValueError(
+                f"Expected a `prior` of shape {full} whose rows are one prior p(z) (the prior entropy is that of"
+                " p(z)), but its rows differ: a prior that depends on the data point is not a prior of the"
+                " three-entropies result. Pass one row, e.g. the prior of the first point."
+            )
+        if dist is None or rows:  # diagonal: the marginals are the whole prior
+            return Prior(mean, logvar, None)
         return Prior(mean, logvar, dist)
     if prior_logvar is None:
         return Prior(None, None, None)
@@ -205,6 +240,11 @@ def decoder(
     dimensions. ``data_dim`` gives D when neither ``x`` nor ``dec_mean`` is passed.
     """
     d = x if x is not None else Data(None, None, None, None)
+    moments = None if likelihood is None else gaussian_moments("likelihood", likelihood)
+    if moments is not None:  # a duck-typed Gaussian likelihood: its mean and log-variance, as tensors
+        if dec_mean is not None or dec_logvar is not None:
+            raise ValueError("Expected either a `likelihood` or `dec_mean`/`dec_logvar`, but got both.")
+        (dec_mean, dec_logvar), likelihood = moments, None
     if likelihood is not None:
         dist = check_gaussian("likelihood", likelihood, "decoder")
         full = _dist_full_shape(dist)
@@ -230,7 +270,8 @@ def decoder(
 
     if dec_logvar is None:
         raise missing_inputs_error(owner, "`dec_logvar` (or a `likelihood` distribution)", given)
-    logvar = as_float_tensor("dec_logvar", dec_logvar)
+    ref = dec_mean if isinstance(dec_mean, Tensor) else d.x
+    logvar = as_float_tensor("dec_logvar", as_logvar("dec_logvar", dec_logvar, ref))
     mean = None
     if dec_mean is not None:
         mean = flatten_decoder("dec_mean", as_float_tensor("dec_mean", dec_mean), d)

@@ -198,13 +198,17 @@ def prior_entropy(
     """
     check_keywords("prior_entropy()", vocabulary,
                    ("prior_logvar", "latent_dim", "prior", "enc_logvar", "enc_mean", "posterior"))
-    tensors = [v for v in (prior_logvar, enc_logvar, enc_mean) if isinstance(v, Tensor) and v.dim() >= 1]
     if latent_dim is None:
-        if tensors:
-            latent_dim = tensors[0].shape[-1]
-        elif prior is not None or posterior is not None:
-            dist = prior if prior is not None else posterior
-            latent_dim = (tuple(dist.batch_shape) + tuple(dist.event_shape))[-1]
+        if isinstance(prior_logvar, Tensor) and prior_logvar.dim() >= 1:
+            latent_dim = prior_logvar.shape[-1]
+        elif enc_logvar is not None or posterior is not None:  # (B, *latent) or a posterior: H after flattening
+            latent_dim = _in.encoder(None, enc_logvar, posterior, owner="prior_entropy()").logvar.shape[-1]
+        elif isinstance(enc_mean, Tensor) and enc_mean.dim() >= 2:
+            latent_dim = enc_mean[0].numel()
+        elif prior is not None:
+            moments = _in.gaussian_moments("prior", prior)
+            latent_dim = (tuple(prior.batch_shape) + tuple(prior.event_shape) if moments is None
+                          else tuple(moments[0].shape))[-1]
         else:
             raise ValueError(
                 "prior_entropy() needs the number of latents: pass `latent_dim`, `prior_logvar`,"

@@ -62,8 +62,8 @@ def _residual_inputs(x: Any, dec_mean: Any, owner: str) -> tuple[_in.Data, Tenso
 
 
 def fixed_decoder_variance(dec_logvar: Any) -> bool:
-    """Whether a step's ``dec_logvar`` looks fixed: one tensor value per model (``()``, ``(1,)`` or ``(D,)``) that
-    does not require grad, outside inference mode (where nothing requires grad).
+    """Whether a step's ``dec_logvar`` looks fixed: a Python number, or one tensor value per model (``()``, ``(1,)``
+    or ``(D,)``) that does not require grad, outside inference mode (where nothing requires grad).
 
     A fixed variance (VAE-0, plain MSE training) keeps the ELBO away from the entropy sum; see
     :func:`profiled_entropy_sum`. A learnable parameter returned through ``.detach()`` looks fixed too.
@@ -72,6 +72,8 @@ def fixed_decoder_variance(dec_logvar: Any) -> bool:
         >>> fixed_decoder_variance(torch.tensor(0.0)), fixed_decoder_variance(torch.nn.Parameter(torch.tensor(0.0)))
         (True, False)
     """
+    if isinstance(dec_logvar, (int, float)) and not isinstance(dec_logvar, bool):  # a Python number
+        return True
     return (isinstance(dec_logvar, Tensor) and dec_logvar.dim() <= 1 and not dec_logvar.requires_grad
             and not dec_logvar.is_inference())
 

@@ -87,7 +87,8 @@ class PosteriorCollapse(SumAndCountMetric):
             raise ValueError(
                 f"Expected `enc_logvar` with H = latent_dim = {self.latent_dim} latents, but got {latent_dim}."
             )
-        p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=latent_dim, batch=batch)
+        p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=latent_dim, batch=batch,
+                     check_rows=False)
         if self.nan_strategy == "error":
             self._check_finite({"enc_mean": enc.mean, "enc_logvar": enc.logvar, "prior_logvar": p.logvar}, weight)
         self._accumulate(lambda per_sample: [_latent_statistics_update(enc, p, per_sample)], (), batch, enc.logvar,

@@ -69,7 +69,8 @@ class GaussianELBO(SumAndCountMetric):
         if enc.mean is None:
             raise missing_inputs_error(owner, "`enc_mean` and `enc_logvar` (or a `posterior`)", kw)
         batch, latent_dim = enc.logvar.shape
-        p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=latent_dim, batch=batch)
+        p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=latent_dim, batch=batch,
+                     check_rows=False)
         dec = _in.decoder(kw.get("dec_mean"), kw.get("dec_logvar"), kw.get("likelihood"), d, owner=owner,
                           need_mean=True, given=kw)
         check_batch(owner, encoder=batch, decoder=dec.batch_size, x=d.batch_size)

@@ -165,7 +165,8 @@ class PriorEntropy(_LogdetMetric):
         kw = merge_inputs("PriorEntropy.update()", outputs, kwargs)
         enc = _encoder_of("PriorEntropy.update()", kw)
         batch, latent_dim = enc.logvar.shape
-        p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=latent_dim, batch=batch)
+        p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=latent_dim, batch=batch,
+                     check_rows=False)
         if self.nan_strategy == "error":
             self._check_finite({"prior_logvar": p.logvar}, weight)
         self._add_logdet(partial(_prior_logdet, self, p, enc.logvar), latent_dim, batch, enc.logvar, weight)
@@ -275,7 +276,8 @@ class EntropySumELBO(SumAndCountMetric):
         # the means only where they are used: dec_mean for the squared residual, or for B and D without x
         enc = _in.encoder(None, kw.get("enc_logvar"), kw.get("posterior"), owner=owner, given=kw)
         batch, latent_dim = enc.logvar.shape
-        p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=latent_dim, batch=batch)
+        p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=latent_dim, batch=batch,
+                     check_rows=False)
         need_mean = self.profile_decoder_variance or d.x is None
         dec = _in.decoder(kw.get("dec_mean") if need_mean else None, kw.get("dec_logvar"), kw.get("likelihood"), d,
                           owner=owner, data_dim=kw.get("data_dim"), given=kw)
