@@ -3,7 +3,10 @@
 #
 #   tensorboard_custom_scalars.png  TensorBoard "Custom Scalars" tab: the layout EntropyMonitor writes
 #                                   (ELBO vs entropy sum, relative gap, per-latent encoder entropy, ...)
-#   tensorboard_scalars.png         TensorBoard "Scalars" tab filtered to entropy/train/gap and rel_gap
+#   tensorboard_scalars.png         TensorBoard "Scalars" tab filtered to the ELBO-vs-sum, rel_gap and
+#                                   active-latent tags
+#   tensorboard_text.png            TensorBoard "Text" tab: the per-latent table with the collapse flags
+#   (all with smoothing 0, set in the URL: the counts and flags are steps, not ramps)
 #   wandb_offline_run.png           the same run logged with --logger wandb in offline mode; the history
 #                                   records are read back from the run's .wandb file and plotted with
 #                                   matplotlib (no W&B server or account is involved)
@@ -71,15 +74,15 @@ for _ in range(120):
 sys.exit("TensorBoard did not come up; see tensorboard.log")
 EOF
 
-# shot OUT.png URL: a 1400x1000 screenshot of a TensorBoard page, fresh browser profile each time.
+# shot OUT.png URL [HEIGHT]: a 1400xHEIGHT (default 1000) screenshot of a TensorBoard page, fresh browser profile each time.
 # --virtual-time-budget lets the single-page app fetch and draw its charts before the capture.
 shot() {
-    local out=$1 url=$2 profile try
+    local out=$1 url=$2 height=${3:-1000} profile try
     for try in 1 2 3; do
         profile=$(mktemp -d)
         timeout 120 "$CHROMIUM" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
             --disable-background-networking --disable-component-update --disable-sync \
-            --user-data-dir="$profile" --window-size=1400,1000 --virtual-time-budget=15000 \
+            --user-data-dir="$profile" --window-size=1400,"$height" --virtual-time-budget=15000 \
             --hide-scrollbars --screenshot="$out" "$url" >/dev/null 2>&1 || true
         rm -rf "$profile"
         # A page whose charts have not drawn yet is mostly blank and small.
@@ -91,9 +94,12 @@ shot() {
 
 echo "== screenshots"
 # (a) Custom Scalars tab: the layout EntropyMonitor writes to TensorBoard.
-shot "$WORK/custom_scalars_full.png" "http://127.0.0.1:$PORT/#custom_scalars"
-# (b) Scalars tab with a tag filter (regex entropy/train/(rel_)?gap$) in the URL.
-shot "$WORK/scalars_full.png" "http://127.0.0.1:$PORT/#scalars&tagFilter=entropy%2Ftrain%2F(rel_)%3Fgap%24"
+shot "$WORK/custom_scalars_full.png" "http://127.0.0.1:$PORT/#custom_scalars&_smoothingWeight=0" 1250
+# (b) Scalars tab with a tag filter (regex elbo_vs_sum|rel_gap$|active) in the URL.
+shot "$WORK/scalars_full.png" \
+    "http://127.0.0.1:$PORT/#scalars&_smoothingWeight=0&tagFilter=elbo_vs_sum%7Crel_gap%24%7Cactive"
+# (c) Text tab: the per-latent table.
+shot "$WORK/text_full.png" "http://127.0.0.1:$PORT/#text"
 
 # Crop away the empty right-hand part of the page (and, for (b), everything below the filtered tags).
 "$PY" - "$WORK" "$FIG" <<'EOF'
@@ -101,8 +107,9 @@ import sys
 from PIL import Image
 work, fig = sys.argv[1:]
 for src, dst, box in [
-    ("custom_scalars_full.png", "tensorboard_custom_scalars.png", (0, 0, 1072, 990)),
-    ("scalars_full.png", "tensorboard_scalars.png", (0, 0, 1072, 488)),
+    ("custom_scalars_full.png", "tensorboard_custom_scalars.png", (0, 0, 1072, 1240)),
+    ("scalars_full.png", "tensorboard_scalars.png", (0, 0, 1072, 990)),
+    ("text_full.png", "tensorboard_text.png", (0, 0, 1072, 720)),
 ]:
     im = Image.open(f"{work}/{src}").convert("RGB").crop(box)
     im.save(f"{fig}/{dst}", optimize=True)
@@ -200,4 +207,4 @@ f.savefig(out, dpi=110)
 print(f"   {out}")
 EOF
 
-ls -l "$FIG"/tensorboard_custom_scalars.png "$FIG"/tensorboard_scalars.png "$FIG"/wandb_offline_run.png
+ls -l "$FIG"/tensorboard_*.png "$FIG"/wandb_offline_run.png

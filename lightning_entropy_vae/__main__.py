@@ -19,21 +19,48 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_arguments(demo_parser)
     report_parser = commands.add_parser("report", help="draw the figures of a finished run from its logs")
     report_parser.add_argument("logdir", type=Path, help="a folder with TensorBoard event files or a metrics.csv")
-    report_parser.add_argument("--out", type=Path, default=None, help="where to write the PNGs (default: LOGDIR)")
+    report_parser.add_argument("--out", type=Path, default=None,
+                               help="where to write the PNGs (default: the run's own folder)")
+    which = report_parser.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, default=None, metavar="N",
+                       help="draw the run in the folder version_N (default: the latest run under LOGDIR)")
+    which.add_argument("--all", action="store_true", help="draw every run under LOGDIR, each into its own folder")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo.run(args)
-    from lightning_entropy_vae.report import plot_run
+    return _report(args)
 
+
+def _report(args: argparse.Namespace) -> int:
+    from lightning_entropy_vae.report import find_runs, plot_run
+
+    runs = find_runs(args.logdir)
+    if args.version is not None:
+        runs = [run for run in runs if run.name == f"version_{args.version}"] or _no_version(args, runs)
+        if not runs:
+            return 2
+    elif not args.all and len(runs) > 1:
+        print(f"Run:     {runs[-1]} (the latest of {len(runs)} runs under {args.logdir};"
+              " --version N or --all draws the others)")
+        runs = runs[-1:]
     try:
-        written = plot_run(args.logdir, args.out)
-    except FileNotFoundError as err:
+        for run in runs or [args.logdir]:  # no run: plot_run says what it expected
+            out = run if args.out is None else (args.out / run.relative_to(args.logdir) if args.all else args.out)
+            if args.all:
+                print(f"Run:     {run}")
+            for path in plot_run(run, out):
+                print(f"Figure:  {path.resolve()}")
+    except (FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for path in written:
-        print(f"Figure:  {path.resolve()}")
     return 0
 
+
+def _no_version(args: argparse.Namespace, runs: list[Path]) -> list[Path]:
+    names = ", ".join(str(run) for run in runs) or "none"
+    print(f"error: expected a run folder version_{args.version} under {args.logdir}, but found: {names}",
+          file=sys.stderr)
+    return []
 
 if __name__ == "__main__":
     sys.exit(main())

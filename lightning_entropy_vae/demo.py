@@ -7,6 +7,7 @@ and prints where they are and how to open them in TensorBoard. Nothing is downlo
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default: 1; the model is too small to gain from more)")
-    parser.add_argument("--no-progress-bar", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-progress-bar", action="store_true",
+                        help="hide the progress bar (hidden anyway when the output is not a terminal: then a"
+                             " line every tenth of the run)")
 
 
 def _make_logger(name: str, out: Path) -> Any:
@@ -54,6 +57,24 @@ def _summary(metrics: dict[str, Any], latents: int) -> str:
     return "\n".join(rows)
 
 
+def _epoch_lines(epochs: int) -> Any:
+    """A callback that prints one short line every tenth of the run: the progress of a run whose output is a file
+    or a pipe, where a progress bar would write a line per redraw (hundreds of KB)."""
+    from lightning.pytorch.callbacks import Callback
+
+    every = max(1, epochs // 10)
+
+    class EpochLines(Callback):
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            epoch = trainer.current_epoch + 1
+            if epoch % every == 0 or epoch == epochs:
+                value = trainer.callback_metrics.get("entropy/train/rel_gap")
+                gap = "" if value is None else f"  train rel. gap {100 * float(value):.2f}%"
+                print(f"epoch {epoch}/{epochs}{gap}", flush=True)
+
+    return EpochLines()
+
+
 def run(args: argparse.Namespace) -> int:
     import lightning as L
     import torch
@@ -75,10 +96,11 @@ def run(args: argparse.Namespace) -> int:
     loggers = [_make_logger(args.logger, out)]
     if args.logger != "csv":  # the figures are drawn from a CSV copy of the same scalars
         loggers.append(CSVLogger(str(out), name="csv", version=""))
+    bar = not args.no_progress_bar and sys.stdout.isatty()
+    callbacks = [EntropyMonitor()] + ([] if bar or args.no_progress_bar else [_epoch_lines(args.epochs)])
     trainer = L.Trainer(
-        max_epochs=args.epochs, accelerator="cpu", devices=1, logger=loggers, callbacks=[EntropyMonitor()],
-        log_every_n_steps=10, enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=not args.no_progress_bar,
+        max_epochs=args.epochs, accelerator="cpu", devices=1, logger=loggers, callbacks=callbacks,
+        log_every_n_steps=10, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=bar,
     )
     start = time.perf_counter()
     trainer.fit(model, data)

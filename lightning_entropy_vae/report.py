@@ -8,18 +8,27 @@
 - ``latent_entropies.png``: each latent's average encoder entropy over training against the collapse
   threshold and the prior line, and the number of active latents (the paper's Fig. 3b);
 - ``latent_bars.png``: the final per-latent average encoder entropies.
+
+A log folder may hold several runs (Lightning's ``version_0``, ``version_1``, ...): :func:`find_runs` lists
+them, and each figure is drawn from one run, never from a merge of several.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
 Series = dict[str, list[tuple[int, float]]]
 
-__all__ = ["load_scalars", "plot_run"]
+__all__ = ["convergence_title", "find_runs", "load_scalars", "plot_run"]
+
+#: |relative gap| below which a title says "converged" (EntropyConvergence's default gap tolerance)
+CONVERGED_TOLERANCE = 0.01
+#: the extra that brings matplotlib (and TensorBoard's event reader)
+EXTRA = "pip install 'lightning-entropy-vae[examples]'"
 
 
 def _read_csv(path: Path, series: Series) -> None:
@@ -32,7 +41,11 @@ def _read_csv(path: Path, series: Series) -> None:
 
 
 def _read_tensorboard(path: Path, series: Series) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError as err:
+        raise ImportError("Reading TensorBoard event files needs tensorboard, which is not installed:"
+                          " pip install 'lightning-entropy-vae[tensorboard]'") from err
 
     acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
     acc.Reload()
@@ -41,8 +54,35 @@ def _read_tensorboard(path: Path, series: Series) -> None:
             series[tag].extend((e.step, e.value) for e in acc.Scalars(tag))
 
 
+def _version(path: Path) -> int | None:
+    match = re.fullmatch(r"version_(\d+)", path.name)
+    return int(match.group(1)) if match else None
+
+
+def find_runs(logdir: str | Path) -> list[Path]:
+    """The runs under ``logdir``, oldest first: folders with a ``metrics.csv`` (CSV logs), else folders with
+    TensorBoard event files, leaving out the ``lines/*`` runs the EntropyMonitor writes inside a run.
+
+    Lightning's ``version_N`` folders of one parent are ordered by N, the others by their files' modification
+    time; the last one is the latest.
+    """
+    root = Path(logdir)
+    runs = sorted({p.parent for p in root.rglob("metrics.csv")})
+    if not runs:
+        folders = {p.parent for p in root.rglob("events.out.tfevents.*")}
+        runs = sorted(f for f in folders if not (f.parent.name == "lines" and f.parent.parent in folders))
+
+    versions = [_version(r) for r in runs]
+    if None not in versions and len({r.parent for r in runs}) == 1:
+        return [run for _, run in sorted(zip(versions, runs))]
+    return sorted(runs, key=lambda run: (max((p.stat().st_mtime for p in run.iterdir() if p.is_file()),
+                                             default=0.0), str(run)))
+
+
 def load_scalars(logdir: str | Path) -> Series:
-    """All ``entropy/...`` scalars under ``logdir``: ``{key: [(step, value), ...]}`` sorted by step.
+    """All ``entropy/...`` scalars of one run in ``logdir``: ``{key: [(step, value), ...]}`` sorted by step.
+
+    ``logdir`` is a run's folder; if it holds several runs (see :func:`find_runs`), the latest is read.
 
     Raises:
         FileNotFoundError: if ``logdir`` holds neither a ``metrics.csv`` nor TensorBoard event files
@@ -52,11 +92,13 @@ def load_scalars(logdir: str | Path) -> Series:
     if not root.exists():
         raise FileNotFoundError(f"Expected a log directory, but {str(root)!r} does not exist.")
     series: Series = defaultdict(list)
-    for path in sorted(root.rglob("metrics.csv")):
-        _read_csv(path, series)
-    if not series:
-        for folder in sorted({p.parent for p in root.rglob("events.out.tfevents.*")}):
-            _read_tensorboard(folder, series)
+    runs = find_runs(root)
+    if runs:
+        run = runs[-1]
+        if (run / "metrics.csv").exists():
+            _read_csv(run / "metrics.csv", series)
+        else:
+            _read_tensorboard(run, series)
     if not series:
         raise FileNotFoundError(
             f"Expected `entropy/...` scalars in a metrics.csv or TensorBoard event files under {str(root)!r},"
@@ -71,34 +113,71 @@ def _line(ax, series: Series, key: str, **kw) -> None:
         ax.plot(steps, values, **kw)
 
 
+def convergence_title(rel_gap: float | None, *, tolerance: float = CONVERGED_TOLERANCE) -> str:
+    """The ELBO figure's title: the last training relative gap, and "converged" only if it is under ``tolerance``.
+
+    >>> convergence_title(0.004)
+    'ELBO has converged to the entropy sum: gap 0.4% (< 1%)'
+    >>> convergence_title(0.182)
+    'ELBO vs entropy sum: gap 18.2%, not converged (tolerance 1%)'
+    >>> convergence_title(None)
+    'ELBO vs entropy sum'
+    """
+    if rel_gap is None or not math.isfinite(rel_gap):
+        return "ELBO vs entropy sum"
+    if abs(rel_gap) < tolerance:
+        return f"ELBO has converged to the entropy sum: gap {rel_gap:.1%} (< {tolerance:.0%})"
+    return f"ELBO vs entropy sum: gap {rel_gap:.1%}, not converged (tolerance {tolerance:.0%})"
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend, or an ImportError that names the extra to install."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError(f"The figures need matplotlib, which is not installed: {EXTRA}") from err
+    return plt
+
+
+def _legend_outside(ax, **kw) -> None:
+    """A legend to the right of the axes, where it hides no line."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small", **kw)
+
+
 def plot_run(logdir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Draw the three figures for the run in ``logdir`` into ``out_dir`` (default: ``logdir``)."""
-    import matplotlib
+    """Draw the three figures for the run in ``logdir`` (the latest, if it holds several) into ``out_dir``
+    (default: ``logdir``).
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    Raises:
+        ImportError: without matplotlib, naming the extra to install.
+        FileNotFoundError: see :func:`load_scalars`.
+    """
+    plt = pyplot()
     series = load_scalars(logdir)
     out = Path(out_dir) if out_dir is not None else Path(logdir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, height_ratios=(2, 1))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, height_ratios=(2, 1))
     _line(top, series, "entropy/train_step/elbo", color="C0", alpha=0.35, lw=0.8, label="minibatch ELBO (steps)")
     _line(top, series, "entropy/train/elbo", color="C0", marker=".", label="ELBO (train, epoch)")
     _line(top, series, "entropy/train/sum", color="C3", lw=2, label="entropy sum (train)")
     _line(top, series, "entropy/val/elbo", color="C2", ls="--", label="ELBO (val)")
     _line(top, series, "entropy/val/sum", color="C1", ls="--", label="entropy sum (val)")
     top.set_ylabel("nats per data point")
-    top.set_title("ELBO converges to the sum of three entropies")
-    top.legend(fontsize="small")
+    last_gap = series.get("entropy/train/rel_gap", [(0, None)])[-1][1]
+    top.set_title(convergence_title(last_gap))
+    _legend_outside(top)
     for stage, color in (("train", "C3"), ("val", "C1")):
         _line(bottom, series, f"entropy/{stage}/rel_gap", color=color, marker=".", label=f"relative gap ({stage})")
     bottom.axhline(0.0, color="k", lw=0.6)
     bottom.set_yscale("symlog", linthresh=0.01)  # shows both the early peak and the last per cent
     bottom.set_ylabel("relative gap")
     bottom.set_xlabel("optimizer step")
-    bottom.legend(fontsize="small")
+    _legend_outside(bottom)
     fig.tight_layout()
     written.append(out / "elbo_vs_entropy_sum.png")
     fig.savefig(written[-1], dpi=120)
@@ -106,7 +185,7 @@ def plot_run(logdir: str | Path, out_dir: str | Path | None = None) -> list[Path
 
     latent_keys = sorted(k for k in series if k.startswith("entropy/train/latent_entropy/") and k[-1].isdigit())
     if latent_keys:
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, height_ratios=(2, 1))
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, height_ratios=(2, 1))
         cmap = plt.get_cmap("viridis", max(len(latent_keys), 2))
         for i, key in enumerate(latent_keys):
             _line(top, series, key, color=cmap(i), lw=1.2, label=f"z{key.rsplit('/', 1)[1]}")
@@ -114,12 +193,13 @@ def plot_run(logdir: str | Path, out_dir: str | Path | None = None) -> list[Path
         _line(top, series, "entropy/train/latent_entropy/prior", color="k", ls=":", label="prior entropy")
         top.set_ylabel("average encoder entropy [nats]")
         top.set_title("Posterior-collapse monitor: collapsed latents sit on the prior line")
-        top.legend(fontsize="x-small", ncol=max(1, math.ceil(len(latent_keys) / 8)), loc="lower right")
-        _line(bottom, series, "entropy/train/active_latents", color="C0", marker=".", label="train")
-        _line(bottom, series, "entropy/val/active_latents", color="C1", ls="--", label="val")
+        _legend_outside(top, ncol=max(1, math.ceil((len(latent_keys) + 2) / 16)))
+        steps = {"drawstyle": "steps-post"}  # a count: no ramps between epochs
+        _line(bottom, series, "entropy/train/active_latents", color="C0", marker=".", label="train", **steps)
+        _line(bottom, series, "entropy/val/active_latents", color="C1", ls="--", label="val", **steps)
         bottom.set_ylabel("active latents")
         bottom.set_xlabel("optimizer step")
-        bottom.legend(fontsize="small")
+        _legend_outside(bottom)
         fig.tight_layout()
         written.append(out / "latent_entropies.png")
         fig.savefig(written[-1], dpi=120)
@@ -128,14 +208,14 @@ def plot_run(logdir: str | Path, out_dir: str | Path | None = None) -> list[Path
         final = [series[k][-1][1] for k in latent_keys]
         threshold = series.get("entropy/train/latent_entropy/threshold", [(0, 1.0)])[-1][1]
         prior = series.get("entropy/train/latent_entropy/prior", [(0, 0.5 * math.log(2 * math.pi * math.e))])[-1][1]
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.4 * len(final) + 2), 3.2))
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.4 * len(final) + 2) + 2.0, 3.2))
         ax.bar(range(len(final)), final, color=["#bbbbbb" if v >= threshold else "#1f77b4" for v in final])
         ax.axhline(threshold, color="C3", ls="--", label="collapse threshold")
         ax.axhline(prior, color="k", ls=":", label="prior entropy")
         ax.set_xlabel("latent h")
         ax.set_ylabel("average encoder entropy [nats]")
         ax.set_title(f"final: {sum(v < threshold for v in final)} of {len(final)} latents active")
-        ax.legend(fontsize="small", loc="lower right")
+        _legend_outside(ax)
         fig.tight_layout()
         written.append(out / "latent_bars.png")
         fig.savefig(written[-1], dpi=120)

@@ -1,13 +1,20 @@
 """Logger-specific extras of the EntropyMonitor: chart layouts, histograms, bar images (private).
 
 Scalars go to every logger's ``log_metrics``. What only some loggers can show is
-written here, on global rank 0 only: a TensorBoard custom-scalars layout (once per run) that overlays
-the ELBO with the entropy sum and the per-latent entropies with the threshold and prior lines, W&B
-``define_metric`` groupings, and per-epoch histograms / bar images of the per-latent entropies.
+written here, on global rank 0 only: a TensorBoard custom-scalars layout (once per run), W&B
+``define_metric`` groupings, and per-epoch histograms / bar images / a text table of the per-latent values.
+
+TensorBoard colours lines by *run*, not by tag: two tags of one run on one chart differ only by their markers.
+So the lines a chart compares (the ELBO and the entropy sum; the collapse threshold and the prior entropy next
+to the latents) are also written, each under one shared tag, to small runs of their own in
+``{log_dir}/lines/{name}`` (:class:`TensorBoardLines`): TensorBoard draws them in distinct colours, labelled
+with the run's name, on the Scalars page and in the custom-scalars charts alike.
 """
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,25 +23,113 @@ from torch import Tensor
 
 from lightning_entropy_vae.functional import relative_gap
 
+#: the per-latent rows that can be logged as scalars ``entropy/{stage}/{row}/{h}``
+PER_LATENT_ROWS = ("latent_entropy", "latent_kl", "collapsed")
+#: the folder, below a TensorBoard run, of the runs that carry one line each (:class:`TensorBoardLines`)
+LINES_DIR = "lines"
 
-def tensorboard_layout(stages: list[str], per_latent: bool) -> dict[str, dict[str, list]]:
-    """The custom-scalars layout: one category, Multiline charts per stage."""
+
+def tensorboard_layout(stages: list[str], per_latent: tuple[str, ...] | bool) -> dict[str, dict[str, list]]:
+    r"""The custom-scalars layout: one category, Multiline charts per stage.
+
+    ``per_latent``: the per-latent rows TensorBoard gets as scalars (``True``: all, ``False``: none). A chart
+    that compares lines reads the shared tag of :class:`TensorBoardLines`' runs, so each line has its colour.
+
+    >>> charts = tensorboard_layout(["train"], ("latent_entropy",))["entropy"]
+    >>> charts["train: ELBO vs entropy sum"]
+    ['Multiline', ['entropy/train/elbo_vs_sum']]
+    >>> charts["train: per-latent encoder entropy"]
+    ['Multiline', ['entropy/train/latent_entropy/\\d+$', 'entropy/train/latent_entropy_lines']]
+    """
+    rows = PER_LATENT_ROWS if per_latent is True else tuple(per_latent or ())
     charts: dict[str, list] = {}
     for stage in stages:
-        charts[f"{stage}: ELBO vs entropy sum"] = ["Multiline", [f"entropy/{stage}/elbo", f"entropy/{stage}/sum"]]
-        charts[f"{stage}: relative gap"] = ["Multiline", [f"entropy/{stage}/rel_gap", f"entropy/{stage}/abs_rel_gap"]]
-        if per_latent:
-            charts[f"{stage}: per-latent encoder entropy"] = ["Multiline", [rf"entropy/{stage}/latent_entropy/.*"]]
-            charts[f"{stage}: per-latent KL"] = ["Multiline", [rf"entropy/{stage}/latent_kl/.*"]]
+        charts[f"{stage}: ELBO vs entropy sum"] = ["Multiline", [f"entropy/{stage}/elbo_vs_sum"]]
+        charts[f"{stage}: relative gap"] = ["Multiline", [f"entropy/{stage}/rel_gap"]]
+        if "latent_entropy" in rows:
+            charts[f"{stage}: per-latent encoder entropy"] = [
+                "Multiline", [rf"entropy/{stage}/latent_entropy/\d+$", f"entropy/{stage}/latent_entropy_lines"]]
+        if "latent_kl" in rows:
+            charts[f"{stage}: per-latent KL"] = ["Multiline", [rf"entropy/{stage}/latent_kl/\d+$"]]
         charts[f"{stage}: active latents"] = ["Multiline", [f"entropy/{stage}/active_latents"]]
-    charts["train steps: ELBO vs entropy sum"] = [
-        "Multiline", ["entropy/train_step/elbo", "entropy/train_step/sum"]
-    ]
-    charts["train steps: gap"] = ["Multiline", ["entropy/train_step/gap", "entropy/train_step/gap_ema"]]
+    charts["train steps: ELBO vs entropy sum"] = ["Multiline", ["entropy/train_step/elbo_vs_sum"]]
+    charts["train steps: gap (moving average)"] = ["Multiline", ["entropy/train_step/gap_ema"]]
     return {"entropy": charts}
 
 
-def write_layouts(loggers: list[Any], stages: list[str], per_latent: bool) -> None:
+def line_values(stage: str, floats: dict[str, float]) -> dict[str, dict[str, float]]:
+    """``{tag: {run: value}}``: the lines :class:`TensorBoardLines` writes for one stage's logged floats.
+
+    >>> line_values("train", {"entropy/train/elbo": -3.0, "entropy/train/sum": -3.5})
+    {'entropy/train/elbo_vs_sum': {'elbo': -3.0, 'entropy_sum': -3.5}}
+    """
+    out: dict[str, dict[str, float]] = {}
+    pairs = {"elbo_vs_sum": (("elbo", "elbo"), ("entropy_sum", "sum")),
+             "latent_entropy_lines": (("collapse_threshold", "latent_entropy/threshold"),
+                                      ("prior_entropy", "latent_entropy/prior"))}
+    for tag, runs in pairs.items():
+        values = {run: floats[f"entropy/{stage}/{key}"] for run, key in runs if f"entropy/{stage}/{key}" in floats}
+        if values:
+            out[f"entropy/{stage}/{tag}"] = values
+    return out
+
+
+class TensorBoardLines:
+    """The runs ``{log_dir}/lines/{name}`` of each TensorBoard logger, one line each (rank 0 only).
+
+    Created on first use, flushed at each epoch's write, closed by :meth:`close` (the callback's teardown).
+    """
+
+    def __init__(self) -> None:
+        self._writers: dict[tuple[str, str], Any] = {}
+
+    def write(self, loggers: list[Any], lines: dict[str, dict[str, float]], step: int, *, flush: bool) -> None:
+        for logger in loggers:
+            if not isinstance(logger, TensorBoardLogger):
+                continue
+            for tag, runs in lines.items():
+                for run, value in runs.items():
+                    self._writer(logger, run).add_scalar(tag, value, step)
+            if flush:
+                for (log_dir, _), writer in self._writers.items():
+                    if log_dir == logger.log_dir:
+                        writer.flush()
+
+    def _writer(self, logger: Any, run: str) -> Any:
+        key = (logger.log_dir, run)
+        if key not in self._writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writers[key] = SummaryWriter(str(Path(logger.log_dir) / LINES_DIR / run))
+        return self._writers[key]
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+
+def latent_table(stats: dict[str, Tensor]) -> str:
+    """A Markdown table of the per-latent values and flags (TensorBoard's Text tab shows it per epoch).
+
+    >>> stats = {"latent_entropy": torch.tensor([1.4, 0.2]), "latent_kl": torch.tensor([0.0, 2.5]),
+    ...          "collapsed": torch.tensor([True, False])}
+    >>> print(latent_table(stats))
+    | latent | encoder entropy | KL | state |
+    |---:|---:|---:|:---|
+    | 0 | 1.400 | 0.000 | collapsed |
+    | 1 | 0.200 | 2.500 | active |
+    """
+    rows = ["| latent | encoder entropy | KL | state |", "|---:|---:|---:|:---|"]
+    kl = stats.get("latent_kl")
+    for h, (entropy, flag) in enumerate(zip(stats["latent_entropy"].tolist(), stats["collapsed"].tolist())):
+        kl_h = "" if kl is None else f"{float(kl[h]):.3f}"
+        state = "unknown" if math.isnan(entropy) else ("collapsed" if flag else "active")
+        rows.append(f"| {h} | {entropy:.3f} | {kl_h} | {state} |")
+    return "\n".join(rows)
+
+
+def write_layouts(loggers: list[Any], stages: list[str], per_latent: tuple[str, ...] | bool) -> None:
     """Write the TensorBoard layout and the W&B metric groupings (call once, on rank 0)."""
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
@@ -47,12 +142,16 @@ def write_layouts(loggers: list[Any], stages: list[str], per_latent: bool) -> No
 
 
 def write_latent_figures(
-    loggers: list[Any], stage: str, stats: dict[str, Tensor], step: int, *, histogram: bool, figure: Any | None
+    loggers: list[Any], stage: str, stats: dict[str, Tensor], step: int, *, histogram: bool, figure: Any | None,
+    table: bool = False,
 ) -> None:
-    """Per-epoch histogram of the per-latent entropies, and optionally a bar-chart figure (rank 0)."""
+    """Per-epoch histogram of the per-latent entropies, optionally a bar-chart figure and (TensorBoard) a text
+    table of the per-latent values and flags (rank 0)."""
     values = stats["latent_entropy"].detach().float().cpu()
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
+            if table:
+                logger.experiment.add_text(f"entropy/{stage}/latents", latent_table(stats), step)
             if histogram:
                 logger.experiment.add_histogram(f"entropy/{stage}/latent_entropy_hist", values, step)
             if figure is not None:
@@ -68,15 +167,18 @@ def write_latent_figures(
             logger.experiment.log(payload)
 
 
-def log_to_loggers(trainer: Any, metrics: dict[str, float], step: int) -> None:
+def log_to_loggers(trainer: Any, metrics: dict[str, float], step: int,
+                   not_for_tensorboard: frozenset[str] | set[str] = frozenset()) -> None:
     """Write floats straight to every logger (rank 0 only, as Lightning's loggers do), as LearningRateMonitor does.
 
-    With an ``epoch`` entry, as Lightning adds to the metrics it logs itself (the CSV's epoch column).
+    With an ``epoch`` entry, as Lightning adds to the metrics it logs itself (the CSV's epoch column). Keys in
+    ``not_for_tensorboard`` go to the other loggers only (TensorBoard shows them as lines or tables instead).
     """
     if trainer.loggers:
         metrics = {**metrics, "epoch": trainer.current_epoch}
+        fewer = {k: v for k, v in metrics.items() if k not in not_for_tensorboard} if not_for_tensorboard else metrics
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+            logger.log_metrics(fewer if isinstance(logger, TensorBoardLogger) else metrics, step=step)
 
 
 class CallbackMetrics:
@@ -98,6 +200,20 @@ class CallbackMetrics:
         if not self.writable:
             for key, value in metrics.items():
                 pl_module.log(key, value, on_step=False, on_epoch=True, logger=False)
+
+
+def tensorboard_skips(stage: str, latent_dim: int, rows: tuple[str, ...]) -> set[str]:
+    """The per-latent keys TensorBoard does not get as scalars: the rows not in ``rows``, and the threshold and
+    prior lines (drawn by :class:`TensorBoardLines` in colours of their own).
+
+    >>> sorted(tensorboard_skips("val", 2, ("latent_entropy",)))  # doctest: +NORMALIZE_WHITESPACE
+    ['entropy/val/collapsed/0', 'entropy/val/collapsed/1', 'entropy/val/latent_entropy/prior',
+     'entropy/val/latent_entropy/threshold', 'entropy/val/latent_kl/0', 'entropy/val/latent_kl/1']
+    """
+    width = len(str(latent_dim - 1))
+    skip = {f"entropy/{stage}/{row}/{h:0{width}d}" for row in PER_LATENT_ROWS if row not in rows
+            for h in range(latent_dim)}
+    return skip | {f"entropy/{stage}/latent_entropy/prior", f"entropy/{stage}/latent_entropy/threshold"}
 
 
 def per_latent_keys(stage: str, rows: dict[str, list[float]], prior: float,

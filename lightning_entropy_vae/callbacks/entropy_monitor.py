@@ -52,6 +52,9 @@ class EntropyMonitor(Callback):
       ``entropy/{stage}/latent_entropy/{h}``, ``entropy/{stage}/latent_kl/{h}``,
       ``entropy/{stage}/collapsed/{h}``, plus ``entropy/{stage}/latent_entropy/threshold`` and
       ``.../prior`` lines; a histogram ``entropy/{stage}/latent_entropy_hist`` (TensorBoard, W&B).
+      TensorBoard gets only the rows in ``tensorboard_per_latent`` as scalars, the flags as a text table
+      ``entropy/{stage}/latents``, and the lines a chart compares (``elbo_vs_sum``, ``latent_entropy_lines``)
+      in runs of their own, ``{log_dir}/lines/{name}``, so each is drawn in its own colour.
     - Step level, every ``log_every_n_steps`` of the Trainer, aggregated over the batches since the
       last log: ``entropy/train_step/sum``, ``.../elbo``, ``.../gap``, ``.../rel_gap``, ``.../gap_ema``.
 
@@ -69,6 +72,8 @@ class EntropyMonitor(Callback):
         ema_decay: decay of the step-level gap's exponential moving average.
         max_latents_as_scalars: above this H, per-latent values go to histograms and counts only.
         log_histograms: write a per-epoch histogram of the per-latent entropies (TensorBoard, W&B).
+        tensorboard_per_latent: the per-latent rows TensorBoard gets as scalars, from ``"latent_entropy"``,
+            ``"latent_kl"``, ``"collapsed"`` (default: the entropies only; the other loggers get all three).
         log_bar_chart_every_n_epochs: also write the bar chart as an image every n epochs (0: never;
             drawing costs tens of milliseconds).
         extract: ``extract(pl_module, outputs, batch) -> mapping`` for modules whose step output cannot change.
@@ -96,6 +101,7 @@ class EntropyMonitor(Callback):
         ema_decay: float = 0.9,
         max_latents_as_scalars: int = 64,
         log_histograms: bool = True,
+        tensorboard_per_latent: tuple[str, ...] | list[str] = ("latent_entropy",),
         log_bar_chart_every_n_epochs: int = 0,
         extract: Extract | None = None,
         nan_strategy: str = "skip",
@@ -117,6 +123,11 @@ class EntropyMonitor(Callback):
             raise ValueError(f"Expected `ema_decay` in [0, 1), but got {ema_decay!r}.")
         _non_negative_int("max_latents_as_scalars", max_latents_as_scalars)
         _non_negative_int("log_bar_chart_every_n_epochs", log_bar_chart_every_n_epochs)
+        tensorboard_per_latent = (tensorboard_per_latent,) if isinstance(tensorboard_per_latent, str) \
+            else tuple(tensorboard_per_latent)
+        if any(row not in _loggers.PER_LATENT_ROWS for row in tensorboard_per_latent):
+            raise ValueError(f"Expected `tensorboard_per_latent` to be a subset of {_loggers.PER_LATENT_ROWS},"
+                             f" but got {tensorboard_per_latent!r}.")
         if extract is not None and not callable(extract):
             raise TypeError(f"Expected `extract` to be callable(pl_module, outputs, batch), but got {extract!r}.")
         if nan_strategy not in ("skip", "error"):
@@ -133,6 +144,8 @@ class EntropyMonitor(Callback):
         self.max_latents_as_scalars = max_latents_as_scalars
         self.log_histograms = bool(log_histograms)
         self.log_bar_chart_every_n_epochs = log_bar_chart_every_n_epochs
+        self.tensorboard_per_latent = tensorboard_per_latent
+        self._lines = _loggers.TensorBoardLines()
         self.extract = extract
         self.nan_strategy = nan_strategy
         self.warn_on_collapse = bool(warn_on_collapse)
@@ -174,6 +187,10 @@ class EntropyMonitor(Callback):
         self._recorder.clear()  # each run reads its own layouts: a reused callback may meet another model
         if stage == "fit":
             self._reset_run()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._lines.close()
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -293,8 +310,11 @@ class EntropyMonitor(Callback):
                                           floor=self.rel_gap_floor),
                   "gap_ema": ema}
         # straight to the loggers, at the step Lightning uses for this batch's own step metrics
-        _loggers.log_to_loggers(trainer, {f"entropy/train_step/{k}": v for k, v in values.items()},
-                                trainer.global_step - 1)
+        step_keys = {f"entropy/train_step/{k}": v for k, v in values.items()}
+        _loggers.log_to_loggers(trainer, step_keys, trainer.global_step - 1)
+        if trainer.is_global_zero:
+            self._lines.write(trainer.loggers, _loggers.line_values("train_step", step_keys), trainer.global_step - 1,
+                              flush=False)
 
     def _log_epoch(self, stage: str, current: Stage, trainer: pl.Trainer,
                    pl_module: pl.LightningModule) -> dict[str, Any]:
@@ -310,8 +330,10 @@ class EntropyMonitor(Callback):
         if self.latent_groups is not None and trainer.loggers:
             floats.update(_groups.group_keys(stage, collapse, current.layout.latent_shape))
         self._callback_metrics.publish(trainer, pl_module, tensors)
-        _loggers.log_to_loggers(trainer, floats, trainer.global_step)
-        self._write_extras(trainer, stage, current, collapse, per_latent)
+        skips = (_loggers.tensorboard_skips(stage, current.layout.latent_dim, self.tensorboard_per_latent)
+                 if per_latent else set())
+        _loggers.log_to_loggers(trainer, floats, trainer.global_step, skips)
+        self._write_extras(trainer, stage, current, collapse, per_latent, floats)
         nothing = math.isnan(floats[f"entropy/{stage}/active_latents"])  # no point kept: flags unknown, not active
         if nothing and stage not in self._warned_empty:
             self._warned_empty.add(stage)
@@ -324,13 +346,14 @@ class EntropyMonitor(Callback):
                 "collapsed": None if nothing else collapse["collapsed"].tolist()}
 
     def _write_extras(self, trainer: pl.Trainer, stage: str, current: Stage, collapse: dict[str, torch.Tensor],
-                      per_latent: bool) -> None:
+                      per_latent: bool, floats: dict[str, float]) -> None:
         if not trainer.is_global_zero or not trainer.loggers:
             return
         if not self._layout_written:
             stages = ["train"] * ("train" in self.stages) + ["val"] * ("val" in self.stages)
-            _loggers.write_layouts(trainer.loggers, stages, per_latent)
+            _loggers.write_layouts(trainer.loggers, stages, self.tensorboard_per_latent if per_latent else ())
             self._layout_written = True
+        self._lines.write(trainer.loggers, _loggers.line_values(stage, floats), trainer.global_step, flush=True)
         every = self.log_bar_chart_every_n_epochs
         figure = None
         if every and trainer.current_epoch % every == 0:
@@ -338,9 +361,9 @@ class EntropyMonitor(Callback):
 
             figure, _ = current.metrics.collapse.plot(collapse)
             plt.close(figure)
-        if self.log_histograms or figure is not None:
+        if self.log_histograms or figure is not None or per_latent:
             _loggers.write_latent_figures(trainer.loggers, stage, collapse, trainer.global_step,
-                                          histogram=self.log_histograms, figure=figure)
+                                          histogram=self.log_histograms, figure=figure, table=per_latent)
 
     def _warn_on_new_collapse(self, trainer: pl.Trainer, collapsed: list[bool] | None,
                               latent_shape: tuple[int, ...] = ()) -> None:
