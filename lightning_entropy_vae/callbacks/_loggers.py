@@ -8,10 +8,11 @@ the ELBO with the entropy sum and the per-latent entropies with the threshold an
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+import lightning.pytorch.loggers  # noqa: F401  (in sys.modules for is_logger)
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 
 from lightning_entropy_vae.functional import relative_gap
@@ -34,37 +35,76 @@ def tensorboard_layout(stages: list[str], per_latent: bool) -> dict[str, dict[st
     return {"entropy": charts}
 
 
-def write_layouts(loggers: list[Any], stages: list[str], per_latent: bool) -> None:
+def is_logger(logger: Any, name: str) -> bool:
+    """Whether ``logger`` is Lightning's logger class ``name`` (``"TensorBoardLogger"``, ``"WandbLogger"``) of either
+    namespace: ``lightning.pytorch.loggers`` or ``pytorch_lightning.loggers``, two copies of the same classes (the
+    second is checked when it was imported, as it must have been for one of its loggers to exist).
+    """
+    for namespace in ("lightning.pytorch.loggers", "pytorch_lightning.loggers"):
+        module = sys.modules.get(namespace)
+        cls = getattr(module, name, None) if module is not None else None
+        if isinstance(cls, type) and isinstance(logger, cls):
+            return True
+    return False
+
+
+def logger_step(trainer: Any, *, train_epoch_end: bool = False) -> int:
+    """The step at which Lightning logs its own metrics now, so that ours land on the same row (a CSV's ``step``).
+
+    Lightning's count of batches that stepped (``fit_loop.epoch_loop._batches_that_stepped``, which its own
+    ``LearningRateMonitor`` and ``DeviceStatsMonitor`` read): one per batch even where ``global_step`` counts two
+    optimizer steps (manual optimization with two optimizers). It moves on after a batch's hooks, and Lightning
+    logs a training epoch's metrics one step back (``train_epoch_end``), on the row of the epoch's last batch.
+    """
+    step = trainer.fit_loop.epoch_loop._batches_that_stepped
+    return step - 1 if train_epoch_end else step
+
+
+def write_layouts(loggers: list[Any], stages: list[str], per_latent: bool, prefix: str = "entropy") -> None:
     """Write the TensorBoard layout and the W&B metric groupings (call once, on rank 0)."""
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_custom_scalars(tensorboard_layout(stages, per_latent))
-        elif isinstance(logger, WandbLogger):
+        if is_logger(logger, "TensorBoardLogger"):
+            logger.experiment.add_custom_scalars(_prefixed(tensorboard_layout(stages, per_latent), prefix))
+        elif is_logger(logger, "WandbLogger"):
             run = logger.experiment
             if hasattr(run, "define_metric"):
                 run.define_metric("trainer/global_step")
-                run.define_metric("entropy/*", step_metric="trainer/global_step")
+                run.define_metric(f"{prefix}/*", step_metric="trainer/global_step")
+
+
+def _prefixed(layout: dict[str, dict[str, list]], prefix: str) -> dict[str, dict[str, list]]:
+    """The layout with its category and tags under ``prefix`` instead of ``entropy`` (a second monitor's)."""
+    if prefix == "entropy":
+        return layout
+
+    def tag(t: Any) -> Any:
+        return prefix + t[len("entropy"):] if isinstance(t, str) and t.startswith("entropy/") else t
+
+    return {(prefix if category == "entropy" else category):
+            {title: [kind, [tag(t) for t in tags], *rest] for title, (kind, tags, *rest) in charts.items()}
+            for category, charts in layout.items()}
 
 
 def write_latent_figures(
-    loggers: list[Any], stage: str, stats: dict[str, Tensor], step: int, *, histogram: bool, figure: Any | None
+    loggers: list[Any], stage: str, stats: dict[str, Tensor], step: int, *, histogram: bool, figure: Any | None,
+    prefix: str = "entropy",
 ) -> None:
     """Per-epoch histogram of the per-latent entropies, and optionally a bar-chart figure (rank 0)."""
     values = stats["latent_entropy"].detach().float().cpu()
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
+        if is_logger(logger, "TensorBoardLogger"):
             if histogram:
-                logger.experiment.add_histogram(f"entropy/{stage}/latent_entropy_hist", values, step)
+                logger.experiment.add_histogram(f"{prefix}/{stage}/latent_entropy_hist", values, step)
             if figure is not None:
-                logger.experiment.add_figure(f"entropy/{stage}/latent_entropy_bars", figure, step, close=False)
-        elif isinstance(logger, WandbLogger):
+                logger.experiment.add_figure(f"{prefix}/{stage}/latent_entropy_bars", figure, step, close=False)
+        elif is_logger(logger, "WandbLogger"):
             import wandb
 
             payload: dict[str, Any] = {"trainer/global_step": step}
             if histogram:
-                payload[f"entropy/{stage}/latent_entropy_hist"] = wandb.Histogram(values.numpy())
+                payload[f"{prefix}/{stage}/latent_entropy_hist"] = wandb.Histogram(values.numpy())
             if figure is not None:
-                payload[f"entropy/{stage}/latent_entropy_bars"] = wandb.Image(figure)
+                payload[f"{prefix}/{stage}/latent_entropy_bars"] = wandb.Image(figure)
             logger.experiment.log(payload)
 
 
@@ -101,20 +141,21 @@ class CallbackMetrics:
 
 
 def per_latent_keys(stage: str, rows: dict[str, list[float]], prior: float,
-                    threshold: float | None) -> dict[str, float]:
-    """Per-latent keys ``entropy/{stage}/{row}/{h}`` (h zero-padded), and the lines they overlay with."""
+                    threshold: float | None, prefix: str = "entropy") -> dict[str, float]:
+    """Per-latent keys ``{prefix}/{stage}/{row}/{h}`` (h zero-padded), and the lines they overlay with."""
     out = {}
     for name, row in rows.items():
         width = len(str(len(row) - 1))
-        out.update({f"entropy/{stage}/{name}/{h:0{width}d}": v for h, v in enumerate(row)})
-    out[f"entropy/{stage}/latent_entropy/prior"] = prior
+        out.update({f"{prefix}/{stage}/{name}/{h:0{width}d}": v for h, v in enumerate(row)})
+    out[f"{prefix}/{stage}/latent_entropy/prior"] = prior
     if threshold is not None:
-        out[f"entropy/{stage}/latent_entropy/threshold"] = threshold
+        out[f"{prefix}/{stage}/latent_entropy/threshold"] = threshold
     return out
 
 
 def epoch_metrics(stage: str, sums: dict[str, Tensor], elbo: Tensor, collapse: dict[str, Tensor], skipped: Tensor, *,
-                  data_dim: int, floor: float, per_latent: bool) -> tuple[dict[str, Tensor], dict[str, float]]:
+                  data_dim: int, floor: float, per_latent: bool,
+                  prefix: str = "entropy") -> tuple[dict[str, Tensor], dict[str, float]]:
     """An epoch's keys: the scalars as tensors (for ``callback_metrics``), and after one device-to-host copy
     the scalars and the per-latent keys as floats (for the loggers).
 
@@ -138,7 +179,7 @@ def epoch_metrics(stage: str, sums: dict[str, Tensor], elbo: Tensor, collapse: d
         pieces += [collapse["latent_entropy"].to(dtype), collapse["latent_kl"].to(dtype), flags,
                    torch.stack(lines).to(dtype)]
     flat = torch.cat(pieces).cpu().tolist()  # the one copy to the host
-    keys = [f"entropy/{stage}/{name}" for name in scalars]
+    keys = [f"{prefix}/{stage}/{name}" for name in scalars]
     floats = dict(zip(keys, flat))
     if per_latent:
         latent_dim = collapse["latent_entropy"].shape[0]
@@ -146,5 +187,5 @@ def epoch_metrics(stage: str, sums: dict[str, Tensor], elbo: Tensor, collapse: d
         rows = {name: rest[i * latent_dim:(i + 1) * latent_dim]
                 for i, name in enumerate(("latent_entropy", "latent_kl", "collapsed"))}
         lines = rest[3 * latent_dim:]
-        floats.update(per_latent_keys(stage, rows, lines[0], lines[1] if len(lines) > 1 else None))
+        floats.update(per_latent_keys(stage, rows, lines[0], lines[1] if len(lines) > 1 else None, prefix))
     return dict(zip(keys, stacked.unbind())), floats
