@@ -145,7 +145,7 @@ class EntropyMonitor(Callback):
         self.warn_on_collapse = bool(warn_on_collapse)
         self.prefix = prefix
         self._recorder = StageRecorder(extract=extract, nan_strategy=nan_strategy, criterion=collapse_criterion,
-                                       threshold=collapse_threshold, objective=False)
+                                       threshold=collapse_threshold, objective=True)
         self._stages = self._recorder.stages  # the monitored stages, filled by their first batches
         self._callback_metrics = _loggers.CallbackMetrics()
         self._train = "train" in self.stages
@@ -165,10 +165,11 @@ class EntropyMonitor(Callback):
         self._collapsed: list[bool] | None = None
         self._warned_collapse: set[int] = set()  # each latent is reported once per run
         self._warned_empty: set[str] = set()
+        self._warned_bernoulli = False
         self._layout_written = False
         self._last_global_step = -1
         #: the last training epoch's answer to "is the loss the beta = 1 ELBO?": ``(True | False | None, why)``;
-        #: ``None`` while nothing could tell (see :meth:`watch_objective`)
+        #: ``None`` while nothing could tell (fewer than 5 batches with a ``loss`` in the epoch)
         self.objective_check: tuple[bool | None, str] = (None, "not checked")
 
     @property
@@ -176,9 +177,9 @@ class EntropyMonitor(Callback):
         return self._state_key
 
     def watch_objective(self) -> None:
-        """Also check, each training epoch, whether the training loss is the beta = 1 ELBO up to a constant
-        (:attr:`objective_check`); :class:`~lightning_entropy_vae.EntropyConvergence` asks for it at set-up.
-        It keeps the returned ``loss`` of each batch and regresses it on the batches' ELBO and KL."""
+        """Check, each training epoch, whether the training loss is the beta = 1 ELBO up to a constant
+        (:attr:`objective_check`). The monitor always does now (it keeps the returned ``loss`` of each batch and
+        regresses it on the batches' ELBO and KL at the epoch's end); kept for callers of earlier versions."""
         self._recorder.objective = True
 
     # ---------------------------------------------------------------------------------------- hooks
@@ -238,9 +239,18 @@ class EntropyMonitor(Callback):
         stats = self._log_epoch("train", current, trainer, pl_module)
         self._warn_on_new_collapse(trainer, stats["collapsed"])
         if self._recorder.objective:
-            metrics = current.metrics
-            self.objective_check = (metrics.objective.verdict() if "loss" in current.layout.kept
+            objective = current.metrics.objective
+            self.objective_check = (objective.verdict() if "loss" in current.layout.kept
                                     else (None, "the training steps return no `loss`"))
+            why = objective.bernoulli() if "loss" in current.layout.kept else None
+            if why is not None and not self._warned_bernoulli:
+                self._warned_bernoulli = True
+                rank_zero_warn(
+                    "EntropyMonitor: the training loss is a Bernoulli (BCE) ELBO of the returned `dec_mean`, not a"
+                    f" Gaussian one ({why}). The logged ELBO, entropy sum and gap are those of a Gaussian decoder"
+                    " N(dec_mean, exp(dec_logvar)), which this model does not have: they say nothing about its"
+                    " convergence. The entropy-sum result holds for Gaussian decoders only."
+                )
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
