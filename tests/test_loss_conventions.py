@@ -89,9 +89,10 @@ def test_bernoulli_log_likelihood_against_torch_distributions():
     x = torch.bernoulli(torch.full((5, 7), 0.4, dtype=torch.float64), generator=gen)
     p = torch.rand(5, 7, generator=gen, dtype=torch.float64) * 0.98 + 0.01
     expected = Bernoulli(probs=p).log_prob(x).sum(-1)
-    torch.testing.assert_close(bernoulli_log_likelihood(x, p), expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(bernoulli_log_likelihood(x=x, probs=p), expected, rtol=1e-12, atol=0)
     bce = F.binary_cross_entropy(p, x, reduction="none").sum(-1)
-    torch.testing.assert_close(bernoulli_log_likelihood(x.float(), p.float()), -bce.float(), rtol=1e-5, atol=1e-5)
+    ours = bernoulli_log_likelihood(x=x.float(), probs=p.float())
+    torch.testing.assert_close(ours, -bce.float(), rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------- the monitor's BCE warning

@@ -105,7 +105,8 @@ class StageMetrics:
         x, dec_mean = inputs.get("x"), inputs.get("dec_mean")
         if not (isinstance(x, Tensor) and isinstance(dec_mean, Tensor) and x.shape == dec_mean.shape):
             return pending.per_batch(elbo), pending.per_batch(kl)
-        bernoulli = F.bernoulli_log_likelihood(x, dec_mean) - kl.to(torch.promote_types(kl.dtype, torch.float32))
+        log_lik = F.bernoulli_log_likelihood(x=x, probs=dec_mean)
+        bernoulli = log_lik - kl.to(log_lik.dtype)
         return pending.per_batch(elbo), pending.per_batch(kl), pending.per_batch(bernoulli)
 
     def _update(self, inputs: Any) -> None:

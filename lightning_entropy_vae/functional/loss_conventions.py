@@ -98,7 +98,7 @@ def mse_convention(reconstruction: str = "sum", *, data_dim: int, latent_dim: in
                          offset=0.5 * data_dim * math.log(2.0 * math.pi * var))
 
 
-def bernoulli_log_likelihood(x: Tensor, probs: Tensor, *, eps: float = 1e-6) -> Tensor:
+def bernoulli_log_likelihood(*, x: Tensor, probs: Tensor, eps: float = 1e-6) -> Tensor:
     r"""Per-sample Bernoulli log-likelihood :math:`\sum_d x_d \log p_d + (1 - x_d)\log(1 - p_d)`: minus a BCE loss
     summed over the data dimensions, for ``x`` in [0, 1] and probabilities clamped to [eps, 1 - eps].
 
@@ -113,7 +113,7 @@ def bernoulli_log_likelihood(x: Tensor, probs: Tensor, *, eps: float = 1e-6) -> 
     Example:
         >>> import torch
         >>> x, p = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.8, 0.3]])
-        >>> bernoulli_log_likelihood(x, p)
+        >>> bernoulli_log_likelihood(x=x, probs=p)
         tensor([-0.5798])
         >>> torch.distributions.Bernoulli(probs=p).log_prob(x).sum(-1)
         tensor([-0.5798])
