@@ -171,8 +171,8 @@ def test_nan_batch_is_skipped_and_counted(tmp_path):
 
 # ------------------------------------------------------------------------------ constructor checks
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"stages": ()}, ValueError, r"Expected `stages` to be a non-empty subset of \('train', 'val'\), but"),
-    ({"stages": ("train", "test")}, ValueError, r"non-empty subset .* but got \('train', 'test'\)"),
+    ({"stages": ()}, ValueError, r"Expected `stages` to be a non-empty subset of \('train', 'val', 'test'\), but"),
+    ({"stages": ("train", "predict")}, ValueError, r"non-empty subset .* but got \('train', 'predict'\)"),
     ({"collapse_criterion": "mean"}, ValueError, r"`collapse_criterion` to be one of .* but got 'mean'"),
     ({"collapse_threshold": "high"}, TypeError, r"Expected `threshold` to be a float, but got str"),
     ({"collapse_threshold": True}, TypeError, r"Expected `threshold` to be a float, but got bool"),

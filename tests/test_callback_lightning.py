@@ -108,11 +108,11 @@ class WithTestStep(MonitorVAE):
 def test_validate_and_test_alone(tmp_path):
     torch.manual_seed(0)
     model = WithTestStep(lr=0.05)
-    monitor = EntropyMonitor()
+    monitor = EntropyMonitor(stages=("train", "val"))
     trainer = monitor_trainer(tmp_path, [monitor])
     trainer.validate(model, monitor_loader(VAL))
     assert_logged_equal(trainer.callback_metrics, "entropy/val", monitor_reference(model.val_log))
-    trainer.test(model, monitor_loader(VAL))  # no test stage is monitored: nothing breaks, nothing is logged
+    trainer.test(model, monitor_loader(VAL))  # the test stage is not monitored: nothing breaks, nothing is logged
     assert not any(k.startswith("entropy/test") for k in trainer.callback_metrics)
 
 

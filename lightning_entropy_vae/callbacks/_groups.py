@@ -18,7 +18,8 @@ LATENT_GROUPS = ("channel",)
 MAX_NAMED = 8
 
 
-def group_keys(stage: str, collapse: dict[str, Tensor], latent_shape: tuple[int, ...]) -> dict[str, float]:
+def group_keys(stage: str, collapse: dict[str, Tensor], latent_shape: tuple[int, ...],
+               prefix: str = "entropy") -> dict[str, float]:
     """The per-channel keys of an epoch (one device-to-host copy); none for flat ``(H,)`` latents.
 
     A channel is the first dimension of a point's latents (``C`` of ``(C, h, w)``); NaN without kept points.
@@ -31,8 +32,8 @@ def group_keys(stage: str, collapse: dict[str, Tensor], latent_shape: tuple[int,
     active = torch.where(collapse["num_active"].isnan(), float("nan"), active)
     values = torch.cat([active, entropy.mean(-1)]).cpu().tolist()
     width = len(str(channels - 1))
-    out = {f"entropy/{stage}/channel_active/{c:0{width}d}": values[c] for c in range(channels)}
-    out.update({f"entropy/{stage}/channel_entropy/{c:0{width}d}": values[channels + c] for c in range(channels)})
+    out = {f"{prefix}/{stage}/channel_active/{c:0{width}d}": values[c] for c in range(channels)}
+    out.update({f"{prefix}/{stage}/channel_entropy/{c:0{width}d}": values[channels + c] for c in range(channels)})
     return out
 
 

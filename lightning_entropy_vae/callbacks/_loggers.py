@@ -14,11 +14,12 @@ with the run's name, on the Scalars page and in the custom-scalars charts alike.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch.loggers  # noqa: F401  (in sys.modules for is_logger)
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 
 from lightning_entropy_vae.functional import relative_gap
@@ -57,7 +58,32 @@ def tensorboard_layout(stages: list[str], per_latent: tuple[str, ...] | bool) ->
     return {"entropy": charts}
 
 
-def line_values(stage: str, floats: dict[str, float]) -> dict[str, dict[str, float]]:
+def is_logger(logger: Any, name: str) -> bool:
+    """Whether ``logger`` is Lightning's logger class ``name`` (``"TensorBoardLogger"``, ``"WandbLogger"``) of either
+    namespace: ``lightning.pytorch.loggers`` or ``pytorch_lightning.loggers``, two copies of the same classes (the
+    second is checked when it was imported, as it must have been for one of its loggers to exist).
+    """
+    for namespace in ("lightning.pytorch.loggers", "pytorch_lightning.loggers"):
+        module = sys.modules.get(namespace)
+        cls = getattr(module, name, None) if module is not None else None
+        if isinstance(cls, type) and isinstance(logger, cls):
+            return True
+    return False
+
+
+def logger_step(trainer: Any, *, train_epoch_end: bool = False) -> int:
+    """The step at which Lightning logs its own metrics now, so that ours land on the same row (a CSV's ``step``).
+
+    Lightning's count of batches that stepped (``fit_loop.epoch_loop._batches_that_stepped``, which its own
+    ``LearningRateMonitor`` and ``DeviceStatsMonitor`` read): one per batch even where ``global_step`` counts two
+    optimizer steps (manual optimization with two optimizers). It moves on after a batch's hooks, and Lightning
+    logs a training epoch's metrics one step back (``train_epoch_end``), on the row of the epoch's last batch.
+    """
+    step = trainer.fit_loop.epoch_loop._batches_that_stepped
+    return step - 1 if train_epoch_end else step
+
+
+def line_values(stage: str, floats: dict[str, float], prefix: str = "entropy") -> dict[str, dict[str, float]]:
     """``{tag: {run: value}}``: the lines :class:`TensorBoardLines` writes for one stage's logged floats.
 
     >>> line_values("train", {"entropy/train/elbo": -3.0, "entropy/train/sum": -3.5})
@@ -68,9 +94,9 @@ def line_values(stage: str, floats: dict[str, float]) -> dict[str, dict[str, flo
              "latent_entropy_lines": (("collapse_threshold", "latent_entropy/threshold"),
                                       ("prior_entropy", "latent_entropy/prior"))}
     for tag, runs in pairs.items():
-        values = {run: floats[f"entropy/{stage}/{key}"] for run, key in runs if f"entropy/{stage}/{key}" in floats}
+        values = {run: floats[f"{prefix}/{stage}/{key}"] for run, key in runs if f"{prefix}/{stage}/{key}" in floats}
         if values:
-            out[f"entropy/{stage}/{tag}"] = values
+            out[f"{prefix}/{stage}/{tag}"] = values
     return out
 
 
@@ -85,7 +111,7 @@ class TensorBoardLines:
 
     def write(self, loggers: list[Any], lines: dict[str, dict[str, float]], step: int, *, flush: bool) -> None:
         for logger in loggers:
-            if not isinstance(logger, TensorBoardLogger):
+            if not is_logger(logger, "TensorBoardLogger"):
                 continue
             for tag, runs in lines.items():
                 for run, value in runs.items():
@@ -129,41 +155,56 @@ def latent_table(stats: dict[str, Tensor]) -> str:
     return "\n".join(rows)
 
 
-def write_layouts(loggers: list[Any], stages: list[str], per_latent: tuple[str, ...] | bool) -> None:
+def write_layouts(loggers: list[Any], stages: list[str], per_latent: tuple[str, ...] | bool,
+                  prefix: str = "entropy") -> None:
     """Write the TensorBoard layout and the W&B metric groupings (call once, on rank 0)."""
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_custom_scalars(tensorboard_layout(stages, per_latent))
-        elif isinstance(logger, WandbLogger):
+        if is_logger(logger, "TensorBoardLogger"):
+            logger.experiment.add_custom_scalars(_prefixed(tensorboard_layout(stages, per_latent), prefix))
+        elif is_logger(logger, "WandbLogger"):
             run = logger.experiment
             if hasattr(run, "define_metric"):
                 run.define_metric("trainer/global_step")
-                run.define_metric("entropy/*", step_metric="trainer/global_step")
+                run.define_metric(f"{prefix}/*", step_metric="trainer/global_step")
+
+
+def _prefixed(layout: dict[str, dict[str, list]], prefix: str) -> dict[str, dict[str, list]]:
+    """The layout with its category and tags under ``prefix`` instead of ``entropy`` (a second monitor's)."""
+    if prefix == "entropy":
+        return layout
+
+    def tag(t: Any) -> Any:
+        return prefix + t[len("entropy"):] if isinstance(t, str) and t.startswith("entropy/") else t
+
+    return {(prefix if category == "entropy" else category):
+            {title: [kind, [tag(t) for t in tags], *rest] for title, (kind, tags, *rest) in charts.items()}
+            for category, charts in layout.items()}
 
 
 def write_latent_figures(
     loggers: list[Any], stage: str, stats: dict[str, Tensor], step: int, *, histogram: bool, figure: Any | None,
     table: bool = False,
+    prefix: str = "entropy",
 ) -> None:
     """Per-epoch histogram of the per-latent entropies, optionally a bar-chart figure and (TensorBoard) a text
     table of the per-latent values and flags (rank 0)."""
     values = stats["latent_entropy"].detach().float().cpu()
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
+        if is_logger(logger, "TensorBoardLogger"):
             if table:
-                logger.experiment.add_text(f"entropy/{stage}/latents", latent_table(stats), step)
+                logger.experiment.add_text(f"{prefix}/{stage}/latents", latent_table(stats), step)
             if histogram:
-                logger.experiment.add_histogram(f"entropy/{stage}/latent_entropy_hist", values, step)
+                logger.experiment.add_histogram(f"{prefix}/{stage}/latent_entropy_hist", values, step)
             if figure is not None:
-                logger.experiment.add_figure(f"entropy/{stage}/latent_entropy_bars", figure, step, close=False)
-        elif isinstance(logger, WandbLogger):
+                logger.experiment.add_figure(f"{prefix}/{stage}/latent_entropy_bars", figure, step, close=False)
+        elif is_logger(logger, "WandbLogger"):
             import wandb
 
             payload: dict[str, Any] = {"trainer/global_step": step}
             if histogram:
-                payload[f"entropy/{stage}/latent_entropy_hist"] = wandb.Histogram(values.numpy())
+                payload[f"{prefix}/{stage}/latent_entropy_hist"] = wandb.Histogram(values.numpy())
             if figure is not None:
-                payload[f"entropy/{stage}/latent_entropy_bars"] = wandb.Image(figure)
+                payload[f"{prefix}/{stage}/latent_entropy_bars"] = wandb.Image(figure)
             logger.experiment.log(payload)
 
 
@@ -178,7 +219,7 @@ def log_to_loggers(trainer: Any, metrics: dict[str, float], step: int,
         metrics = {**metrics, "epoch": trainer.current_epoch}
         fewer = {k: v for k, v in metrics.items() if k not in not_for_tensorboard} if not_for_tensorboard else metrics
         for logger in trainer.loggers:
-            logger.log_metrics(fewer if isinstance(logger, TensorBoardLogger) else metrics, step=step)
+            logger.log_metrics(fewer if is_logger(logger, "TensorBoardLogger") else metrics, step=step)
 
 
 class CallbackMetrics:
@@ -202,7 +243,7 @@ class CallbackMetrics:
                 pl_module.log(key, value, on_step=False, on_epoch=True, logger=False)
 
 
-def tensorboard_skips(stage: str, latent_dim: int, rows: tuple[str, ...]) -> set[str]:
+def tensorboard_skips(stage: str, latent_dim: int, rows: tuple[str, ...], prefix: str = "entropy") -> set[str]:
     """The per-latent keys TensorBoard does not get as scalars: the rows not in ``rows``, and the threshold and
     prior lines (drawn by :class:`TensorBoardLines` in colours of their own).
 
@@ -211,26 +252,27 @@ def tensorboard_skips(stage: str, latent_dim: int, rows: tuple[str, ...]) -> set
      'entropy/val/latent_entropy/threshold', 'entropy/val/latent_kl/0', 'entropy/val/latent_kl/1']
     """
     width = len(str(latent_dim - 1))
-    skip = {f"entropy/{stage}/{row}/{h:0{width}d}" for row in PER_LATENT_ROWS if row not in rows
+    skip = {f"{prefix}/{stage}/{row}/{h:0{width}d}" for row in PER_LATENT_ROWS if row not in rows
             for h in range(latent_dim)}
-    return skip | {f"entropy/{stage}/latent_entropy/prior", f"entropy/{stage}/latent_entropy/threshold"}
+    return skip | {f"{prefix}/{stage}/latent_entropy/prior", f"{prefix}/{stage}/latent_entropy/threshold"}
 
 
 def per_latent_keys(stage: str, rows: dict[str, list[float]], prior: float,
-                    threshold: float | None) -> dict[str, float]:
-    """Per-latent keys ``entropy/{stage}/{row}/{h}`` (h zero-padded), and the lines they overlay with."""
+                    threshold: float | None, prefix: str = "entropy") -> dict[str, float]:
+    """Per-latent keys ``{prefix}/{stage}/{row}/{h}`` (h zero-padded), and the lines they overlay with."""
     out = {}
     for name, row in rows.items():
         width = len(str(len(row) - 1))
-        out.update({f"entropy/{stage}/{name}/{h:0{width}d}": v for h, v in enumerate(row)})
-    out[f"entropy/{stage}/latent_entropy/prior"] = prior
+        out.update({f"{prefix}/{stage}/{name}/{h:0{width}d}": v for h, v in enumerate(row)})
+    out[f"{prefix}/{stage}/latent_entropy/prior"] = prior
     if threshold is not None:
-        out[f"entropy/{stage}/latent_entropy/threshold"] = threshold
+        out[f"{prefix}/{stage}/latent_entropy/threshold"] = threshold
     return out
 
 
 def epoch_metrics(stage: str, sums: dict[str, Tensor], elbo: Tensor, collapse: dict[str, Tensor], skipped: Tensor, *,
-                  data_dim: int, floor: float, per_latent: bool) -> tuple[dict[str, Tensor], dict[str, float]]:
+                  data_dim: int, floor: float, per_latent: bool,
+                  prefix: str = "entropy") -> tuple[dict[str, Tensor], dict[str, float]]:
     """An epoch's keys: the scalars as tensors (for ``callback_metrics``), and after one device-to-host copy
     the scalars and the per-latent keys as floats (for the loggers).
 
@@ -254,7 +296,7 @@ def epoch_metrics(stage: str, sums: dict[str, Tensor], elbo: Tensor, collapse: d
         pieces += [collapse["latent_entropy"].to(dtype), collapse["latent_kl"].to(dtype), flags,
                    torch.stack(lines).to(dtype)]
     flat = torch.cat(pieces).cpu().tolist()  # the one copy to the host
-    keys = [f"entropy/{stage}/{name}" for name in scalars]
+    keys = [f"{prefix}/{stage}/{name}" for name in scalars]
     floats = dict(zip(keys, flat))
     if per_latent:
         latent_dim = collapse["latent_entropy"].shape[0]
@@ -262,5 +304,5 @@ def epoch_metrics(stage: str, sums: dict[str, Tensor], elbo: Tensor, collapse: d
         rows = {name: rest[i * latent_dim:(i + 1) * latent_dim]
                 for i, name in enumerate(("latent_entropy", "latent_kl", "collapsed"))}
         lines = rest[3 * latent_dim:]
-        floats.update(per_latent_keys(stage, rows, lines[0], lines[1] if len(lines) > 1 else None))
+        floats.update(per_latent_keys(stage, rows, lines[0], lines[1] if len(lines) > 1 else None, prefix))
     return dict(zip(keys, stacked.unbind())), floats

@@ -12,6 +12,12 @@ whereas a beta-VAE loss has b = 1 - beta and a wrongly scaled loss a != 1. Both 
 ordinary least-squares fit over the epoch's batches; a coefficient counts as off only when it is off by more
 than the tolerance *and* by more than three standard errors (float16/bfloat16 losses are noisy; a KL that
 barely varies between batches cannot tell beta from a constant offset, and then it does not matter).
+
+Whatever the coefficients, a loss of the same Gaussian model (any beta, any scale, any constant) is fit exactly.
+Where the steps return ``x`` and ``dec_mean``, the same regression on the Bernoulli ELBO of ``dec_mean`` read as
+probabilities tells a BCE-trained model (:meth:`ObjectiveCheck.bernoulli`): its loss is fit exactly by the
+Bernoulli ELBO and not by the Gaussian one, which the monitor then computes for a decoder the model does not have.
+(A residual alone does not tell: a Monte Carlo KL estimate in the loss leaves a larger one, with no harm done.)
 """
 
 from __future__ import annotations
@@ -23,22 +29,54 @@ TOLERANCE = 0.02
 #: The fit's residual standard deviation allowed, relative to the losses' size: their rounding in float16 or
 #: bfloat16 (about 0.4 %) passes, a loss that the ELBO and the KL do not explain (another reduction) does not.
 RESIDUAL = 0.01
+#: The Gaussian fit's residual standard deviation, relative to the spread of the losses between batches, above which
+#: a much better Bernoulli fit (a tenth of the residual) counts (a BCE loss against the Gaussian ELBO: 0.8-6 %) ...
+MISFIT = 0.005
+#: ... and relative to the losses' size, in units of their dtype's resolution (rounding of float16/bfloat16 losses).
+ROUNDING = 4.0
 #: Sums per reduction: n, y, e, k, yy, ee, kk, ye, yk, ek.
 _N_SUMS = 10
+
+
+#: Batches kept as rows before they are folded into the sums (the fold runs at the epoch's end, not at a log step).
+_MAX_ROWS = 4096
 
 
 class ObjectiveCheck:
     """Regression sums of one epoch, for the loss read as a batch mean and as a batch sum."""
 
     def __init__(self) -> None:
-        self.sums = {"mean": [0.0] * _N_SUMS, "sum": [0.0] * _N_SUMS}
+        self._sums = {"mean": [0.0] * _N_SUMS, "sum": [0.0] * _N_SUMS}
+        self._bernoulli_sums = {"mean": [0.0] * _N_SUMS, "sum": [0.0] * _N_SUMS}
+        self._rows: list[tuple[float, float, float, int, float | None]] = []
+        self.eps = 0.0  # the resolution (``finfo.eps``) of the losses' dtype, set by the caller
 
-    def add(self, neg_loss: float, elbo_sum: float, kl_sum: float, points: int) -> None:
-        """One batch: -loss (already times the accumulation factor), its ELBO and KL summed over its points."""
-        for name, (e, k) in (("mean", (elbo_sum / points, kl_sum / points)), ("sum", (elbo_sum, kl_sum))):
-            s, y = self.sums[name], neg_loss
-            for i, v in enumerate((1.0, y, e, k, y * y, e * e, k * k, y * e, y * k, e * k)):
-                s[i] += v
+    def add(self, neg_loss: float, elbo_sum: float, kl_sum: float, points: int,
+            bernoulli_sum: float | None = None) -> None:
+        """One batch: -loss (already times the accumulation factor), its ELBO and KL summed over its points, and the
+        Bernoulli ELBO of its ``dec_mean`` if known."""
+        self._rows.append((neg_loss, elbo_sum, kl_sum, points, bernoulli_sum))
+        if len(self._rows) >= _MAX_ROWS:
+            self._fold()
+
+    def _fold(self) -> None:
+        for neg_loss, elbo_sum, kl_sum, points, bernoulli_sum in self._rows:
+            _accumulate(self._sums, neg_loss, elbo_sum, kl_sum, points)
+            if bernoulli_sum is not None:
+                _accumulate(self._bernoulli_sums, neg_loss, bernoulli_sum, kl_sum, points)
+        self._rows.clear()
+
+    @property
+    def sums(self) -> dict[str, list[float]]:
+        """Per reading of the loss (``mean``, ``sum``): n, y, e, k, yy, ee, kk, ye, yk, ek over the batches."""
+        self._fold()
+        return self._sums
+
+    @property
+    def bernoulli_sums(self) -> dict[str, list[float]]:
+        """The same with the Bernoulli ELBO of ``dec_mean`` as e (over the batches that had one)."""
+        self._fold()
+        return self._bernoulli_sums
 
     @property
     def batches(self) -> int:
@@ -58,6 +96,34 @@ class ObjectiveCheck:
         a, b, *_ = min(fits.values(), key=lambda f: abs(f[0] - 1.0) + abs(f[1]))
         return False, (f"-loss = {a:.4g} x ELBO + {b:.3g} x KL + const. over the epoch's batches (expected 1 x ELBO"
                        " + 0 x KL: beta != 1, KL annealing, a scaled loss or extra terms)")
+
+
+    def bernoulli(self) -> str | None:
+        """Why the losses look like a Bernoulli (BCE) ELBO of ``dec_mean`` and not like the Gaussian ELBO, or
+        ``None`` (they do not, or fewer than 5 batches with both ELBOs cannot tell)."""
+        if self.batches < 5 or self.bernoulli_sums["mean"][0] != self.batches:
+            return None
+        gaussian, bernoulli = (min(_residual(s) for s in sums.values()) for sums in (self.sums, self.bernoulli_sums))
+        n, y, yy = self.sums["mean"][0], self.sums["mean"][1], self.sums["mean"][4]
+        spread = math.sqrt(max(yy / n - (y / n) ** 2, 0.0))
+        floor = max(MISFIT * spread, ROUNDING * self.eps * abs(y / n))
+        if gaussian <= floor or bernoulli > 0.1 * gaussian:
+            return None
+        share = 100 * gaussian / spread
+        return (f"over the epoch's {self.batches} batches the Bernoulli ELBO explains -loss up to a residual of"
+                f" {bernoulli:.2g} nats, the Gaussian ELBO only up to {gaussian:.2g} nats ({share:.2g} % of the"
+                " losses' spread)")
+
+
+def _accumulate(sums: dict[str, list[float]], y: float, elbo_sum: float, kl_sum: float, points: int) -> None:
+    for name, (e, k) in (("mean", (elbo_sum / points, kl_sum / points)), ("sum", (elbo_sum, kl_sum))):
+        s = sums[name]
+        for i, v in enumerate((1.0, y, e, k, y * y, e * e, k * k, y * e, y * k, e * k)):
+            s[i] += v
+
+
+def _residual(s: list[float]) -> float:
+    return _fit(s)[4]
 
 
 def _fit(s: list[float]) -> tuple[float, float, float, float, float, float]:

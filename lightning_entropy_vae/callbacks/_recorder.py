@@ -22,6 +22,9 @@ from lightning_entropy_vae.callbacks._step_outputs import StageLayout, normalize
 from lightning_entropy_vae.functional import fixed_decoder_variance
 from lightning_entropy_vae.functional._checks import first_nonfinite
 
+#: Keys of which one in a step's output makes it a monitored output.
+ENCODER_KEYS = ("enc_mean", "enc_logvar", "posterior")
+
 
 class Stage:
     """One monitored stage (``train``, ``val``, ``val_1``, ...): its layout, pending batches and metrics."""
@@ -59,9 +62,16 @@ class StageRecorder:
         if start is not None:
             start(record)
 
-    def keep(self, hook: str, stage: str, pl_module: Any, outputs: Any, batch: Any) -> None:
-        """Keep references to a step's tensors (no device work), reducing them when the stash is full."""
+    def keep(self, hook: str, stage: str, pl_module: Any, outputs: Any, batch: Any, *, optional: bool = False) -> None:
+        """Keep references to a step's tensors (no device work), reducing them when the stash is full.
+
+        ``optional``: a stage not asked for by name (the default's test stage) starts only from an output that
+        holds encoder statistics; anything else (None, a loss) leaves it alone.
+        """
         values = self.extract(pl_module, outputs, batch) if self.extract is not None else outputs
+        if optional and stage not in self.stages and not (
+                isinstance(values, Mapping) and any(values.get(k) is not None for k in ENCODER_KEYS)):
+            return
         values = read_output(values, hook, stage, pl_module)
         if values is None:  # Lightning's "skip this batch"
             self.skipped_none[stage] = self.skipped_none.get(stage, 0) + 1

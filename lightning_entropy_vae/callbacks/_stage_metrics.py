@@ -76,9 +76,13 @@ class StageMetrics:
                 columns = self._objective_columns(inputs, pending)
                 finite, losses, columns = pending.finite(inputs, columns)  # one small read to the host
                 if losses is not None and columns:
-                    for ok, loss, elbo, kl, n in zip(finite, losses, *columns, pending.sizes):
+                    self.objective.eps = max(self.objective.eps, torch.finfo(pending.batches[0]["loss"].dtype).eps)
+                    bernoulli = columns[2] if len(columns) > 2 else [None] * len(losses)
+                    for ok, loss, elbo, kl, bern, n in zip(finite, losses, columns[0], columns[1], bernoulli,
+                                                           pending.sizes):
                         if ok and math.isfinite(loss):
-                            self.objective.add(-loss * loss_scale, elbo, kl, n)
+                            self.objective.add(-loss * loss_scale, elbo, kl, n,
+                                               None if bern is None or not math.isfinite(bern) else bern)
                 if not all(finite):
                     self.dropped += finite.count(False)
                     kept = [i for i, ok in enumerate(finite) if ok]
@@ -89,7 +93,8 @@ class StageMetrics:
         pending.clear()
 
     def _objective_columns(self, inputs: dict[str, Any], pending: PendingBatches) -> tuple[Tensor, ...]:
-        """Per batch, the ELBO and the KL summed over its points: what the loss is regressed on."""
+        """Per batch, the ELBO and the KL summed over its points: what the loss is regressed on; and where ``x`` and
+        ``dec_mean`` are kept, the Bernoulli ELBO of ``dec_mean`` read as probabilities (a BCE-trained model's)."""
         if not self.track_objective or "loss" not in pending.layout.kept:
             return ()
         vocabulary = {k: v for k, v in inputs.items() if k in VOCABULARY}
@@ -97,7 +102,12 @@ class StageMetrics:
         if elbo is None:
             elbo = F.gaussian_elbo(**vocabulary, reduction="none")
         kl = F.gaussian_kl(**vocabulary, reduction="none")
-        return pending.per_batch(elbo), pending.per_batch(kl)
+        x, dec_mean = inputs.get("x"), inputs.get("dec_mean")
+        if not (isinstance(x, Tensor) and isinstance(dec_mean, Tensor) and x.shape == dec_mean.shape):
+            return pending.per_batch(elbo), pending.per_batch(kl)
+        log_lik = F.bernoulli_log_likelihood(x=x, probs=dec_mean)
+        bernoulli = log_lik - kl.to(log_lik.dtype)
+        return pending.per_batch(elbo), pending.per_batch(kl), pending.per_batch(bernoulli)
 
     def _update(self, inputs: Any) -> None:
         entropy_sum, elbo = self._windows[0] if self._windows else (self.epoch_sum, self.epoch_elbo)

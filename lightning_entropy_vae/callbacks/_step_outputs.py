@@ -41,12 +41,14 @@ def read_output(values: Any, hook: str, stage: str, pl_module: Any, got: str | N
         return values if len(values) else None
     if got is None and values is None:
         return None
-    step = {"train": "training_step", "test": "test_step"}.get(stage, "validation_step")
+    kind = stage.split("_")[0]  # val_1 -> val
+    step = {"train": "training_step", "test": "test_step"}.get(kind, "validation_step")
+    skip = {"train": "", "test": "\nor pass EntropyMonitor(stages=('train', 'val')) to skip the test stage."}
     raise ValueError(
         f"{owner_of(hook, pl_module)} expected `{step}` to return a dict (or VAEOutput) with the keys `enc_mean`,"
         f" `enc_logvar`, `dec_logvar`, `dec_mean`, `x` and optionally `elbo`, `prior_logvar`, but got"
         f" {got or 'a ' + type(values).__name__}. Return them from the step, for example:\n" + EXAMPLE_RETURN
-        + ("\nor pass EntropyMonitor(stages=('train',)) to skip validation." if stage != "train" else "")
+        + skip.get(kind, "\nor pass EntropyMonitor(stages=('train',)) to skip validation.")
     )
 
 

@@ -46,7 +46,8 @@ class EntropyConvergence(Callback):
     no ``loss``), it says so once and does not count, unless ``require_elbo_objective=False``.
 
     It needs an :class:`EntropyMonitor` that monitors ``"train"`` (and ``monitor_stage``) in the same Trainer,
-    and checks after it (it moves itself behind the monitor if placed before). Every rank takes the same
+    and checks after it (it moves itself behind the monitor if placed before). With two monitors in the Trainer
+    (two ``prefix`` values), ``monitor_prefix`` names the one to read. Every rank takes the same
     decision (``reduce_boolean_decision``); the state resumes from checkpoints (plain types).
 
     Args:
@@ -59,6 +60,8 @@ class EntropyConvergence(Callback):
         check_finite: stop when the monitored ELBO becomes NaN or infinite.
         stopping_threshold: stop as soon as the monitored ELBO reaches this value (nats per point).
         verbose: report the gate and each improvement.
+        monitor_prefix: the ``prefix`` of the :class:`EntropyMonitor` to read; ``None`` (default) reads the
+            Trainer's only monitor.
 
     Example:
         >>> import lightning as L
@@ -77,6 +80,7 @@ class EntropyConvergence(Callback):
         check_finite: bool = True,
         stopping_threshold: float | None = None,
         verbose: bool = False,
+        monitor_prefix: str | None = None,
     ) -> None:
         if isinstance(gap_tolerance, bool) or not isinstance(gap_tolerance, (int, float)) or not gap_tolerance > 0:
             raise ValueError(f"Expected `gap_tolerance` to be a positive number, but got {gap_tolerance!r}.")
@@ -94,16 +98,24 @@ class EntropyConvergence(Callback):
         self.gate_epochs = gate_epochs
         self.patience = patience
         self.min_delta = float(min_delta)
+        if monitor_prefix is not None and not isinstance(monitor_prefix, str):
+            raise TypeError(f"Expected `monitor_prefix` to be a str or None, but got {monitor_prefix!r}.")
         self.monitor_stage = monitor_stage
-        self.monitor_key = f"entropy/{monitor_stage}/elbo"
+        self.monitor_prefix = monitor_prefix
+        #: the keys read, under the monitor's prefix (known at set-up)
+        self.monitor_key = f"{monitor_prefix or 'entropy'}/{monitor_stage}/elbo"
+        self._gap_key = f"{monitor_prefix or 'entropy'}/train/rel_gap"
         self.require_elbo_objective = bool(require_elbo_objective)
         self.check_finite = bool(check_finite)
         self.stopping_threshold = None if stopping_threshold is None else float(stopping_threshold)
         self.verbose = bool(verbose)
         self._monitor: EntropyMonitor | None = None
         self._reset()
-        self._state_key = self._generate_state_key(gap_tolerance=self.gap_tolerance, gate_epochs=gate_epochs,
-                                                   patience=patience, monitor_stage=monitor_stage)
+        key: dict[str, Any] = {"gap_tolerance": self.gap_tolerance, "gate_epochs": gate_epochs, "patience": patience,
+                               "monitor_stage": monitor_stage}
+        if monitor_prefix is not None:  # the default's key as before: older checkpoints still restore
+            key["monitor_prefix"] = monitor_prefix
+        self._state_key = self._generate_state_key(**key)
 
     def _reset(self) -> None:
         """A new fit: nothing carried over from an earlier one (a checkpoint restores its state afterwards)."""
@@ -127,13 +139,7 @@ class EntropyConvergence(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        monitors = [cb for cb in trainer.callbacks if isinstance(cb, EntropyMonitor)]
-        if not monitors:
-            raise ValueError(
-                "EntropyConvergence reads what EntropyMonitor publishes, but the Trainer has no EntropyMonitor."
-                " Pass both: Trainer(callbacks=[EntropyMonitor(), EntropyConvergence()])."
-            )
-        monitor = monitors[0]
+        monitor = self._find_monitor(trainer)
         needed = {"train", self.monitor_stage}
         if not needed <= set(monitor.stages):
             raise ValueError(
@@ -147,7 +153,30 @@ class EntropyConvergence(Callback):
             trainer.callbacks = callbacks  # a new list: the loop calling this hook goes on over the old one
         monitor.watch_objective()
         self._monitor = monitor
+        self.monitor_key = f"{monitor.prefix}/{self.monitor_stage}/elbo"
+        self._gap_key = f"{monitor.prefix}/train/rel_gap"
         self._reset()
+
+    def _find_monitor(self, trainer: pl.Trainer) -> EntropyMonitor:
+        """The Trainer's EntropyMonitor with ``monitor_prefix``, or its only one."""
+        monitors = [cb for cb in trainer.callbacks if isinstance(cb, EntropyMonitor)]
+        if not monitors:
+            raise ValueError(
+                "EntropyConvergence reads what EntropyMonitor publishes, but the Trainer has no EntropyMonitor."
+                " Pass both: Trainer(callbacks=[EntropyMonitor(), EntropyConvergence()])."
+            )
+        prefixes = [m.prefix for m in monitors]
+        if self.monitor_prefix is not None:
+            found = [m for m in monitors if m.prefix == self.monitor_prefix]
+            if len(found) != 1:
+                raise ValueError(f"EntropyConvergence(monitor_prefix={self.monitor_prefix!r}) expected one"
+                                 f" EntropyMonitor with that prefix in the Trainer, but got the prefixes {prefixes}.")
+            return found[0]
+        if len(monitors) > 1:
+            raise ValueError(f"EntropyConvergence found {len(monitors)} EntropyMonitors in the Trainer (prefixes"
+                             f" {prefixes}) and cannot tell which to read. Name it: EntropyConvergence("
+                             f"monitor_prefix={prefixes[0]!r}).")
+        return monitors[0]
 
     # ------------------------------------------------------------------------------------- epochs
     @override
@@ -200,7 +229,7 @@ class EntropyConvergence(Callback):
         total = trainer.num_training_batches
         if isinstance(total, int) and self._epoch_batches < total:  # a mid-epoch resume: not a whole epoch
             return
-        gap = trainer.callback_metrics.get("entropy/train/rel_gap")
+        gap = trainer.callback_metrics.get(self._gap_key)
         if gap is None:
             return
         gap = float(gap)

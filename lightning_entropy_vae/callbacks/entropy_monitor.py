@@ -9,6 +9,7 @@ log (:mod:`._loggers`) and warn.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,6 +25,8 @@ from lightning_entropy_vae.callbacks._step_outputs import read_output
 from lightning_entropy_vae.functional import COLLAPSE_CRITERIA, collapsed_latents, relative_gap
 
 __all__ = ["EntropyMonitor"]
+
+STAGES = ("train", "val", "test")
 
 Extract = Callable[[pl.LightningModule, Any, Any], Mapping[str, Any]]
 
@@ -41,7 +44,8 @@ class EntropyMonitor(Callback):
                 "dec_mean": x_hat, "dec_logvar": self.dec_logvar,
                 "elbo": elbo}  # elbo: (B,) per-sample ELBO at beta = 1, optional
 
-    Logged metrics (``{stage}`` is ``train`` and ``val``; further validation loaders are ``val_1``, ...):
+    Logged metrics (``{stage}`` is ``train``, ``val`` and ``test``; further validation and test loaders are
+    ``val_1``, ``test_1``, ...; ``entropy`` is the ``prefix``):
 
     - Epoch level: ``entropy/{stage}/encoder``, ``.../prior``, ``.../decoder``, ``.../sum`` (the
       entropy-sum ELBO over the epoch's data points), ``.../elbo`` (mean minibatch ELBO over the same
@@ -58,14 +62,18 @@ class EntropyMonitor(Callback):
     - Step level, every ``log_every_n_steps`` of the Trainer, aggregated over the batches since the
       last log: ``entropy/train_step/sum``, ``.../elbo``, ``.../gap``, ``.../rel_gap``, ``.../gap_ema``.
 
-    Every key goes straight to the Trainer's loggers (as ``LearningRateMonitor`` does); the epoch-level
-    keys also go into ``trainer.callback_metrics`` for ``EarlyStopping`` and ``ModelCheckpoint``.
+    Every key goes straight to the Trainer's loggers (as ``LearningRateMonitor`` does), at the step Lightning
+    logs its own metrics of the same batch or epoch (one row of a CSV); the epoch-level keys also go into
+    ``trainer.callback_metrics`` for ``EarlyStopping`` and ``ModelCheckpoint``. ``trainer.test()`` logs
+    ``entropy/test/*``: the held-out estimate on the test set.
 
     The relative gap divides by ``max(|sum|, rel_gap_floor * D)`` (D the data dimension): a plain
     ``gap / |sum|`` explodes where the ELBO crosses zero during training.
 
     Args:
-        stages: which stages to monitor, from ``"train"`` and ``"val"``.
+        stages: which stages to monitor, from ``"train"``, ``"val"`` and ``"test"``. By default all three, where
+            the test stage is monitored only if the test steps return the vocabulary (a ``test_step`` that
+            returns nothing or only a loss is left alone); named explicitly, it must.
         collapse_criterion: ``"entropy"`` (the paper's, default), ``"kl"`` or ``"active_units"``.
         collapse_threshold: the criterion's threshold (default 1.0 nat, 0.01 nats, 0.01).
         rel_gap_floor: floor of the relative gap's denominator, in nats per data dimension.
@@ -82,6 +90,7 @@ class EntropyMonitor(Callback):
         latent_groups: ``"channel"``: for latents of shape ``(B, C, h, w)`` (flattened to H = C*h*w) also log
             ``entropy/{stage}/channel_active/{c}`` and ``.../channel_entropy/{c}`` per channel, a readable summary
             where H is above ``max_latents_as_scalars``; ``None`` (default): no groups.
+        prefix: the first part of every key (``"entropy"``): two monitors in one Trainer need two prefixes.
 
     Example:
         >>> import lightning as L
@@ -94,7 +103,7 @@ class EntropyMonitor(Callback):
 
     def __init__(
         self,
-        stages: tuple[str, ...] | list[str] = ("train", "val"),
+        stages: tuple[str, ...] | list[str] | None = None,
         collapse_criterion: str = "entropy",
         collapse_threshold: float | None = None,
         rel_gap_floor: float = 0.1,
@@ -107,10 +116,16 @@ class EntropyMonitor(Callback):
         nan_strategy: str = "skip",
         warn_on_collapse: bool = True,
         latent_groups: str | None = None,
+        prefix: str = "entropy",
     ) -> None:
-        stages = tuple(stages)
-        if not stages or any(s not in ("train", "val") for s in stages):
-            raise ValueError(f"Expected `stages` to be a non-empty subset of ('train', 'val'), but got {stages!r}.")
+        #: the test stage monitored only where the test steps return the vocabulary (not asked for by name)
+        self._optional_test = stages is None
+        stages = STAGES if stages is None else tuple(stages)
+        if not stages or any(s not in STAGES for s in stages):
+            raise ValueError(f"Expected `stages` to be a non-empty subset of {STAGES}, but got {stages!r}.")
+        if not isinstance(prefix, str) or not re.fullmatch(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*", prefix):
+            raise ValueError(f"Expected `prefix` to be a key prefix such as 'entropy' or 'vae/entropy' (letters,"
+                             f" digits, '_', '-', inner '/'), but got {prefix!r}.")
         if collapse_criterion not in COLLAPSE_CRITERIA:
             raise ValueError(
                 f"Expected `collapse_criterion` to be one of {COLLAPSE_CRITERIA}, but got {collapse_criterion!r}."
@@ -149,14 +164,20 @@ class EntropyMonitor(Callback):
         self.extract = extract
         self.nan_strategy = nan_strategy
         self.warn_on_collapse = bool(warn_on_collapse)
+        self.prefix = prefix
         self._recorder = StageRecorder(extract=extract, nan_strategy=nan_strategy, criterion=collapse_criterion,
-                                       threshold=collapse_threshold, objective=False)
+                                       threshold=collapse_threshold, objective=True)
         self._stages = self._recorder.stages  # the monitored stages, filled by their first batches
         self._callback_metrics = _loggers.CallbackMetrics()
         self._train = "train" in self.stages
         self._reset_run()
         # Lightning reads state_key on every hook call: build it once
-        self._state_key = self._generate_state_key(stages=self.stages, collapse_criterion=self.collapse_criterion)
+        # the default's key as before the test stage and the prefix: older checkpoints still restore
+        keyed = tuple(s for s in self.stages if s != "test" or not self._optional_test)
+        key: dict[str, Any] = {"stages": keyed, "collapse_criterion": self.collapse_criterion}
+        if prefix != "entropy":
+            key["prefix"] = prefix
+        self._state_key = self._generate_state_key(**key)
 
     def _reset_run(self) -> None:
         """State of one fit (restored from a checkpoint by ``load_state_dict``, after ``setup``)."""
@@ -165,10 +186,11 @@ class EntropyMonitor(Callback):
         self._collapsed: list[bool] | None = None
         self._warned_collapse: set[int] = set()  # each latent is reported once per run
         self._warned_empty: set[str] = set()
+        self._warned_bernoulli = False
         self._layout_written = False
         self._last_global_step = -1
         #: the last training epoch's answer to "is the loss the beta = 1 ELBO?": ``(True | False | None, why)``;
-        #: ``None`` while nothing could tell (see :meth:`watch_objective`)
+        #: ``None`` while nothing could tell (fewer than 5 batches with a ``loss`` in the epoch)
         self.objective_check: tuple[bool | None, str] = (None, "not checked")
 
     @property
@@ -176,9 +198,9 @@ class EntropyMonitor(Callback):
         return self._state_key
 
     def watch_objective(self) -> None:
-        """Also check, each training epoch, whether the training loss is the beta = 1 ELBO up to a constant
-        (:attr:`objective_check`); :class:`~lightning_entropy_vae.EntropyConvergence` asks for it at set-up.
-        It keeps the returned ``loss`` of each batch and regresses it on the batches' ELBO and KL."""
+        """Check, each training epoch, whether the training loss is the beta = 1 ELBO up to a constant
+        (:attr:`objective_check`). The monitor always does now (it keeps the returned ``loss`` of each batch and
+        regresses it on the batches' ELBO and KL at the epoch's end); kept for callers of earlier versions."""
         self._recorder.objective = True
 
     # ---------------------------------------------------------------------------------------- hooks
@@ -226,14 +248,15 @@ class EntropyMonitor(Callback):
         if not self._train:
             return
         self._recorder.keep("on_train_batch_end", "train", pl_module, outputs, batch)
-        step = trainer.global_step
-        stepped = step != self._last_global_step
-        self._last_global_step = step
+        # Lightning's cadence for its own step metrics: batches that stepped (one per batch, however many optimizers
+        # stepped), and under automatic optimization only a batch that ends an accumulation window
+        stepped = trainer.global_step != self._last_global_step or not pl_module.automatic_optimization
+        self._last_global_step = trainer.global_step
         every = trainer.log_every_n_steps
         # the step keys go to loggers only: without one, the kept batches wait for the epoch end (or a full
         # stash), unless nan_strategy="error" asks to fail within log_every_n_steps of a bad batch
-        if (stepped and every and step % every == 0 and (trainer.loggers or self.nan_strategy == "error")
-                and "train" in self._stages):
+        if (stepped and every and (_loggers.logger_step(trainer) + 1) % every == 0
+                and (trainer.loggers or self.nan_strategy == "error") and "train" in self._stages):
             self._log_step(trainer, pl_module, self._stages["train"])
 
     @override
@@ -245,14 +268,30 @@ class EntropyMonitor(Callback):
         stats = self._log_epoch("train", current, trainer, pl_module)
         self._warn_on_new_collapse(trainer, stats["collapsed"], current.layout.latent_shape)
         if self._recorder.objective:
-            metrics = current.metrics
-            self.objective_check = (metrics.objective.verdict() if "loss" in current.layout.kept
+            objective = current.metrics.objective
+            self.objective_check = (objective.verdict() if "loss" in current.layout.kept
                                     else (None, "the training steps return no `loss`"))
+            why = objective.bernoulli() if "loss" in current.layout.kept else None
+            if why is not None and not self._warned_bernoulli:
+                self._warned_bernoulli = True
+                rank_zero_warn(
+                    "EntropyMonitor: the training loss is a Bernoulli (BCE) ELBO of the returned `dec_mean`, not a"
+                    f" Gaussian one ({why}). The logged ELBO, entropy sum and gap are those of a Gaussian decoder"
+                    " N(dec_mean, exp(dec_logvar)), which this model does not have: they say nothing about its"
+                    " convergence. The entropy-sum result holds for Gaussian decoders only."
+                )
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_held_out_epoch("val")
+
+    @override
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_held_out_epoch("test")
+
+    def _start_held_out_epoch(self, kind: str) -> None:
         for stage, current in self._stages.items():
-            if stage.startswith("val"):
+            if stage.startswith(kind):
                 current.pending.clear()
                 current.metrics.reset_epoch(carry_window=False)
                 self._recorder.skipped_none[stage] = 0
@@ -274,18 +313,38 @@ class EntropyMonitor(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        if "val" in self.stages and "val" not in self._stages:
-            self._no_output("val", "on_validation_epoch_end", trainer, pl_module)
-        for stage in sorted(s for s in self._stages if s.startswith("val")):
+        self._end_held_out_epoch("val", "on_validation_epoch_end", trainer, pl_module)
+
+    @override
+    def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                            batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._recorder.start_batch(record="test" in self.stages)
+
+    @override
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        if "test" not in self.stages:
+            return
+        stage = "test" if dataloader_idx == 0 else f"test_{dataloader_idx}"
+        self._recorder.keep("on_test_batch_end", stage, pl_module, outputs, batch, optional=self._optional_test)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end_held_out_epoch("test", "on_test_epoch_end", trainer, pl_module)
+
+    def _end_held_out_epoch(self, kind: str, hook: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if kind in self.stages and kind not in self._stages:
+            self._no_output(kind, hook, trainer, pl_module)
+        for stage in sorted(s for s in self._stages if s.split("_")[0] == kind):
             self._log_epoch(stage, self._stages[stage], trainer, pl_module)
 
     def _no_output(self, stage: str, hook: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """An epoch whose every step returned None: an error for validation (its step returns nothing), a
-        warning for training (each None is Lightning's "skip this batch")."""
+        """An epoch whose every step returned None: an error for validation and test (their steps return
+        nothing), a warning for training (each None is Lightning's "skip this batch")."""
         skipped = self._recorder.skipped_none.get(stage, 0)
         if not skipped:
             return
-        if stage == "val":
+        if stage != "train":
             read_output(0, hook, stage, pl_module, got=f"None from all {skipped} batches of the epoch")
         if stage not in self._warned_empty:
             self._warned_empty.add(stage)
@@ -310,50 +369,56 @@ class EntropyMonitor(Callback):
                                           floor=self.rel_gap_floor),
                   "gap_ema": ema}
         # straight to the loggers, at the step Lightning uses for this batch's own step metrics
-        step_keys = {f"entropy/train_step/{k}": v for k, v in values.items()}
-        _loggers.log_to_loggers(trainer, step_keys, trainer.global_step - 1)
+        step = _loggers.logger_step(trainer)
+        step_keys = {f"{self.prefix}/train_step/{k}": v for k, v in values.items()}
+        _loggers.log_to_loggers(trainer, step_keys, step)
         if trainer.is_global_zero:
-            self._lines.write(trainer.loggers, _loggers.line_values("train_step", step_keys), trainer.global_step - 1,
+            self._lines.write(trainer.loggers, _loggers.line_values("train_step", step_keys, self.prefix), step,
                               flush=False)
 
     def _log_epoch(self, stage: str, current: Stage, trainer: pl.Trainer,
                    pl_module: pl.LightningModule) -> dict[str, Any]:
-        self._recorder.reduce(current, "on_train_epoch_end" if stage == "train" else "on_validation_epoch_end",
-                              pl_module)
+        hook = {"train": "on_train_epoch_end", "test": "on_test_epoch_end"}.get(stage.split("_")[0],
+                                                                             "on_validation_epoch_end")
+        self._recorder.reduce(current, hook, pl_module)
         sums, elbo, collapse = current.metrics.epoch_values()  # collectives: every rank calls them here
         # rank-local counts of dropped (NaN/Inf) and skipped (None) batches, summed over ranks
         skipped = trainer.strategy.reduce(torch.as_tensor(current.metrics.dropped, device=elbo.device)
                                           + self._recorder.skipped_none.get(stage, 0), reduce_op="sum")
         per_latent = current.layout.latent_dim <= self.max_latents_as_scalars and bool(trainer.loggers)
         tensors, floats = _loggers.epoch_metrics(stage, sums, elbo, collapse, skipped, data_dim=current.layout.data_dim,
-                                                 floor=self.rel_gap_floor, per_latent=per_latent)
+                                                 floor=self.rel_gap_floor, per_latent=per_latent, prefix=self.prefix)
         if self.latent_groups is not None and trainer.loggers:
-            floats.update(_groups.group_keys(stage, collapse, current.layout.latent_shape))
+            floats.update(_groups.group_keys(stage, collapse, current.layout.latent_shape, prefix=self.prefix))
         self._callback_metrics.publish(trainer, pl_module, tensors)
-        skips = (_loggers.tensorboard_skips(stage, current.layout.latent_dim, self.tensorboard_per_latent)
+        # the step of Lightning's own epoch metrics: a training epoch's sit on the row of its last batch
+        step = _loggers.logger_step(trainer, train_epoch_end=stage == "train")
+        skips = (_loggers.tensorboard_skips(stage, current.layout.latent_dim, self.tensorboard_per_latent, self.prefix)
                  if per_latent else set())
-        _loggers.log_to_loggers(trainer, floats, trainer.global_step, skips)
-        self._write_extras(trainer, stage, current, collapse, per_latent, floats)
-        nothing = math.isnan(floats[f"entropy/{stage}/active_latents"])  # no point kept: flags unknown, not active
+        _loggers.log_to_loggers(trainer, floats, step, skips)
+        self._write_extras(trainer, stage, current, collapse, per_latent, floats, step)
+        # no point kept: flags unknown, not active
+        nothing = math.isnan(floats[f"{self.prefix}/{stage}/active_latents"])
         if nothing and stage not in self._warned_empty:
             self._warned_empty.add(stage)
             rank_zero_warn(
                 f"EntropyMonitor: no batch of the `{stage}` epoch {trainer.current_epoch} was kept"
-                f" ({int(floats[f'entropy/{stage}/skipped_batches'])} skipped: NaN/Inf values, or a step that"
+                f" ({int(floats[f'{self.prefix}/{stage}/skipped_batches'])} skipped: NaN/Inf values, or a step that"
                 " returned None), so its values, active latents and collapse flags are NaN."
             )
-        return {"abs_rel_gap": floats[f"entropy/{stage}/abs_rel_gap"],
+        return {"abs_rel_gap": floats[f"{self.prefix}/{stage}/abs_rel_gap"],
                 "collapsed": None if nothing else collapse["collapsed"].tolist()}
 
     def _write_extras(self, trainer: pl.Trainer, stage: str, current: Stage, collapse: dict[str, torch.Tensor],
-                      per_latent: bool, floats: dict[str, float]) -> None:
+                      per_latent: bool, floats: dict[str, float], step: int) -> None:
         if not trainer.is_global_zero or not trainer.loggers:
             return
         if not self._layout_written:
             stages = ["train"] * ("train" in self.stages) + ["val"] * ("val" in self.stages)
-            _loggers.write_layouts(trainer.loggers, stages, self.tensorboard_per_latent if per_latent else ())
+            _loggers.write_layouts(trainer.loggers, stages, self.tensorboard_per_latent if per_latent else (),
+                                   prefix=self.prefix)
             self._layout_written = True
-        self._lines.write(trainer.loggers, _loggers.line_values(stage, floats), trainer.global_step, flush=True)
+        self._lines.write(trainer.loggers, _loggers.line_values(stage, floats, self.prefix), step, flush=True)
         every = self.log_bar_chart_every_n_epochs
         figure = None
         if every and trainer.current_epoch % every == 0:
@@ -362,8 +427,8 @@ class EntropyMonitor(Callback):
             figure, _ = current.metrics.collapse.plot(collapse)
             plt.close(figure)
         if self.log_histograms or figure is not None or per_latent:
-            _loggers.write_latent_figures(trainer.loggers, stage, collapse, trainer.global_step,
-                                          histogram=self.log_histograms, figure=figure, table=per_latent)
+            _loggers.write_latent_figures(trainer.loggers, stage, collapse, step, histogram=self.log_histograms,
+                                          figure=figure, table=per_latent, prefix=self.prefix)
 
     def _warn_on_new_collapse(self, trainer: pl.Trainer, collapsed: list[bool] | None,
                               latent_shape: tuple[int, ...] = ()) -> None:

@@ -32,6 +32,12 @@ from lightning_entropy_vae.functional.entropy import (
     gaussian_entropy,
     prior_entropy,
 )
+from lightning_entropy_vae.functional.loss_conventions import (
+    MSE_RECONSTRUCTIONS,
+    MSEConvention,
+    bernoulli_log_likelihood,
+    mse_convention,
+)
 from lightning_entropy_vae.functional.model_selection import bic
 from lightning_entropy_vae.functional.stationary import (
     fixed_decoder_variance,
@@ -45,7 +51,10 @@ __all__ = [
     "COLLAPSE_CRITERIA",
     "DEFAULT_THRESHOLDS",
     "LOG_2PI_E",
+    "MSE_RECONSTRUCTIONS",
     "VOCABULARY",
+    "MSEConvention",
+    "bernoulli_log_likelihood",
     "bic",
     "collapsed_latents",
     "decoder_entropy",
@@ -59,6 +68,7 @@ __all__ = [
     "latent_entropy",
     "latent_kl",
     "latent_mean_variance",
+    "mse_convention",
     "optimal_decoder_variance",
     "optimal_prior_variance",
     "posterior_collapse",
