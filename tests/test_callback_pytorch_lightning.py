@@ -81,7 +81,10 @@ def test_pytorch_lightning_trainer_and_loggers_get_layout_and_histograms(tmp_pat
     tags = events.Tags()
     layout = layout_pb2.Layout.FromString(events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
     charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
-    assert charts["train: ELBO vs entropy sum"] == ["entropy/train/elbo", "entropy/train/sum"]
+    assert charts["train: ELBO vs entropy sum"] == ["entropy/train/elbo_vs_sum"]
+    lines = EventAccumulator(str(Path(tb.log_dir) / "lines" / "elbo"), size_guidance={"scalars": 0})
+    lines.Reload()  # the ELBO line, a run of its own so that TensorBoard colours it apart from the entropy sum
+    assert len(lines.Scalars("entropy/train/elbo_vs_sum")) == 2
     assert {"entropy/train/latent_entropy_hist", "entropy/val/latent_entropy_hist"} <= set(tags["histograms"])
     assert len(events.Scalars("entropy/train/sum")) == 2
     with open(Path(csv_logger.log_dir) / "metrics.csv", newline="") as f:

@@ -158,6 +158,32 @@ def test_a_bce_trained_vae_gets_one_warning(tmp_path):
     assert "The logged ELBO, entropy sum and gap are those of a Gaussian decoder" in messages[0]
 
 
+def test_the_objective_is_checked_on_the_first_epoch_unless_watched(tmp_path):
+    """The regression costs each logging step: the monitor runs it on a fit's first training epoch only, every
+    epoch after watch_objective() (EntropyConvergence)."""
+    for watched in (False, True):
+        torch.manual_seed(0)
+        monitor = EntropyMonitor(stages=("train",))
+        if watched:
+            monitor.watch_objective()
+        epochs = []
+        original = monitor.on_train_epoch_end
+
+        def spy(trainer, pl_module, _original=original, _monitor=monitor, _epochs=epochs):
+            tracked = _monitor._stages["train"].metrics.track_objective
+            _original(trainer, pl_module)
+            _epochs.append((tracked, _monitor.objective_check[0]))
+
+        monitor.on_train_epoch_end = spy
+        trainer = monitor_trainer(tmp_path, [monitor], max_epochs=3)
+        loader = DataLoader(TensorDataset(_binary_data()), batch_size=16, shuffle=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(TinyVAE("gaussian"), loader)
+        assert [tracked for tracked, _ in epochs] == ([True] * 3 if watched else [True, False, False])
+        assert [verdict for _, verdict in epochs] == [True] * 3  # a Gaussian -ELBO loss; kept after epoch 1
+
+
 @pytest.mark.parametrize("model", [TinyVAE("gaussian"), TinyVAE("gaussian", beta=4.0),
                                    TinyVAE("gaussian", mc_kl=True)], ids=["gaussian", "beta=4", "mc-kl"])
 def test_gaussian_losses_get_no_bce_warning(tmp_path, model):

@@ -170,6 +170,7 @@ class EntropyMonitor(Callback):
         self._stages = self._recorder.stages  # the monitored stages, filled by their first batches
         self._callback_metrics = _loggers.CallbackMetrics()
         self._train = "train" in self.stages
+        self._objective_every_epoch = False  # watch_objective()
         self._reset_run()
         # Lightning reads state_key on every hook call: build it once
         # the default's key as before the test stage and the prefix: older checkpoints still restore
@@ -198,10 +199,10 @@ class EntropyMonitor(Callback):
         return self._state_key
 
     def watch_objective(self) -> None:
-        """Check, each training epoch, whether the training loss is the beta = 1 ELBO up to a constant
-        (:attr:`objective_check`). The monitor always does now (it keeps the returned ``loss`` of each batch and
-        regresses it on the batches' ELBO and KL at the epoch's end); kept for callers of earlier versions."""
-        self._recorder.objective = True
+        """Check every training epoch whether the training loss is the beta = 1 ELBO up to a constant
+        (:attr:`objective_check`; :class:`EntropyConvergence` calls this). Without it the monitor checks the first
+        training epoch of each fit only: enough to warn once about a Bernoulli (BCE) loss, at no cost later."""
+        self._objective_every_epoch = True
 
     # ---------------------------------------------------------------------------------------- hooks
     @override
@@ -267,11 +268,14 @@ class EntropyMonitor(Callback):
             return
         stats = self._log_epoch("train", current, trainer, pl_module)
         self._warn_on_new_collapse(trainer, stats["collapsed"], current.layout.latent_shape)
-        if self._recorder.objective:
+        if self._recorder.objective and current.metrics.track_objective:
             objective = current.metrics.objective
             self.objective_check = (objective.verdict() if "loss" in current.layout.kept
                                     else (None, "the training steps return no `loss`"))
             why = objective.bernoulli() if "loss" in current.layout.kept else None
+            # after the first epoch only if asked: the regression's per-batch KL (and Bernoulli ELBO) cost a
+            # logging step about half as much again
+            current.metrics.track_objective = self._objective_every_epoch
             if why is not None and not self._warned_bernoulli:
                 self._warned_bernoulli = True
                 rank_zero_warn(
