@@ -189,9 +189,9 @@ def test_collapse_warning_is_capped():
         current_epoch = 3
 
     monitor = EntropyMonitor()
-    monitor._warn_on_new_collapse(Trainer(), [False] * 700)
+    monitor._publisher.warn_on_new_collapse(Trainer(), [False] * 700)
     with pytest.warns(UserWarning) as record:
-        monitor._warn_on_new_collapse(Trainer(), [True] * 700, (700,))
+        monitor._publisher.warn_on_new_collapse(Trainer(), [True] * 700, (700,))
     message = str(record[0].message)
     assert "700 latents [0, 1, 2, 3, 4, 5, 6, 7, ...] collapsed during epoch 3" in message
     assert len(message) < 300

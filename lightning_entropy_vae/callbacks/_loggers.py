@@ -79,7 +79,10 @@ def logger_step(trainer: Any, *, train_epoch_end: bool = False) -> int:
     optimizer steps (manual optimization with two optimizers). It moves on after a batch's hooks, and Lightning
     logs a training epoch's metrics one step back (``train_epoch_end``), on the row of the epoch's last batch.
     """
-    step = trainer.fit_loop.epoch_loop._batches_that_stepped
+    # no public name for it; should a Lightning version rename it, fall back to the optimizer steps
+    step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", None)
+    if not isinstance(step, int):
+        step = trainer.global_step
     return step - 1 if train_epoch_end else step
 
 

@@ -8,25 +8,22 @@ log (:mod:`._loggers`) and warn.
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning_utilities.core.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from lightning_entropy_vae.callbacks import _groups, _loggers
+from lightning_entropy_vae.callbacks import _loggers
+from lightning_entropy_vae.callbacks._options import check_monitor_options
+from lightning_entropy_vae.callbacks._publisher import Publisher
 from lightning_entropy_vae.callbacks._recorder import Stage, StageRecorder
 from lightning_entropy_vae.callbacks._step_outputs import read_output
-from lightning_entropy_vae.functional import COLLAPSE_CRITERIA, collapsed_latents, relative_gap
 
 __all__ = ["EntropyMonitor"]
 
-STAGES = ("train", "val", "test")
 
 Extract = Callable[[pl.LightningModule, Any, Any], Mapping[str, Any]]
 
@@ -120,36 +117,12 @@ class EntropyMonitor(Callback):
     ) -> None:
         #: the test stage monitored only where the test steps return the vocabulary (not asked for by name)
         self._optional_test = stages is None
-        stages = STAGES if stages is None else tuple(stages)
-        if not stages or any(s not in STAGES for s in stages):
-            raise ValueError(f"Expected `stages` to be a non-empty subset of {STAGES}, but got {stages!r}.")
-        if not isinstance(prefix, str) or not re.fullmatch(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*", prefix):
-            raise ValueError(f"Expected `prefix` to be a key prefix such as 'entropy' or 'vae/entropy' (letters,"
-                             f" digits, '_', '-', inner '/'), but got {prefix!r}.")
-        if collapse_criterion not in COLLAPSE_CRITERIA:
-            raise ValueError(
-                f"Expected `collapse_criterion` to be one of {COLLAPSE_CRITERIA}, but got {collapse_criterion!r}."
-            )
-        zero = torch.zeros(1)  # the criterion's and threshold's own checks
-        collapsed_latents(zero, latent_kl=zero, latent_mean_variance=zero, criterion=collapse_criterion,
-                          threshold=collapse_threshold)
-        _positive("rel_gap_floor", rel_gap_floor)
-        if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"Expected `ema_decay` in [0, 1), but got {ema_decay!r}.")
-        _non_negative_int("max_latents_as_scalars", max_latents_as_scalars)
-        _non_negative_int("log_bar_chart_every_n_epochs", log_bar_chart_every_n_epochs)
-        tensorboard_per_latent = (tensorboard_per_latent,) if isinstance(tensorboard_per_latent, str) \
-            else tuple(tensorboard_per_latent)
-        if any(row not in _loggers.PER_LATENT_ROWS for row in tensorboard_per_latent):
-            raise ValueError(f"Expected `tensorboard_per_latent` to be a subset of {_loggers.PER_LATENT_ROWS},"
-                             f" but got {tensorboard_per_latent!r}.")
-        if extract is not None and not callable(extract):
-            raise TypeError(f"Expected `extract` to be callable(pl_module, outputs, batch), but got {extract!r}.")
-        if nan_strategy not in ("skip", "error"):
-            raise ValueError(f"Expected `nan_strategy` to be one of ('skip', 'error'), but got {nan_strategy!r}.")
-        if latent_groups is not None and latent_groups not in _groups.LATENT_GROUPS:
-            raise ValueError(f"Expected `latent_groups` to be None or one of {_groups.LATENT_GROUPS}, but got"
-                             f" {latent_groups!r}.")
+        stages, tensorboard_per_latent = check_monitor_options(
+            stages=stages, prefix=prefix, collapse_criterion=collapse_criterion,
+            collapse_threshold=collapse_threshold, rel_gap_floor=rel_gap_floor, ema_decay=ema_decay,
+            max_latents_as_scalars=max_latents_as_scalars, log_bar_chart_every_n_epochs=log_bar_chart_every_n_epochs,
+            tensorboard_per_latent=tensorboard_per_latent, extract=extract, nan_strategy=nan_strategy,
+            latent_groups=latent_groups)
         self.latent_groups = latent_groups
         self.stages = stages
         self.collapse_criterion = collapse_criterion
@@ -160,15 +133,18 @@ class EntropyMonitor(Callback):
         self.log_histograms = bool(log_histograms)
         self.log_bar_chart_every_n_epochs = log_bar_chart_every_n_epochs
         self.tensorboard_per_latent = tensorboard_per_latent
-        self._lines = _loggers.TensorBoardLines()
         self.extract = extract
         self.nan_strategy = nan_strategy
         self.warn_on_collapse = bool(warn_on_collapse)
         self.prefix = prefix
+        self._publisher = Publisher(
+            prefix=prefix, stages=stages, rel_gap_floor=self.rel_gap_floor, ema_decay=self.ema_decay,
+            max_latents_as_scalars=max_latents_as_scalars, log_histograms=self.log_histograms,
+            tensorboard_per_latent=tensorboard_per_latent, log_bar_chart_every_n_epochs=log_bar_chart_every_n_epochs,
+            latent_groups=latent_groups, warn_on_collapse=self.warn_on_collapse, collapse_criterion=collapse_criterion)
         self._recorder = StageRecorder(extract=extract, nan_strategy=nan_strategy, criterion=collapse_criterion,
                                        threshold=collapse_threshold, objective=True)
         self._stages = self._recorder.stages  # the monitored stages, filled by their first batches
-        self._callback_metrics = _loggers.CallbackMetrics()
         self._train = "train" in self.stages
         self._objective_every_epoch = False  # watch_objective()
         self._reset_run()
@@ -183,15 +159,12 @@ class EntropyMonitor(Callback):
     def _reset_run(self) -> None:
         """State of one fit (restored from a checkpoint by ``load_state_dict``, after ``setup``)."""
         self._recorder.fixed_variance = None
-        self._gap_ema: float | None = None
-        self._collapsed: list[bool] | None = None
-        self._warned_collapse: set[int] = set()  # each latent is reported once per run
-        self._warned_empty: set[str] = set()
+        self._publisher.reset_run()
         self._warned_bernoulli = False
-        self._layout_written = False
         self._last_global_step = -1
-        #: the last training epoch's answer to "is the loss the beta = 1 ELBO?": ``(True | False | None, why)``;
-        #: ``None`` while nothing could tell (fewer than 5 batches with a ``loss`` in the epoch)
+        #: the answer to "is the loss the beta = 1 ELBO?" of the first training epoch (of the last one after
+        #: :meth:`watch_objective`): ``(True | False | None, why)``; ``None`` while nothing could tell (fewer
+        #: than 5 batches with a ``loss`` in the epoch)
         self.objective_check: tuple[bool | None, str] = (None, "not checked")
 
     @property
@@ -213,12 +186,12 @@ class EntropyMonitor(Callback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._lines.close()
+        self._publisher.lines.close()
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._recorder.live.attach(pl_module)
-        self._layout_written = False  # once per fit: a resumed run may log to a new directory
+        self._publisher.layout_written = False  # once per fit: a resumed run may log to a new directory
         # a step-level log needs an optimizer step since the last batch: the first batch of an
         # accumulation window has not stepped (global_step is still the start value)
         self._last_global_step = trainer.global_step
@@ -267,7 +240,7 @@ class EntropyMonitor(Callback):
             self._no_output("train", "on_train_epoch_end", trainer, pl_module)
             return
         stats = self._log_epoch("train", current, trainer, pl_module)
-        self._warn_on_new_collapse(trainer, stats["collapsed"], current.layout.latent_shape)
+        self._publisher.warn_on_new_collapse(trainer, stats["collapsed"], current.layout.latent_shape)
         if self._recorder.objective and current.metrics.track_objective:
             objective = current.metrics.objective
             self.objective_check = (objective.verdict() if "loss" in current.layout.kept
@@ -350,114 +323,27 @@ class EntropyMonitor(Callback):
             return
         if stage != "train":
             read_output(0, hook, stage, pl_module, got=f"None from all {skipped} batches of the epoch")
-        if stage not in self._warned_empty:
-            self._warned_empty.add(stage)
-            rank_zero_warn(f"EntropyMonitor: every `training_step` of epoch {trainer.current_epoch} returned None"
-                           f" ({skipped} batches skipped); there is nothing to monitor.")
+        self._publisher.warn_all_skipped(stage, trainer.current_epoch, skipped)
 
     # ---------------------------------------------------------------------------------------- logs
     def _log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, current: Stage) -> None:
         self._recorder.reduce(current, "on_train_batch_end", pl_module)
-        entropy_sum, elbo = current.metrics.window_values()  # host floats: one small copy per log step
-        gap = elbo - entropy_sum
-        prev = self._gap_ema
-        if prev is None or not math.isfinite(prev):
-            ema = gap
-        elif math.isfinite(gap):
-            ema = self.ema_decay * prev + (1.0 - self.ema_decay) * gap
-        else:  # a window whose batches were all skipped (NaN gap) leaves the average as it was
-            ema = prev
-        self._gap_ema = ema
-        values = {"sum": entropy_sum, "elbo": elbo, "gap": gap,
-                  "rel_gap": relative_gap(elbo, entropy_sum, data_dim=current.layout.data_dim,
-                                          floor=self.rel_gap_floor),
-                  "gap_ema": ema}
-        # straight to the loggers, at the step Lightning uses for this batch's own step metrics
-        step = _loggers.logger_step(trainer)
-        step_keys = {f"{self.prefix}/train_step/{k}": v for k, v in values.items()}
-        _loggers.log_to_loggers(trainer, step_keys, step)
-        if trainer.is_global_zero:
-            self._lines.write(trainer.loggers, _loggers.line_values("train_step", step_keys, self.prefix), step,
-                              flush=False)
+        self._publisher.step(trainer, current)
 
     def _log_epoch(self, stage: str, current: Stage, trainer: pl.Trainer,
                    pl_module: pl.LightningModule) -> dict[str, Any]:
         hook = {"train": "on_train_epoch_end", "test": "on_test_epoch_end"}.get(stage.split("_")[0],
                                                                              "on_validation_epoch_end")
         self._recorder.reduce(current, hook, pl_module)
-        sums, elbo, collapse = current.metrics.epoch_values()  # collectives: every rank calls them here
-        # rank-local counts of dropped (NaN/Inf) and skipped (None) batches, summed over ranks
-        skipped = trainer.strategy.reduce(torch.as_tensor(current.metrics.dropped, device=elbo.device)
-                                          + self._recorder.skipped_none.get(stage, 0), reduce_op="sum")
-        per_latent = current.layout.latent_dim <= self.max_latents_as_scalars and bool(trainer.loggers)
-        tensors, floats = _loggers.epoch_metrics(stage, sums, elbo, collapse, skipped, data_dim=current.layout.data_dim,
-                                                 floor=self.rel_gap_floor, per_latent=per_latent, prefix=self.prefix)
-        if self.latent_groups is not None and trainer.loggers:
-            floats.update(_groups.group_keys(stage, collapse, current.layout.latent_shape, prefix=self.prefix))
-        self._callback_metrics.publish(trainer, pl_module, tensors)
-        # the step of Lightning's own epoch metrics: a training epoch's sit on the row of its last batch
-        step = _loggers.logger_step(trainer, train_epoch_end=stage == "train")
-        skips = (_loggers.tensorboard_skips(stage, current.layout.latent_dim, self.tensorboard_per_latent, self.prefix)
-                 if per_latent else set())
-        _loggers.log_to_loggers(trainer, floats, step, skips)
-        self._write_extras(trainer, stage, current, collapse, per_latent, floats, step)
-        # no point kept: flags unknown, not active
-        nothing = math.isnan(floats[f"{self.prefix}/{stage}/active_latents"])
-        if nothing and stage not in self._warned_empty:
-            self._warned_empty.add(stage)
-            rank_zero_warn(
-                f"EntropyMonitor: no batch of the `{stage}` epoch {trainer.current_epoch} was kept"
-                f" ({int(floats[f'{self.prefix}/{stage}/skipped_batches'])} skipped: NaN/Inf values, or a step that"
-                " returned None), so its values, active latents and collapse flags are NaN."
-            )
-        return {"abs_rel_gap": floats[f"{self.prefix}/{stage}/abs_rel_gap"],
-                "collapsed": None if nothing else collapse["collapsed"].tolist()}
-
-    def _write_extras(self, trainer: pl.Trainer, stage: str, current: Stage, collapse: dict[str, torch.Tensor],
-                      per_latent: bool, floats: dict[str, float], step: int) -> None:
-        if not trainer.is_global_zero or not trainer.loggers:
-            return
-        if not self._layout_written:
-            stages = ["train"] * ("train" in self.stages) + ["val"] * ("val" in self.stages)
-            _loggers.write_layouts(trainer.loggers, stages, self.tensorboard_per_latent if per_latent else (),
-                                   prefix=self.prefix)
-            self._layout_written = True
-        self._lines.write(trainer.loggers, _loggers.line_values(stage, floats, self.prefix), step, flush=True)
-        every = self.log_bar_chart_every_n_epochs
-        figure = None
-        if every and trainer.current_epoch % every == 0:
-            import matplotlib.pyplot as plt
-
-            figure, _ = current.metrics.collapse.plot(collapse)
-            plt.close(figure)
-        if self.log_histograms or figure is not None or per_latent:
-            _loggers.write_latent_figures(trainer.loggers, stage, collapse, step, histogram=self.log_histograms,
-                                          figure=figure, table=per_latent, prefix=self.prefix)
-
-    def _warn_on_new_collapse(self, trainer: pl.Trainer, collapsed: list[bool] | None,
-                              latent_shape: tuple[int, ...] = ()) -> None:
-        if collapsed is None:  # an epoch without kept points says nothing about collapse
-            return
-        previous, self._collapsed = self._collapsed, collapsed
-        if not self.warn_on_collapse or previous is None or len(previous) != len(collapsed):
-            return
-        new = [h for h, (was, now) in enumerate(zip(previous, collapsed))
-               if now and not was and h not in self._warned_collapse]
-        self._warned_collapse.update(new)
-        if new:
-            rank_zero_warn(
-                f"EntropyMonitor: {_groups.named_latents(new, latent_shape)} collapsed during epoch"
-                f" {trainer.current_epoch} (criterion"
-                f" {self.collapse_criterion!r}): their posterior now matches the prior and they carry no information."
-            )
+        return self._publisher.epoch(stage, current, trainer, pl_module, self._recorder.skipped_none.get(stage, 0))
 
     # -------------------------------------------------------------------------------------- resume
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "gap_ema": self._gap_ema,
-            "collapsed": self._collapsed,
-            "warned_collapse": sorted(self._warned_collapse),
+            "gap_ema": self._publisher.gap_ema,
+            "collapsed": self._publisher.collapsed,
+            "warned_collapse": sorted(self._publisher.warned_collapse),
             "fixed_variance": self._recorder.fixed_variance,
             "last_global_step": self._last_global_step,
         }
@@ -465,18 +351,9 @@ class EntropyMonitor(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         ema = state_dict.get("gap_ema")
-        self._gap_ema = None if ema is None else float(ema)
-        self._collapsed = state_dict.get("collapsed")
-        self._warned_collapse = set(state_dict.get("warned_collapse", []))
+        self._publisher.gap_ema = None if ema is None else float(ema)
+        self._publisher.collapsed = state_dict.get("collapsed")
+        self._publisher.warned_collapse = set(state_dict.get("warned_collapse", []))
         self._recorder.fixed_variance = state_dict.get("fixed_variance")
         self._last_global_step = int(state_dict.get("last_global_step", -1))
 
-
-def _positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"Expected `{name}` to be a positive number, but got {value!r}.")
-
-
-def _non_negative_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"Expected `{name}` to be a non-negative int, but got {value!r}.")
