@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -304,3 +305,16 @@ def ddp_fit(folder: str, devices: int) -> MonitorVAE:
     )
     trainer.fit(model, datamodule=DDPData())
     return model
+
+
+def package_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess that imports the same copy of the package as the tests: a checkout goes on
+    ``PYTHONPATH``; an installed wheel is found without help (and site-packages put ahead of the standard library
+    would let a backport such as ``dataclasses`` shadow it)."""
+    import lightning_entropy_vae
+
+    env = {**os.environ, **extra}
+    root = Path(lightning_entropy_vae.__file__).resolve().parents[1]
+    if root.name not in ("site-packages", "dist-packages"):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    return env

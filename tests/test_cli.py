@@ -3,9 +3,9 @@
 import csv
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import package_env
 
 from lightning_entropy_vae.__main__ import main
 from lightning_entropy_vae.report import load_scalars, plot_run
@@ -87,10 +87,4 @@ def test_demo_rejects_bad_options(capsys):
 
 
 def _env():
-    import os
-
-    import lightning_entropy_vae
-
-    # the subprocess imports the same copy of the package as this test (the checkout, or the installed wheel)
-    root = str(Path(lightning_entropy_vae.__file__).resolve().parents[1])
-    return {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return package_env()

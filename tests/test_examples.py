@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-import lightning_entropy_vae
+from helpers import package_env
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 
@@ -43,11 +41,7 @@ def test_examples_folder_is_present():
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", MPLBACKEND="Agg")
-    root = Path(lightning_entropy_vae.__file__).resolve().parents[1]
-    if root.name != "site-packages":  # a checkout: make the subprocess import it too
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
-    return env
+    return package_env(WANDB_MODE="offline", WANDB_SILENT="true", MPLBACKEND="Agg")
 
 
 @pytest.mark.parametrize(("script", "args", "expected", "needs"), EXAMPLES,

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from helpers import MonitorVAE, monitor_data, monitor_loader, monitor_trainer
+from helpers import MonitorVAE, monitor_data, monitor_loader, monitor_trainer, package_env
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lightning_entropy_vae import EntropyMonitor
@@ -111,10 +111,4 @@ def test_demo_into_a_pipe_writes_lines_not_a_progress_bar(tmp_path):
 
 
 def _env():
-    import os
-    from pathlib import Path
-
-    import lightning_entropy_vae
-
-    root = str(Path(lightning_entropy_vae.__file__).resolve().parents[1])
-    return {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return package_env()
