@@ -27,6 +27,9 @@ __all__ = ["convergence_title", "find_runs", "load_scalars", "plot_run"]
 
 #: |relative gap| below which a title says "converged" (EntropyConvergence's default gap tolerance)
 CONVERGED_TOLERANCE = 0.01
+#: the runs ``lines/{run}`` of a TensorBoard log that hold ``entropy/{stage}/latent_entropy/{key}`` (see
+#: ``callbacks._loggers.line_values``)
+LINE_RUNS = {"collapse_threshold": "threshold", "prior_entropy": "prior"}
 #: the extra that brings matplotlib (and TensorBoard's event reader)
 EXTRA = "pip install 'lightning-entropy-vae[examples]'"
 
@@ -52,6 +55,16 @@ def _read_tensorboard(path: Path, series: Series) -> None:
     for tag in acc.Tags().get("scalars", []):
         if tag.startswith("entropy/"):
             series[tag].extend((e.step, e.value) for e in acc.Scalars(tag))
+    # the threshold and prior lines live in runs of their own below the run, so that TensorBoard colours them
+    for run, key in LINE_RUNS.items():
+        if not (path / "lines" / run).is_dir():
+            continue
+        lines = EventAccumulator(str(path / "lines" / run), size_guidance={"scalars": 0})
+        lines.Reload()
+        for tag in lines.Tags().get("scalars", []):
+            if tag.startswith("entropy/") and tag.endswith("/latent_entropy_lines"):
+                stage = tag[:-len("latent_entropy_lines")]
+                series[f"{stage}latent_entropy/{key}"].extend((e.step, e.value) for e in lines.Scalars(tag))
 
 
 def _version(path: Path) -> int | None:

@@ -41,6 +41,15 @@ def test_find_runs_lists_the_versions_and_load_reads_the_latest(two_versions, ki
     assert _epochs(load_scalars(runs[0])) == 2
 
 
+
+def test_tensorboard_and_csv_give_the_report_the_same_threshold_and_prior_lines(two_versions):
+    """TensorBoard gets the threshold and prior as lines in runs of their own; the report reads them back."""
+    csv_series, tb_series = load_scalars(two_versions / "csv"), load_scalars(two_versions / "tb")
+    for stage in ("train", "val"):
+        for key in ("threshold", "prior"):
+            name = f"entropy/{stage}/latent_entropy/{key}"
+            assert [v for _, v in tb_series[name]] == pytest.approx([v for _, v in csv_series[name]]), name
+
 def test_report_draws_the_latest_run_and_says_which(two_versions, tmp_path, capsys):
     assert main(["report", str(two_versions / "csv"), "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
