@@ -296,3 +296,32 @@ def test_one_instance_reused_for_a_second_fit_with_other_sizes(tmp_path):
     events.Reload()
     assert len(events.Tensors("custom_scalars__config__")) == 1
     assert events.Histograms("entropy/train/latent_entropy_hist")[-1].histogram_value.num == 3
+
+
+class FixedVariance(MonitorVAE):
+    """A decoder variance that is not learned: a constant ``dec_logvar`` (VAE-0)."""
+
+    def training_step(self, batch, batch_idx):
+        return {**super().training_step(batch, batch_idx), "dec_logvar": torch.zeros(())}
+
+    def validation_step(self, batch, batch_idx):
+        return {**super().validation_step(batch, batch_idx), "dec_logvar": torch.zeros(())}
+
+
+def test_a_reused_monitor_decides_the_fixed_variance_and_the_layout_per_run(tmp_path):
+    """After a fixed-variance fit, a learned-variance model's validate() logs no `sum_profiled`; and a run with a
+    new TensorBoard logger gets its own layout."""
+    monitor = EntropyMonitor()
+    torch.manual_seed(0)
+    trainer = monitor_trainer(tmp_path, [monitor], max_epochs=1, logger=TensorBoardLogger(tmp_path, name="fit"))
+    trainer.fit(FixedVariance(lr=0.05), monitor_loader(TRAIN), monitor_loader(VAL))
+    assert "entropy/val/sum_profiled" in trainer.callback_metrics
+    logger = TensorBoardLogger(tmp_path, name="validate")
+    trainer = monitor_trainer(tmp_path, [monitor], logger=logger)
+    trainer.validate(MonitorVAE(lr=0.05), monitor_loader(VAL))
+    assert "entropy/val/sum" in trainer.callback_metrics
+    assert "entropy/val/sum_profiled" not in trainer.callback_metrics
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0})
+    events.Reload()
+    assert "custom_scalars__config__" in events.Tags()["tensors"]

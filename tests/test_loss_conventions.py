@@ -14,7 +14,7 @@ from torch import nn
 from torch.distributions import Bernoulli, Normal, kl_divergence
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_entropy_vae import EntropyMonitor
+from lightning_entropy_vae import EntropyConvergence, EntropyMonitor
 from lightning_entropy_vae.functional import bernoulli_log_likelihood, gaussian_elbo, mse_convention
 
 B, D, H = 32, 6, 3
@@ -164,8 +164,7 @@ def test_the_objective_is_checked_on_the_first_epoch_unless_watched(tmp_path):
     for watched in (False, True):
         torch.manual_seed(0)
         monitor = EntropyMonitor(stages=("train",))
-        if watched:
-            monitor.watch_objective()
+        convergence = [EntropyConvergence(monitor_stage="train")] if watched else []  # it calls watch_objective()
         epochs = []
         original = monitor.on_train_epoch_end
 
@@ -175,13 +174,37 @@ def test_the_objective_is_checked_on_the_first_epoch_unless_watched(tmp_path):
             _epochs.append((tracked, _monitor.objective_check[0]))
 
         monitor.on_train_epoch_end = spy
-        trainer = monitor_trainer(tmp_path, [monitor], max_epochs=3)
+        trainer = monitor_trainer(tmp_path, [monitor, *convergence], max_epochs=3)
         loader = DataLoader(TensorDataset(_binary_data()), batch_size=16, shuffle=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trainer.fit(TinyVAE("gaussian"), loader)
         assert [tracked for tracked, _ in epochs] == ([True] * 3 if watched else [True, False, False])
         assert [verdict for _, verdict in epochs] == [True] * 3  # a Gaussian -ELBO loss; kept after epoch 1
+
+
+def test_epochs_too_short_to_tell_pool_their_batches_for_the_bce_check(tmp_path):
+    """Three batches per epoch: no single epoch can tell (5 are needed), the first two together can."""
+    torch.manual_seed(0)
+    monitor = EntropyMonitor(stages=("train",))
+    trainer = monitor_trainer(tmp_path, [monitor], max_epochs=3, limit_train_batches=3)
+    loader = DataLoader(TensorDataset(_binary_data()), batch_size=16, shuffle=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(TinyVAE("bce"), loader)
+    assert monitor.objective_check[0] is False
+    assert sum("Bernoulli" in str(w.message) for w in caught) == 1
+
+
+def test_a_reused_monitor_stops_checking_every_epoch_without_entropy_convergence(tmp_path):
+    monitor = EntropyMonitor(stages=("train",))
+    loader = DataLoader(TensorDataset(_binary_data()), batch_size=16, shuffle=True)
+    for callbacks, expected in (([EntropyConvergence(monitor_stage="train")], True), ([], False)):
+        trainer = monitor_trainer(tmp_path, [monitor, *callbacks], max_epochs=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(TinyVAE("gaussian"), loader)
+        assert monitor._stages["train"].metrics.track_objective is expected
 
 
 @pytest.mark.parametrize("model", [TinyVAE("gaussian"), TinyVAE("gaussian", beta=4.0),

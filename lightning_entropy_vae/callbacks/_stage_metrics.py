@@ -149,9 +149,9 @@ class StageMetrics:
         self.epoch_sum.merge_state(entropy_sum)
         self.epoch_elbo.merge_state(elbo)
 
-    def reset_epoch(self, carry_window: bool = True) -> None:
+    def reset_epoch(self, carry_window: bool = True, carry_objective: bool = False) -> None:
         """Start a new epoch; with ``carry_window`` (training) the batches after the last step log stay in the
-        next window."""
+        next window; with ``carry_objective`` the objective check keeps its batches (epochs too short to tell)."""
         for m in (self.epoch_sum, self.epoch_elbo, self.collapse):
             m.reset()
         if not carry_window:
@@ -159,6 +159,7 @@ class StageMetrics:
             for pair in self._windows:
                 for m in pair:
                     m.reset()
-        self.objective = ObjectiveCheck()
+        if not carry_objective or not hasattr(self, "objective"):
+            self.objective = ObjectiveCheck()
         self.dropped = 0  # batches left out for NaN/Inf
         self.skipped_none = 0  # batches whose step returned None

@@ -151,7 +151,6 @@ class EntropyConvergence(Callback):
             callbacks.remove(self)
             callbacks.insert(callbacks.index(monitor) + 1, self)
             trainer.callbacks = callbacks  # a new list: the loop calling this hook goes on over the old one
-        monitor.watch_objective()
         self._monitor = monitor
         self.monitor_key = f"{monitor.prefix}/{self.monitor_stage}/elbo"
         self._gap_key = f"{monitor.prefix}/train/rel_gap"
@@ -177,6 +176,11 @@ class EntropyConvergence(Callback):
                              f" {prefixes}) and cannot tell which to read. Name it: EntropyConvergence("
                              f"monitor_prefix={prefixes[0]!r}).")
         return monitors[0]
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after every callback's setup: the monitor's resets its own settings there, whatever the order
+        self._monitor.watch_objective()
 
     # ------------------------------------------------------------------------------------- epochs
     @override

@@ -181,7 +181,10 @@ class EntropyMonitor(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._recorder.clear()  # each run reads its own layouts: a reused callback may meet another model
+        self._recorder.fixed_variance = None  # decided by each run's training (a resumed fit restores it)
+        self._publisher.layout_written = False  # each run may log to another logger
         if stage == "fit":
+            self._objective_every_epoch = False  # EntropyConvergence asks again when the fit starts
             self._reset_run()
 
     @override
@@ -200,7 +203,11 @@ class EntropyMonitor(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._recorder.skipped_none["train"] = 0
         if "train" in self._stages:
-            self._stages["train"].metrics.reset_epoch(carry_window=True)
+            # epochs too short for the objective check (the loss-convention check) pool their batches: each
+            # batch's loss, ELBO and KL relate the same way whatever the weights, unless the loss changes (beta
+            # annealing), which EntropyConvergence's per-epoch check must see
+            pool = not self._objective_every_epoch and self.objective_check[0] is None
+            self._stages["train"].metrics.reset_epoch(carry_window=True, carry_objective=pool)
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
@@ -246,9 +253,9 @@ class EntropyMonitor(Callback):
             self.objective_check = (objective.verdict() if "loss" in current.layout.kept
                                     else (None, "the training steps return no `loss`"))
             why = objective.bernoulli() if "loss" in current.layout.kept else None
-            # after the first epoch only if asked: the regression's per-batch KL (and Bernoulli ELBO) cost a
-            # logging step about half as much again
-            current.metrics.track_objective = self._objective_every_epoch
+            # after the first epoch that could tell, only if asked: the regression's per-batch KL (and Bernoulli
+            # ELBO) cost a logging step about half as much again
+            current.metrics.track_objective = self._objective_every_epoch or self.objective_check[0] is None
             if why is not None and not self._warned_bernoulli:
                 self._warned_bernoulli = True
                 rank_zero_warn(
