@@ -52,10 +52,11 @@ def gaussian_moments(name: str, obj: Any) -> tuple[Tensor, Tensor] | None:
 
 
 def as_logvar(name: str, value: Any, like: Tensor | None) -> Any:
-    """A Python number as a 0-d log-variance on ``like``'s device and dtype (float32 on the CPU without one)."""
+    """A Python number as a 0-d log-variance on ``like``'s device, in its dtype but at least float32 (a number is
+    exact: half precision would round log(2.45) to 0.8945, 0.6 nats off in the decoder entropy at D = 784)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if like is None:
             return torch.tensor(float(value))
-        return torch.full((), float(value), dtype=like.dtype if like.is_floating_point() else torch.float32,
-                          device=like.device)
+        dtype = torch.promote_types(like.dtype, torch.float32) if like.is_floating_point() else torch.float32
+        return torch.full((), float(value), dtype=dtype, device=like.device)
     return value
