@@ -88,6 +88,12 @@ def test_python_number_dec_logvar_keeps_its_precision_next_to_half_tensors(dtype
     x = torch.randn(4, 784).to(dtype)
     want = 0.5 * 784 * (math.log(2 * math.pi * 2.45) + 1)
     assert float(F.decoder_entropy(dec_logvar=math.log(2.45), x=x)) == pytest.approx(want, rel=1e-6)
+    # the callback's reading of a step output turns the number into a tensor next to the step's own tensors
+    from lightning_entropy_vae.callbacks._step_outputs import normalize
+
+    step = normalize({"x": x, "enc_logvar": torch.zeros(4, 2, dtype=dtype), "dec_logvar": math.log(2.45)}, str)
+    assert step["dec_logvar"].dtype == torch.float32
+    assert float(F.decoder_entropy(dec_logvar=step["dec_logvar"], x=x)) == pytest.approx(want, rel=1e-6)
 
 
 class _FloatLogvarVAE(MonitorVAE):
