@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     report_parser.add_argument("logdir", type=Path, help="a folder with TensorBoard event files or a metrics.csv")
     report_parser.add_argument("--out", type=Path, default=None,
                                help="where to write the PNGs (default: the run's own folder)")
+    report_parser.add_argument("--prefix", default="entropy",
+                               help="the keys' prefix, as in EntropyMonitor(prefix=...) (default: entropy)")
     which = report_parser.add_mutually_exclusive_group()
     which.add_argument("--version", type=int, default=None, metavar="N",
                        help="draw the run in the folder version_N (default: the latest run under LOGDIR)")
@@ -43,17 +45,20 @@ def _report(args: argparse.Namespace) -> int:
         print(f"Run:     {runs[-1]} (the latest of {len(runs)} runs under {args.logdir};"
               " --version N or --all draws the others)")
         runs = runs[-1:]
-    try:
-        for run in runs or [args.logdir]:  # no run: plot_run says what it expected
-            out = run if args.out is None else (args.out / run.relative_to(args.logdir) if args.all else args.out)
-            if args.all:
-                print(f"Run:     {run}")
-            for path in plot_run(run, out):
+    failed = 0
+    for run in runs or [args.logdir]:  # no run: plot_run says what it expected
+        out = run if args.out is None else (args.out / run.relative_to(args.logdir) if args.all else args.out)
+        if args.all:
+            print(f"Run:     {run}")
+        try:
+            for path in plot_run(run, out, prefix=args.prefix):
                 print(f"Figure:  {path.resolve()}")
-    except (FileNotFoundError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        except (FileNotFoundError, ImportError) as err:  # with --all, the other runs are still drawn
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+            if isinstance(err, ImportError):
+                break
+    return 2 if failed else 0
 
 
 def _no_version(args: argparse.Namespace, runs: list[Path]) -> list[Path]:

@@ -21,6 +21,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from lightning_entropy_vae.callbacks._loggers import line_folder
+
 Series = dict[str, list[tuple[int, float]]]
 
 __all__ = ["convergence_title", "find_runs", "load_scalars", "plot_run"]
@@ -34,16 +36,16 @@ LINE_RUNS = {"collapse_threshold": "threshold", "prior_entropy": "prior"}
 EXTRA = "pip install 'lightning-entropy-vae[examples]'"
 
 
-def _read_csv(path: Path, series: Series) -> None:
+def _read_csv(path: Path, series: Series, prefix: str = "entropy") -> None:
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
             step = int(float(row.get("step") or 0))
             for key, value in row.items():
-                if key.startswith("entropy/") and value not in (None, ""):
-                    series[key].append((step, float(value)))
+                if key.startswith(f"{prefix}/") and value not in (None, ""):
+                    series["entropy" + key[len(prefix):]].append((step, float(value)))
 
 
-def _read_tensorboard(path: Path, series: Series) -> None:
+def _read_tensorboard(path: Path, series: Series, prefix: str = "entropy") -> None:
     try:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     except ImportError as err:
@@ -53,18 +55,20 @@ def _read_tensorboard(path: Path, series: Series) -> None:
     acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
     acc.Reload()
     for tag in acc.Tags().get("scalars", []):
-        if tag.startswith("entropy/"):
-            series[tag].extend((e.step, e.value) for e in acc.Scalars(tag))
+        if tag.startswith(f"{prefix}/"):
+            series["entropy" + tag[len(prefix):]].extend((e.step, e.value) for e in acc.Scalars(tag))
     # the threshold and prior lines live in runs of their own below the run, so that TensorBoard colours them
     for run, key in LINE_RUNS.items():
-        if not (path / "lines" / run).is_dir():
+        folder = path / line_folder(prefix) / run
+        if not folder.is_dir():
             continue
-        lines = EventAccumulator(str(path / "lines" / run), size_guidance={"scalars": 0})
+        lines = EventAccumulator(str(folder), size_guidance={"scalars": 0})
         lines.Reload()
         for tag in lines.Tags().get("scalars", []):
-            if tag.startswith("entropy/") and tag.endswith("/latent_entropy_lines"):
-                stage = tag[:-len("latent_entropy_lines")]
+            if tag.startswith(f"{prefix}/") and tag.endswith("/latent_entropy_lines"):
+                stage = "entropy" + tag[len(prefix):-len("latent_entropy_lines")]
                 series[f"{stage}latent_entropy/{key}"].extend((e.step, e.value) for e in lines.Scalars(tag))
+
 
 
 def _version(path: Path) -> int | None:
@@ -83,19 +87,31 @@ def find_runs(logdir: str | Path) -> list[Path]:
     runs = sorted({p.parent for p in root.rglob("metrics.csv")})
     if not runs:
         folders = {p.parent for p in root.rglob("events.out.tfevents.*")}
-        runs = sorted(f for f in folders if not (f.parent.name == "lines" and f.parent.parent in folders))
+        runs = sorted(f for f in folders if not _in_lines(f, folders))
 
     versions = [_version(r) for r in runs]
     if None not in versions and len({r.parent for r in runs}) == 1:
         return [run for _, run in sorted(zip(versions, runs))]
-    return sorted(runs, key=lambda run: (max((p.stat().st_mtime for p in run.iterdir() if p.is_file()),
-                                             default=0.0), str(run)))
+    return sorted(runs, key=lambda run: (_last_logged(run), str(run)))
 
 
-def load_scalars(logdir: str | Path) -> Series:
+def _in_lines(folder: Path, folders: set[Path]) -> bool:
+    """Whether ``folder`` is a line run: below a ``lines`` folder of another run."""
+    return any(parent.name == "lines" and parent.parent in folders for parent in folder.parents)
+
+
+def _last_logged(run: Path) -> float:
+    """When the run's log files last changed (not the figures a report wrote next to them)."""
+    logs = [p for p in run.iterdir() if p.is_file() and (p.name == "metrics.csv" or p.name.startswith("events."))]
+    return max((p.stat().st_mtime for p in logs), default=0.0)
+
+
+def load_scalars(logdir: str | Path, prefix: str = "entropy") -> Series:
     """All ``entropy/...`` scalars of one run in ``logdir``: ``{key: [(step, value), ...]}`` sorted by step.
 
     ``logdir`` is a run's folder; if it holds several runs (see :func:`find_runs`), the latest is read.
+    ``prefix``: that of the monitor whose keys to read (``EntropyMonitor(prefix=...)``); they are returned
+    under ``entropy/`` all the same.
 
     Raises:
         FileNotFoundError: if ``logdir`` holds neither a ``metrics.csv`` nor TensorBoard event files
@@ -109,13 +125,14 @@ def load_scalars(logdir: str | Path) -> Series:
     if runs:
         run = runs[-1]
         if (run / "metrics.csv").exists():
-            _read_csv(run / "metrics.csv", series)
+            _read_csv(run / "metrics.csv", series, prefix)
         else:
-            _read_tensorboard(run, series)
+            _read_tensorboard(run, series, prefix)
     if not series:
         raise FileNotFoundError(
-            f"Expected `entropy/...` scalars in a metrics.csv or TensorBoard event files under {str(root)!r},"
-            " but found none. Was the run trained with EntropyMonitor and a CSV or TensorBoard logger?"
+            f"Expected `{prefix}/...` scalars in a metrics.csv or TensorBoard event files under {str(root)!r},"
+            " but found none. Was the run trained with EntropyMonitor and a CSV or TensorBoard logger? (A monitor"
+            " with another `prefix`: pass it, `report --prefix ...`.)"
         )
     return {k: sorted(v) for k, v in series.items()}
 
@@ -160,16 +177,16 @@ def _legend_outside(ax, **kw) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small", **kw)
 
 
-def plot_run(logdir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+def plot_run(logdir: str | Path, out_dir: str | Path | None = None, prefix: str = "entropy") -> list[Path]:
     """Draw the three figures for the run in ``logdir`` (the latest, if it holds several) into ``out_dir``
-    (default: ``logdir``).
+    (default: ``logdir``), from the keys of the monitor with ``prefix``.
 
     Raises:
         ImportError: without matplotlib, naming the extra to install.
         FileNotFoundError: see :func:`load_scalars`.
     """
     plt = pyplot()
-    series = load_scalars(logdir)
+    series = load_scalars(logdir, prefix)
     out = Path(out_dir) if out_dir is not None else Path(logdir)
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -217,6 +217,33 @@ def test_two_monitors_with_two_prefixes(tmp_path):
     assert not any(c.startswith("entropy/shifted") for c in columns)
 
 
+
+def test_two_monitors_share_a_tensorboard_run(tmp_path):
+    """TensorBoard shows the last custom-scalars layout of a run: it holds both monitors' charts; and each
+    monitor's lines are runs of its own (one event file per line run), which the report reads back."""
+    torch.manual_seed(0)
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    first, second = EntropyMonitor(), EntropyMonitor(prefix="shifted/entropy", extract=_shifted)
+    trainer = monitor_trainer(tmp_path, [first, second], max_epochs=2, logger=logger)
+    trainer.fit(TwoHeads(lr=0.0, sample=False, return_elbo=False), monitor_loader(TRAIN), monitor_loader(VAL))
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0})
+    events.Reload()
+    last = events.Tensors("custom_scalars__config__")[-1].tensor_proto.string_val[0]
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    assert {c.title for c in layout_pb2.Layout.FromString(last).category} == {"entropy", "shifted/entropy"}
+    for folder in ("lines/elbo", "lines/shifted_entropy/elbo"):
+        assert len(list((Path(logger.log_dir) / folder).glob("events.out.tfevents.*"))) == 1, folder
+    from lightning_entropy_vae.report import load_scalars
+
+    for prefix in ("entropy", "shifted/entropy"):
+        series = load_scalars(logger.log_dir, prefix)
+        assert len(series["entropy/train/sum"]) == 2 and len(series["entropy/val/latent_entropy/threshold"]) == 2
+        logged = float(trainer.callback_metrics[f"{prefix}/train/sum"])
+        assert series["entropy/train/sum"][-1][1] == pytest.approx(logged)
+
+
 def test_entropy_convergence_reads_the_monitor_it_names(tmp_path):
     first, second = EntropyMonitor(), EntropyMonitor(prefix="other", extract=_shifted)
     convergence = EntropyConvergence(monitor_prefix="other", gap_tolerance=1e6, gate_epochs=1,

@@ -50,6 +50,7 @@ def test_tensorboard_and_csv_give_the_report_the_same_threshold_and_prior_lines(
             name = f"entropy/{stage}/latent_entropy/{key}"
             assert [v for _, v in tb_series[name]] == pytest.approx([v for _, v in csv_series[name]]), name
 
+
 def test_report_draws_the_latest_run_and_says_which(two_versions, tmp_path, capsys):
     assert main(["report", str(two_versions / "csv"), "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
@@ -68,6 +69,40 @@ def test_report_version_and_all(two_versions, tmp_path, capsys):
     assert main(["report", str(two_versions / "csv"), "--version", "7"]) == 2
     assert "expected a run folder version_7" in capsys.readouterr().err
 
+
+
+def _csv_run(folder, prefix="entropy", epochs=2):
+    torch.manual_seed(0)
+    trainer = monitor_trainer(folder, [EntropyMonitor(prefix=prefix)], max_epochs=epochs,
+                              logger=CSVLogger(folder, name="", version=""))
+    trainer.fit(MonitorVAE(lr=0.05), monitor_loader(TRAIN), monitor_loader(VAL))
+    return folder
+
+
+def test_report_of_another_prefix_and_all_goes_on_past_a_failing_run(tmp_path, capsys):
+    _csv_run(tmp_path / "logs" / "a", prefix="vae/ent")
+    _csv_run(tmp_path / "logs" / "b")
+    assert main(["report", str(tmp_path / "logs" / "a"), "--out", str(tmp_path / "out")]) == 2
+    assert "Expected `entropy/...` scalars" in capsys.readouterr().err  # and it names --prefix
+    assert main(["report", str(tmp_path / "logs" / "a"), "--prefix", "vae/ent", "--out", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == sorted(FIGURES)
+    # --all: run "a" has no `entropy/` keys; "b" is still drawn
+    assert main(["report", str(tmp_path / "logs"), "--all", "--out", str(tmp_path / "all")]) == 2
+    assert sorted(p.name for p in (tmp_path / "all" / "b").glob("*.png")) == sorted(FIGURES)
+
+
+def test_the_latest_run_is_the_last_logged_not_the_last_reported(tmp_path, capsys):
+    """Runs in folders of their own are ordered by their log files: figures a report writes next to them do not
+    make a run the latest."""
+    import os
+
+    old = _csv_run(tmp_path / "logs" / "old")
+    _csv_run(tmp_path / "logs" / "new")
+    os.utime(old / "metrics.csv", (1_000_000, 1_000_000))  # logged long ago
+    assert [r.name for r in find_runs(tmp_path / "logs")] == ["old", "new"]
+    assert main(["report", str(old)]) == 0  # its figures go into its folder, now the newest files there
+    assert [r.name for r in find_runs(tmp_path / "logs")] == ["old", "new"]
+    capsys.readouterr()
 
 def test_report_without_matplotlib_names_the_extra(two_versions, monkeypatch, capsys):
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:

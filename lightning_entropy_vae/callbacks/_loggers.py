@@ -28,6 +28,8 @@ from lightning_entropy_vae.functional import relative_gap
 PER_LATENT_ROWS = ("latent_entropy", "latent_kl", "collapsed")
 #: the folder, below a TensorBoard run, of the runs that carry one line each (:class:`TensorBoardLines`)
 LINES_DIR = "lines"
+#: the custom-scalars categories written to each TensorBoard run (log_dir), by every monitor of the process
+_LAYOUTS: dict[str, dict[str, Any]] = {}
 
 
 def tensorboard_layout(stages: list[str], per_latent: tuple[str, ...] | bool) -> dict[str, dict[str, list]]:
@@ -103,14 +105,25 @@ def line_values(stage: str, floats: dict[str, float], prefix: str = "entropy") -
     return out
 
 
+def line_folder(prefix: str = "entropy") -> str:
+    """The folder, below a TensorBoard run, of the line runs of the monitor with ``prefix`` (two monitors in one
+    run must not write to the same event files).
+
+    >>> line_folder(), line_folder("vae/entropy")
+    ('lines', 'lines/vae_entropy')
+    """
+    return LINES_DIR if prefix == "entropy" else f"{LINES_DIR}/{prefix.replace('/', '_')}"
+
+
 class TensorBoardLines:
-    """The runs ``{log_dir}/lines/{name}`` of each TensorBoard logger, one line each (rank 0 only).
+    """The runs ``{log_dir}/{line_folder(prefix)}/{name}`` of each TensorBoard logger, one line each (rank 0 only).
 
     Created on first use, flushed at each epoch's write, closed by :meth:`close` (the callback's teardown).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "entropy") -> None:
         self._writers: dict[tuple[str, str], Any] = {}
+        self._folder = line_folder(prefix)
 
     def write(self, loggers: list[Any], lines: dict[str, dict[str, float]], step: int, *, flush: bool) -> None:
         for logger in loggers:
@@ -129,7 +142,7 @@ class TensorBoardLines:
         if key not in self._writers:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writers[key] = SummaryWriter(str(Path(logger.log_dir) / LINES_DIR / run))
+            self._writers[key] = SummaryWriter(str(Path(logger.log_dir) / self._folder / run))
         return self._writers[key]
 
     def close(self) -> None:
@@ -160,10 +173,16 @@ def latent_table(stats: dict[str, Tensor]) -> str:
 
 def write_layouts(loggers: list[Any], stages: list[str], per_latent: tuple[str, ...] | bool,
                   prefix: str = "entropy") -> None:
-    """Write the TensorBoard layout and the W&B metric groupings (call once, on rank 0)."""
+    """Write the TensorBoard layout and the W&B metric groupings (call once, on rank 0).
+
+    TensorBoard shows the last layout a run wrote: a second monitor (another ``prefix``) in the same run writes
+    the layouts of both.
+    """
     for logger in loggers:
         if is_logger(logger, "TensorBoardLogger"):
-            logger.experiment.add_custom_scalars(_prefixed(tensorboard_layout(stages, per_latent), prefix))
+            layouts = _LAYOUTS.setdefault(str(logger.log_dir), {})
+            layouts.update(_prefixed(tensorboard_layout(stages, per_latent), prefix))
+            logger.experiment.add_custom_scalars(dict(layouts))
         elif is_logger(logger, "WandbLogger"):
             run = logger.experiment
             if hasattr(run, "define_metric"):

@@ -32,7 +32,7 @@ class Publisher:
         self.tensorboard_per_latent = tensorboard_per_latent
         self.log_bar_chart_every_n_epochs, self.latent_groups = log_bar_chart_every_n_epochs, latent_groups
         self.warn_on_collapse, self.collapse_criterion = warn_on_collapse, collapse_criterion
-        self.lines = _loggers.TensorBoardLines()
+        self.lines = _loggers.TensorBoardLines(prefix)
         self.callback_metrics = _loggers.CallbackMetrics()
         self.reset_run()
 
