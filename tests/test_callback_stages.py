@@ -1,4 +1,4 @@
-"""EntropyMonitor across Lightning's stages and habits: ``trainer.test()``, the rows our keys share with
+"""EntropyMonitor across Lightning's stages and habits: ``trainer.test()``, the steps our keys share with
 Lightning's own metrics in a CSV (automatic and manual optimization, accumulation), two monitors in one
 Trainer (``prefix``), and one instance reused for a second ``fit``."""
 
@@ -142,7 +142,7 @@ class ManualProbed(Probed):
 
 @pytest.mark.parametrize(("model_class", "kwargs"), [
     (Probed, {}), (Probed, {"accumulate_grad_batches": 2}), (ManualProbed, {})], ids=["auto", "accumulate", "manual"])
-def test_our_keys_share_the_rows_of_lightnings_own_metrics(tmp_path, model_class, kwargs):
+def test_our_keys_share_the_steps_of_lightnings_own_metrics(tmp_path, model_class, kwargs):
     torch.manual_seed(0)
     model = model_class(lr=0.05)
     logger = CSVLogger(tmp_path, name="csv", version=0)

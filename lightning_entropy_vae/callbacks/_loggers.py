@@ -74,7 +74,7 @@ def is_logger(logger: Any, name: str) -> bool:
 
 
 def logger_step(trainer: Any, *, train_epoch_end: bool = False) -> int:
-    """The step at which Lightning logs its own metrics now, so that ours land on the same row (a CSV's ``step``).
+    """The step at which Lightning logs its own metrics now, so that ours get the same step (a CSV's ``step``).
 
     Lightning's count of batches that stepped (``fit_loop.epoch_loop._batches_that_stepped``, which its own
     ``LearningRateMonitor`` and ``DeviceStatsMonitor`` read): one per batch even where ``global_step`` counts two

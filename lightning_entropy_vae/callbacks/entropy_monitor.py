@@ -60,7 +60,7 @@ class EntropyMonitor(Callback):
       last log: ``entropy/train_step/sum``, ``.../elbo``, ``.../gap``, ``.../rel_gap``, ``.../gap_ema``.
 
     Every key goes straight to the Trainer's loggers (as ``LearningRateMonitor`` does), at the step Lightning
-    logs its own metrics of the same batch or epoch (one row of a CSV); the epoch-level keys also go into
+    logs its own metrics of the same batch or epoch (the same ``step`` in a CSV); the epoch-level keys also go into
     ``trainer.callback_metrics`` for ``EarlyStopping`` and ``ModelCheckpoint``. ``trainer.test()`` logs
     ``entropy/test/*``: the held-out estimate on the test set.
 
