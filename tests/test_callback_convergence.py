@@ -235,6 +235,26 @@ def test_without_a_training_loss_it_says_so_once_and_does_not_count(tmp_path):
     assert convergence.stopped_epoch == 2
 
 
+
+class FixedVariance(MonitorVAE):
+    """A constant decoder log-variance (VAE-0): its gap does not close."""
+
+    def training_step(self, batch, batch_idx):
+        return {**super().training_step(batch, batch_idx), "dec_logvar": torch.zeros(())}
+
+    def validation_step(self, batch, batch_idx):
+        return {**super().validation_step(batch, batch_idx), "dec_logvar": torch.zeros(())}
+
+
+def test_a_fixed_decoder_variance_is_said_once(tmp_path):
+    monitor, convergence = EntropyMonitor(), EntropyConvergence()
+    _, messages = _fit(tmp_path, FixedVariance(lr=0.05), [monitor, convergence], max_epochs=3)
+    assert monitor.fixed_decoder_variance is True
+    assert sum("EntropyConvergence: the decoder variance is fixed" in m and "the gate will not open" in m
+               and "EarlyStopping(monitor='entropy/val/elbo', mode='max')" in m for m in messages) == 1
+    _, messages = _fit(tmp_path, MonitorVAE(lr=0.05), [EntropyMonitor(), EntropyConvergence()], max_epochs=2)
+    assert not any("decoder variance is fixed" in m for m in messages)
+
 # ----------------------------------------------------------------------------------------- the loop
 def test_validation_every_other_epoch_counts_validation_checks(tmp_path):
     """The gate counts training epochs; the patience counts validation runs (epochs 1, 3, 5, ...)."""

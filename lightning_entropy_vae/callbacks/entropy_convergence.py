@@ -233,6 +233,12 @@ class EntropyConvergence(Callback):
         total = trainer.num_training_batches
         if isinstance(total, int) and self._epoch_batches < total:  # a mid-epoch resume: not a whole epoch
             return
+        if self._monitor is not None and self._monitor.fixed_decoder_variance:
+            self._warn_once("fixed", "EntropyConvergence: the decoder variance is fixed (`dec_logvar` does not require"
+                                     " grad), so the gap between the ELBO and the entropy sum does not close (it stays"
+                                     " 0.5*(D - R/sigma^2) per point) and the gate will not open: training runs to its"
+                                     " budget. Learn the variance, or stop with EarlyStopping(monitor="
+                                     f"'{self.monitor_key}', mode='max').")
         gap = trainer.callback_metrics.get(self._gap_key)
         if gap is None:
             return

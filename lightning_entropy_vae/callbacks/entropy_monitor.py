@@ -171,6 +171,12 @@ class EntropyMonitor(Callback):
     def state_key(self) -> str:
         return self._state_key
 
+    @property
+    def fixed_decoder_variance(self) -> bool | None:
+        """Whether this run's training steps return a fixed decoder variance (VAE-0, a plain MSE loss), whose gap to
+        the entropy sum does not close; ``None`` before the first training batch."""
+        return self._recorder.fixed_variance
+
     def watch_objective(self) -> None:
         """Check every training epoch whether the training loss is the beta = 1 ELBO up to a constant
         (:attr:`objective_check`; :class:`EntropyConvergence` calls this). Without it the monitor checks the first
