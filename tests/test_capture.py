@@ -127,8 +127,72 @@ def test_batch_x_defaults():
     x = torch.zeros(2, 3)
     assert cap(None, None, x)["x"] is x
     assert cap(None, None, (x, torch.ones(2)))["x"] is x
-    assert cap(None, None, {"image": x}) == {}
+    assert cap(None, None, {"x": x, "label": torch.ones(2)})["x"] is x  # a mapping's entry "x"
+    assert "x" not in cap(None, {"elbo": torch.zeros(2)}, {"image": x})  # with an `elbo`, x is not needed
     assert capture(x=lambda b: b["image"])(None, None, {"image": x})["x"] is x
+
+
+@pytest.mark.parametrize(("x", "batch", "message"), [
+    (None, {"pixel_values": torch.zeros(2, 3), "label": [0, 1]},
+     r"`x` has no default for this batch, a dict with keys \['pixel_values', 'label'\].*"
+     r" Pass Capture\(x='pixel_values'\) if that entry holds the model's input, or Capture\(x=callable\(batch\)\)"),
+    (0, {"pixel_values": torch.zeros(2, 3)},
+     r"`x` selects 0 from the batch, but the batch is a dict with keys \['pixel_values'\] \(KeyError: 0\)\."
+     r" Pass Capture\(x='pixel_values'\)"),
+    ("image", (torch.zeros(2, 3), torch.ones(2)),
+     r"`x` selects 'image' from the batch, but the batch is a tuple of 2 elements \(Tensor, Tensor\).*"
+     r" Pass Capture\(x=0\)"),
+    (None, [{"image": 1}], r"a list of 1 element \(dict\).* Pass Capture\(x=callable\(batch\)\)"),
+])
+def test_batch_x_errors_say_what_the_batch_is_and_what_to_pass(x, batch, message):
+    with pytest.raises(ValueError, match=message):
+        Capture(x=x)(None, None, batch)
+
+
+class _Model(nn.Module):
+    """A root module: the error names the hooked submodule by its attribute path."""
+
+    def __init__(self, enc):
+        super().__init__()
+        self.enc = enc
+
+
+class _TupleEnc(nn.Module):
+    def forward(self, x):
+        return x[:, :3], x[:, 3:]
+
+
+@pytest.mark.parametrize(("selector", "output", "message"), [
+    (5, "tuple", r"`enc_mean` selects 5 from the output of _TupleEnc `enc`, but that output is a tuple of 2"
+                 r" elements \(Tensor, Tensor\) \(IndexError: tuple index out of range\)\. Select an int from 0 to 1"),
+    ("mu", "tuple", r"`enc_mean` selects 'mu' from the output of _TupleEnc `enc`, but that output is a tuple of 2"
+                    r" elements \(Tensor, Tensor\) \(AttributeError: 'tuple' object has no attribute 'mu'\)"),
+    ("mu", "tensor", r"`enc_mean` selects 'mu' from the output of Linear `enc`, but that output is a Tensor of"
+                     r" shape \(2, 6\).*hook the submodule alone"),
+    (lambda o: o.mu, "tuple", r"`enc_mean` reads with <lambda>\(output\) the output of _TupleEnc `enc`"),
+])
+def test_a_selector_that_does_not_fit_names_key_module_and_output(selector, output, message):
+    enc = _TupleEnc() if output == "tuple" else nn.Linear(4, 6)
+    model = _Model(enc)
+    cap = Capture(enc_mean=(enc, selector))
+    enc(torch.randn(2, 6 if output == "tuple" else 4))  # the model's forward pass runs: the error comes at read
+    with pytest.raises(ValueError, match=message):
+        cap(model, {"loss": torch.tensor(1.0)}, None)
+    enc(torch.randn(2, 6 if output == "tuple" else 4))
+    cap.start_batch()  # a new batch forgets the failure of the last one
+    assert cap._failed == {} and cap._values == {}
+    cap.remove()
+
+
+def test_a_selector_error_reaches_the_trainer(tmp_path):
+    """In fit, the error is raised at the end of the batch, with the submodule's path in the LightningModule."""
+    model = LossOnlyVAE()
+    cap = Capture(enc_mean=(model.enc, "mu"), enc_logvar=(model.enc, 1), dec_mean=model.dec, dec_logvar=0.0)
+    trainer = monitor_trainer(tmp_path, [EntropyMonitor(extract=cap, stages=("train",))])
+    with pytest.raises(ValueError, match=r"`enc_mean` selects 'mu' from the output of \w+ `enc`, but that output is"
+                                         r" a Tensor of shape \(4, \d+\)"):
+        trainer.fit(model, monitor_loader(TRAIN))
+    cap.remove()
 
 
 @pytest.mark.parametrize("repeat", ["error", "first", "last"])
@@ -181,8 +245,12 @@ def test_skipped_training_step_output_is_empty():
 
 def test_unknown_keys_and_sources():
     enc, _ = _modules()
-    with pytest.raises(TypeError, match=r"`mu` \(did you mean `enc_mean`\?\)"):
+    with pytest.raises(TypeError, match=r"`mu` \(did you mean `enc_mean`\?\)\. Expected vocabulary names as the keys"
+                                        r" to record \(enc_mean, enc_logvar, dec_mean, dec_logvar, .*\) or Capture's"
+                                        r" own options `x` .* and `repeat`\."):
         Capture(mu=enc)
+    with pytest.raises(TypeError, match=r"`repet` \(did you mean `repeat`\?\)"):
+        Capture(repet="first")
     with pytest.raises(TypeError, match="Expected `enc_mean` to be a submodule, a \\(submodule, selector\\) pair"):
         Capture(enc_mean=[enc])
     with pytest.raises(ValueError, match="Expected `repeat` to be one of"):

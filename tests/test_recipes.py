@@ -229,18 +229,31 @@ class BoltsVAE(pl.LightningModule):
 
 
 def test_bolts_vae_returns_only_a_loss(tmp_path):
+    """The bolts recipe states the variance bolts' loss trains (sigma^2 = D/(20H)): the logged ELBO is the Gaussian
+    ELBO at that variance, and, per point, -loss/scale - offset of bolts' loss with its KL in closed form."""
     torch.manual_seed(0)
     module = BoltsVAE()
     # glue
-    capture = Capture(enc_mean=module.fc_mu, enc_logvar=module.fc_var, dec_mean=module.decoder, dec_logvar=0.0)
+    c = F.mse_convention("mean", data_dim=6, latent_dim=3, kl="mean", kl_weight=module.kl_coeff)  # bolts' loss
+    capture = Capture(enc_mean=module.fc_mu, enc_logvar=module.fc_var, dec_mean=module.decoder,
+                      dec_logvar=c.dec_logvar)
     monitor = EntropyMonitor(stages=("train",), extract=capture)
     # /glue
+    assert math.isclose(c.dec_var, 6 / (20 * 3))
     data = TensorDataset(torch.randn(12, 6), torch.zeros(12))
     trainer = monitor_trainer(tmp_path, [monitor], max_epochs=1)
     with pytest.warns(UserWarning, match="decoder variance is fixed"):
         trainer.fit(module, DataLoader(data, batch_size=4))
+    logged = float(trainer.callback_metrics["entropy/train/elbo"])
     x, x_hat, mu, std = (torch.cat(t).double() for t in zip(*module.seen))
-    q = Independent(Normal(mu, std), 1)
-    lik = Independent(Normal(x_hat, torch.ones_like(x_hat)), 1)
-    want = (lik.log_prob(x) - kl_divergence(q, Independent(Normal(torch.zeros_like(mu), 1.0), 1))).mean()
-    assert math.isclose(float(trainer.callback_metrics["entropy/train/elbo"]), float(want), rel_tol=1e-5)
+    q, prior = Independent(Normal(mu, std), 1), Independent(Normal(torch.zeros_like(mu), 1.0), 1)
+    lik = Independent(Normal(x_hat, math.sqrt(c.dec_var) * torch.ones_like(x_hat)), 1)
+    kl = kl_divergence(q, prior)
+    want = (lik.log_prob(x) - kl).mean()
+    assert math.isclose(logged, float(want), rel_tol=1e-5)
+    # bolts' loss (F.mse_loss mean over D, 0.1 x the KL averaged over H; here the KL in closed form, not bolts'
+    # one-sample estimate): the logged ELBO is c.elbo of it
+    loss = nn.functional.mse_loss(x_hat, x, reduction="none").mean(-1) + module.kl_coeff * kl / 3
+    assert math.isclose(logged, float(c.elbo(loss.mean())), rel_tol=1e-5)
+    # the stale recipe, dec_logvar=0.0 (sigma^2 = 1), logs another model's ELBO
+    assert abs(float(want) - float((Independent(Normal(x_hat, 1.0), 1).log_prob(x) - kl).mean())) > 1.0
