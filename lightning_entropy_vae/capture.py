@@ -9,13 +9,20 @@ kept after the batch.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
-from lightning_entropy_vae.functional._checks import ALIASES, STEP_KEYS, VOCABULARY
+from lightning_entropy_vae._capture_messages import (
+    check_sources,
+    describe,
+    label,
+    selecting,
+    selector_hint,
+    x_suggestion,
+)
+from lightning_entropy_vae.functional._checks import STEP_KEYS
 
 __all__ = ["Capture", "capture"]
 
@@ -33,76 +40,20 @@ def _select(selector: Any, value: Any) -> Any:
     return selector(value)
 
 
-def _name(module: nn.Module) -> str:
-    return type(module).__name__
 
 
-def _label(module: nn.Module, pl_module: Any) -> str:
-    """``Linear `enc.fc_mu``` when the module is found in ``pl_module``, else the class name."""
-    path = next((n for n, m in pl_module.named_modules() if m is module), "") if isinstance(pl_module, nn.Module) \
-        else ""
-    return f"{_name(module)} `{path}`" if path else _name(module)
 
 
-def _article(name: str) -> str:
-    return ("an " if name[:1] in "AEIOUaeiou" else "a ") + name
 
 
-def _attributes(value: Any) -> list[str]:
-    return [k for k in getattr(value, "__dict__", {}) if not k.startswith("_")]
 
 
-def _describe(value: Any) -> str:
-    """What a module's output or a batch is, for an error message: its type, and its length, keys or shape."""
-    if value is None:
-        return "None"
-    kind = _article(type(value).__name__)
-    if isinstance(value, Tensor):
-        return f"{kind} of shape {tuple(value.shape)}"
-    if isinstance(value, Mapping):
-        return f"{kind} with keys {[str(k) for k in value]}"
-    if isinstance(value, (tuple, list)):
-        parts = ", ".join(type(v).__name__ for v in value[:6]) + (", ..." if len(value) > 6 else "")
-        return f"{kind} of {len(value)} element{'s' * (len(value) != 1)} ({parts})"
-    attributes = _attributes(value)
-    return kind + (f" with attributes {attributes}" if attributes else "")
 
 
-def _selector_hint(value: Any) -> str:
-    """What selects a part of ``value`` (a sentence starting with a space), or ``""``."""
-    if isinstance(value, Mapping):
-        return f" Select one of its keys {[str(k) for k in value]}, or pass a callable(output)."
-    if isinstance(value, (tuple, list)):
-        return f" Select an int from 0 to {len(value) - 1}, or pass a callable(output)." if value else ""
-    if isinstance(value, Tensor):
-        return (" A tensor has no entries or attributes: hook the submodule alone (`key=module`) or pass a"
-                " callable, such as `(module, lambda h: h.chunk(2, -1)[0])`.")
-    attributes = _attributes(value)
-    return f" Select one of its attributes {attributes}, or pass a callable(output)." if attributes else ""
 
 
-def _selecting(selector: Any, argument: str = "output") -> str:
-    if isinstance(selector, (int, str)):
-        return f"selects {selector!r} from"
-    return f"reads with {getattr(selector, '__name__', type(selector).__name__)}({argument})"
 
 
-def _check_sources(sources: Mapping[str, Any]) -> None:
-    """Reject keywords that are neither vocabulary names nor Capture's options, suggesting the name to use."""
-    unknown = [k for k in sources if k not in STEP_KEYS]
-    if not unknown:
-        return
-    names = [k for k in (*VOCABULARY, "loss") if k != "x"]
-    hints = []
-    for key in unknown:
-        close = [ALIASES[key]] if ALIASES.get(key) else difflib.get_close_matches(key, [*names, "x", "repeat"], n=1)
-        hints.append(f"`{key}`" + (f" (did you mean `{close[0]}`?)" if close else
-                                   " (not needed)" if key in ALIASES else ""))
-    raise TypeError(
-        f"Capture() got unexpected keyword argument(s) {', '.join(hints)}. Expected vocabulary names as the"
-        f" keys to record ({', '.join(names)}) or Capture's own options `x` (where x comes from in the batch)"
-        " and `repeat`."
-    )
 
 
 class Capture:
@@ -163,7 +114,7 @@ class Capture:
     """
 
     def __init__(self, *, x: Any = None, repeat: str = "error", **sources: Any) -> None:
-        _check_sources(sources)
+        check_sources(sources)
         if repeat not in _REPEATS:
             raise ValueError(f"Expected `repeat` to be one of {_REPEATS}, but got {repeat!r}.")
         if not (x is None or isinstance(x, (int, str)) or callable(x)):
@@ -214,7 +165,7 @@ class Capture:
                     self._failed.pop(key, None)
                 except Exception as err:  # any error of a selector
                     self._values.pop(key, None)
-                    self._failed[key] = (_describe(output), _selector_hint(output), f"{type(err).__name__}: {err}")
+                    self._failed[key] = (describe(output), selector_hint(output), f"{type(err).__name__}: {err}")
 
         return hook
 
@@ -262,14 +213,14 @@ class Capture:
             key, (output, hint, error) = next(iter(failed.items()))
             module, selector = self._hooked[key]
             raise ValueError(
-                f"Capture: `{key}` {_selecting(selector)} the output of {_label(module, pl_module)}, but that"
+                f"Capture: `{key}` {selecting(selector)} the output of {label(module, pl_module)}, but that"
                 f" output is {output} ({error}).{hint}"
             )
         repeated = [k for k, (m, _) in self._hooked.items() if calls.get(id(m), 0) > 1]
         if repeated and self.repeat == "error":
             module = self._hooked[repeated[0]][0]
             raise RuntimeError(
-                f"Capture: the submodule {_label(module, pl_module)} of `{repeated[0]}` ran {calls[id(module)]} times"
+                f"Capture: the submodule {label(module, pl_module)} of `{repeated[0]}` ran {calls[id(module)]} times"
                 " in one step, so which output to read is ambiguous. Pass Capture(repeat='first') to read the first"
                 " call (the step's forward pass; activation checkpointing recomputes later) or repeat='last'."
             )
@@ -277,7 +228,7 @@ class Capture:
         if missing:
             module = self._hooked[missing[0]][0]
             raise RuntimeError(
-                f"Capture: the submodule {_label(module, pl_module)} of `{missing[0]}` did not run in this step's"
+                f"Capture: the submodule {label(module, pl_module)} of `{missing[0]}` did not run in this step's"
                 f" forward pass (captured: {sorted(values) or 'nothing'}). Hook a submodule that the step calls (a"
                 " module's `forward`, not a method such as `encode`)."
             )
@@ -298,9 +249,9 @@ class Capture:
                 found["x"] = x
             elif batch is not None and "x" not in found and "elbo" not in found:
                 raise ValueError(
-                    f"Capture: `x` has no default for this batch, {_describe(batch)}: the default reads a tensor"
+                    f"Capture: `x` has no default for this batch, {describe(batch)}: the default reads a tensor"
                     " batch, a tuple's or list's first element if it is a tensor, or a mapping's entry 'x'. Pass"
-                    f" {_x_suggestion(batch)}."
+                    f" {x_suggestion(batch)}."
                 )
         return found
 
@@ -317,21 +268,12 @@ class Capture:
             return _select(self._x, batch)
         except Exception as err:  # any error of the selector
             raise ValueError(
-                f"Capture: `x` {_selecting(self._x, 'batch')} the batch, but the batch is {_describe(batch)}"
-                f" ({type(err).__name__}: {err})." + ("" if callable(self._x) else f" Pass {_x_suggestion(batch)}.")
+                f"Capture: `x` {selecting(self._x, 'batch')} the batch, but the batch is {describe(batch)}"
+                f" ({type(err).__name__}: {err})." + ("" if callable(self._x) else f" Pass {x_suggestion(batch)}.")
             ) from err
 
 
-def _x_suggestion(batch: Any) -> str:
-    """The ``Capture(x=...)`` to pass: the batch's first tensor entry, or a callable."""
-    if isinstance(batch, Mapping):
-        keys = [k for k, v in batch.items() if isinstance(v, Tensor) and isinstance(k, (int, str))]
-    elif isinstance(batch, (tuple, list)):
-        keys = [i for i, v in enumerate(batch) if isinstance(v, Tensor)]
-    else:
-        keys = []
-    lead = f"Capture(x={keys[0]!r}) if that entry holds the model's input, or " if keys else ""
-    return lead + "Capture(x=callable(batch)) returning it"
+
 
 def capture(*, x: Any = None, repeat: str = "error", **sources: Any) -> Capture:
     """A :class:`Capture`: ``EntropyMonitor(extract=capture(enc_mean=model.fc_mu, ...))``.
