@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_entropy_vae import VAEOutput
+
 D, H = 4, 2
 RECORDED = ("x", "enc_mean", "enc_logvar", "dec_mean", "dec_logvar", "elbo", "loss")
 
@@ -318,3 +320,37 @@ def package_env(**extra: str) -> dict[str, str]:
     if root.name not in ("site-packages", "dist-packages"):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     return env
+
+
+class ManualVAE(MonitorVAE):
+    """Manual optimization with two optimizers (encoder, decoder), returning a VAEOutput."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        out = self._outputs(batch[0])
+        self.train_log.append(self._record(out, epoch=self.current_epoch, step=self.global_step,
+                                           batch_idx=batch_idx))
+        returned = VAEOutput(**self._returned(dict(out)))  # a "clone" dec_logvar is the pre-step value
+        for opt in self.optimizers():
+            opt.zero_grad()
+        self.manual_backward(out["loss"])
+        for opt in self.optimizers():
+            opt.step()
+        return returned
+
+    def configure_optimizers(self):
+        decoder = [self.dec.weight, self.dec.bias, self.dec_logvar]
+        return [torch.optim.SGD(self.enc.parameters(), lr=self.lr), torch.optim.SGD(decoder, lr=self.lr)]
+
+
+class FixedVariance(MonitorVAE):
+    """A constant decoder log-variance (VAE-0): its gap does not close."""
+
+    def training_step(self, batch, batch_idx):
+        return {**super().training_step(batch, batch_idx), "dec_logvar": torch.zeros(())}
+
+    def validation_step(self, batch, batch_idx):
+        return {**super().validation_step(batch, batch_idx), "dec_logvar": torch.zeros(())}

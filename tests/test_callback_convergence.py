@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from helpers import D, MonitorVAE, monitor_data, monitor_loader, monitor_trainer
+from helpers import D, FixedVariance, MonitorVAE, monitor_data, monitor_loader, monitor_trainer
 from lightning.pytorch.callbacks import EarlyStopping, GradientAccumulationScheduler, ModelCheckpoint
 
 from lightning_entropy_vae import EntropyConvergence, EntropyMonitor
@@ -233,17 +233,6 @@ def test_without_a_training_loss_it_says_so_once_and_does_not_count(tmp_path):
     convergence = EntropyConvergence(**OPEN, patience=1, require_elbo_objective=False)
     _fit(tmp_path, ManualNoLoss(lr=0.0, sample=False), [EntropyMonitor(), convergence], max_epochs=4)
     assert convergence.stopped_epoch == 2
-
-
-
-class FixedVariance(MonitorVAE):
-    """A constant decoder log-variance (VAE-0): its gap does not close."""
-
-    def training_step(self, batch, batch_idx):
-        return {**super().training_step(batch, batch_idx), "dec_logvar": torch.zeros(())}
-
-    def validation_step(self, batch, batch_idx):
-        return {**super().validation_step(batch, batch_idx), "dec_logvar": torch.zeros(())}
 
 
 def test_a_fixed_decoder_variance_is_said_once(tmp_path):

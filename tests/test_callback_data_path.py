@@ -15,6 +15,7 @@ import warnings
 import pytest
 import torch
 from helpers import (
+    ManualVAE,
     MonitorVAE,
     assert_logged_equal,
     monitor_data,
@@ -25,7 +26,7 @@ from helpers import (
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lightning_entropy_vae import EntropyMonitor, VAEOutput
+from lightning_entropy_vae import EntropyMonitor
 
 TRAIN, VAL = monitor_data(24, seed=0), monitor_data(12, seed=1)
 
@@ -277,28 +278,7 @@ def test_an_epoch_of_none_outputs_warns_that_there_is_nothing_to_monitor(tmp_pat
 
 
 # ----------------------------------------------------------------------------- manual optimization
-class ManualVAE(MonitorVAE):
-    """Manual optimization with two optimizers (encoder, decoder), returning a VAEOutput."""
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.automatic_optimization = False
-
-    def training_step(self, batch, batch_idx):
-        out = self._outputs(batch[0])
-        self.train_log.append(self._record(out, epoch=self.current_epoch, step=self.global_step,
-                                           batch_idx=batch_idx))
-        returned = VAEOutput(**self._returned(dict(out)))  # a "clone" dec_logvar is the pre-step value
-        for opt in self.optimizers():
-            opt.zero_grad()
-        self.manual_backward(out["loss"])
-        for opt in self.optimizers():
-            opt.step()
-        return returned
-
-    def configure_optimizers(self):
-        decoder = [self.dec.weight, self.dec.bias, self.dec_logvar]
-        return [torch.optim.SGD(self.enc.parameters(), lr=self.lr), torch.optim.SGD(decoder, lr=self.lr)]
 
 
 @pytest.mark.parametrize("param_output", ["clone", "live"])

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import (
+    FixedVariance,
+    ManualVAE,
     MonitorVAE,
     assert_logged_equal,
     monitor_data,
@@ -19,7 +21,7 @@ from helpers import (
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_entropy_vae import EntropyConvergence, EntropyMonitor, VAEOutput
+from lightning_entropy_vae import EntropyConvergence, EntropyMonitor
 
 TRAIN, VAL = monitor_data(16, seed=0), monitor_data(8, seed=1)
 
@@ -115,29 +117,13 @@ class Probed(MonitorVAE):
         return out
 
 
-class ManualProbed(Probed):
+class ManualProbed(ManualVAE, Probed):
     """Manual optimization with two optimizers: ``global_step`` advances by two per batch."""
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.automatic_optimization = False
-
     def training_step(self, batch, batch_idx):
-        out = self._outputs(batch[0])
-        self.train_log.append(self._record(out, epoch=self.current_epoch, step=self.global_step,
-                                           batch_idx=batch_idx))
-        self.log("probe", out["loss"].detach(), on_step=True, on_epoch=True)
-        returned = VAEOutput(**self._returned(dict(out)))
-        for opt in self.optimizers():
-            opt.zero_grad()
-        self.manual_backward(out["loss"])
-        for opt in self.optimizers():
-            opt.step()
+        returned = super().training_step(batch, batch_idx)
+        self.log("probe", returned["loss"].detach(), on_step=True, on_epoch=True)
         return returned
-
-    def configure_optimizers(self):
-        decoder = [self.dec.weight, self.dec.bias, self.dec_logvar]
-        return [torch.optim.SGD(self.enc.parameters(), lr=self.lr), torch.optim.SGD(decoder, lr=self.lr)]
 
 
 @pytest.mark.parametrize(("model_class", "kwargs"), [
@@ -323,16 +309,6 @@ def test_one_instance_reused_for_a_second_fit_with_other_sizes(tmp_path):
     events.Reload()
     assert len(events.Tensors("custom_scalars__config__")) == 1
     assert events.Histograms("entropy/train/latent_entropy_hist")[-1].histogram_value.num == 3
-
-
-class FixedVariance(MonitorVAE):
-    """A decoder variance that is not learned: a constant ``dec_logvar`` (VAE-0)."""
-
-    def training_step(self, batch, batch_idx):
-        return {**super().training_step(batch, batch_idx), "dec_logvar": torch.zeros(())}
-
-    def validation_step(self, batch, batch_idx):
-        return {**super().validation_step(batch, batch_idx), "dec_logvar": torch.zeros(())}
 
 
 def test_a_reused_monitor_decides_the_fixed_variance_and_the_layout_per_run(tmp_path):
