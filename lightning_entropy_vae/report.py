@@ -21,7 +21,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from lightning_entropy_vae.callbacks._loggers import line_folder
+from lightning_entropy_vae.callbacks._logger_extras import line_folder
 
 Series = dict[str, list[tuple[int, float]]]
 
@@ -30,7 +30,7 @@ __all__ = ["convergence_title", "find_runs", "load_scalars", "plot_run"]
 #: |relative gap| below which a title says "converged" (EntropyConvergence's default gap tolerance)
 CONVERGED_TOLERANCE = 0.01
 #: the runs ``lines/{run}`` of a TensorBoard log that hold ``entropy/{stage}/latent_entropy/{key}`` (see
-#: ``callbacks._loggers.line_values``)
+#: ``callbacks._logger_extras.line_values``)
 LINE_RUNS = {"collapse_threshold": "threshold", "prior_entropy": "prior"}
 #: the extra that brings matplotlib (and TensorBoard's event reader)
 EXTRA = "pip install 'lightning-entropy-vae[examples]'"

@@ -23,6 +23,9 @@ Bernoulli ELBO and not by the Gaussian one, which the monitor then computes for 
 from __future__ import annotations
 
 import math
+from typing import Any
+
+from lightning_utilities.core.rank_zero import rank_zero_warn
 
 #: |a - 1| and |b| allowed: beta within 2 % of 1.
 TOLERANCE = 0.02
@@ -113,6 +116,48 @@ class ObjectiveCheck:
         return (f"over the epoch's {self.batches} batches the Bernoulli ELBO explains -loss up to a residual of"
                 f" {bernoulli:.2g} nats, the Gaussian ELBO only up to {gaussian:.2g} nats ({share:.2g} % of the"
                 " losses' spread)")
+
+
+
+class ObjectiveWatch:
+    """The monitor's answer to "is the training loss the beta = 1 ELBO?", per fit.
+
+    The first training epoch that can tell (5 batches with a ``loss``; shorter epochs pool their batches) answers;
+    after it, the regression runs again each epoch only when asked (:meth:`EntropyMonitor.watch_objective`), as
+    its per-batch KL (and Bernoulli ELBO) cost a logging step about half as much again. A BCE-trained model
+    gets one warning per fit.
+    """
+
+    def __init__(self) -> None:
+        self.every_epoch = False
+        self.reset_run()
+
+    def reset_run(self) -> None:
+        #: ``(True | False | None, why)``; ``None`` while nothing could tell
+        self.check: tuple[bool | None, str] = (None, "not checked")
+        self.warned_bernoulli = False
+
+    def pool(self) -> bool:
+        """Whether a new epoch keeps the last one's batches: epochs too short for the check pool them (each batch's
+        loss, ELBO and KL relate the same way whatever the weights, unless the loss changes, as under beta
+        annealing, which a per-epoch check must see)."""
+        return not self.every_epoch and self.check[0] is None
+
+    def epoch_end(self, metrics: Any, kept: tuple[str, ...]) -> None:
+        """Read the epoch's regression (``metrics``: the training stage's) and warn once about a BCE loss."""
+        objective = metrics.objective
+        has_loss = "loss" in kept
+        self.check = objective.verdict() if has_loss else (None, "the training steps return no `loss`")
+        why = objective.bernoulli() if has_loss else None
+        metrics.track_objective = self.every_epoch or self.check[0] is None
+        if why is not None and not self.warned_bernoulli:
+            self.warned_bernoulli = True
+            rank_zero_warn(
+                "EntropyMonitor: the training loss is a Bernoulli (BCE) ELBO of the returned `dec_mean`, not a"
+                f" Gaussian one ({why}). The logged ELBO, entropy sum and gap are those of a Gaussian decoder"
+                " N(dec_mean, exp(dec_logvar)), which this model does not have: they say nothing about its"
+                " convergence. The entropy-sum result holds for Gaussian decoders only."
+            )
 
 
 def _accumulate(sums: dict[str, list[float]], y: float, elbo_sum: float, kl_sum: float, points: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -11,6 +12,8 @@ from lightning_entropy_vae.callbacks import _groups, _loggers
 from lightning_entropy_vae.functional import COLLAPSE_CRITERIA, collapsed_latents
 
 STAGES = ("train", "val", "test")
+#: ``extract(pl_module, outputs, batch) -> mapping``: a step's vocabulary, for modules whose step output cannot change
+Extract = Callable[[Any, Any, Any], Mapping[str, Any]]
 
 
 def check_monitor_options(*, stages: Any, prefix: Any, collapse_criterion: Any, collapse_threshold: Any,
@@ -60,3 +63,14 @@ def _positive(name: str, value: Any) -> None:
 def _non_negative_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"Expected `{name}` to be a non-negative int, but got {value!r}.")
+
+
+def state_key_fields(stages: tuple[str, ...], optional_test: bool, collapse_criterion: str,
+                     prefix: str) -> dict[str, Any]:
+    """What the monitor's ``state_key`` is made of: the default's key as before the test stage and the prefix came,
+    so that older checkpoints still restore."""
+    key: dict[str, Any] = {"stages": tuple(s for s in stages if s != "test" or not optional_test),
+                           "collapse_criterion": collapse_criterion}
+    if prefix != "entropy":
+        key["prefix"] = prefix
+    return key

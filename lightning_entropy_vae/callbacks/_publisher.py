@@ -2,7 +2,8 @@
 
 The keys go straight to every logger, at the step Lightning logs its own metrics of the same batch or epoch;
 the epoch keys also go into ``trainer.callback_metrics`` (:mod:`._loggers`). TensorBoard also gets its
-custom-scalars layout, the lines a chart compares in runs of their own, and the per-latent figures.
+custom-scalars layout, the lines a chart compares in runs of their own, and the per-latent figures
+(:mod:`._logger_extras`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Any
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_warn
 
-from lightning_entropy_vae.callbacks import _groups, _loggers
+from lightning_entropy_vae.callbacks import _groups, _logger_extras, _loggers
 from lightning_entropy_vae.callbacks._recorder import Stage
+from lightning_entropy_vae.callbacks._step_outputs import read_output
 from lightning_entropy_vae.functional import relative_gap
 
 
@@ -32,7 +34,7 @@ class Publisher:
         self.tensorboard_per_latent = tensorboard_per_latent
         self.log_bar_chart_every_n_epochs, self.latent_groups = log_bar_chart_every_n_epochs, latent_groups
         self.warn_on_collapse, self.collapse_criterion = warn_on_collapse, collapse_criterion
-        self.lines = _loggers.TensorBoardLines(prefix)
+        self.lines = _logger_extras.TensorBoardLines(prefix)
         self.callback_metrics = _loggers.CallbackMetrics()
         self.reset_run()
 
@@ -42,6 +44,16 @@ class Publisher:
         self.warned_collapse: set[int] = set()  # each latent is reported once per run
         self.warned_empty: set[str] = set()
         self.layout_written = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run continues from (plain types): the gap's average and the collapse flags and warnings."""
+        return {"gap_ema": self.gap_ema, "collapsed": self.collapsed, "warned_collapse": sorted(self.warned_collapse)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        ema = state_dict.get("gap_ema")
+        self.gap_ema = None if ema is None else float(ema)
+        self.collapsed = state_dict.get("collapsed")
+        self.warned_collapse = set(state_dict.get("warned_collapse", []))
 
     # ----------------------------------------------------------------------------------------- step
     def step(self, trainer: Any, current: Stage) -> None:
@@ -65,7 +77,7 @@ class Publisher:
         step_keys = {f"{self.prefix}/train_step/{k}": v for k, v in values.items()}
         _loggers.log_to_loggers(trainer, step_keys, step)
         if trainer.is_global_zero:
-            self.lines.write(trainer.loggers, _loggers.line_values("train_step", step_keys, self.prefix), step,
+            self.lines.write(trainer.loggers, _logger_extras.line_values("train_step", step_keys, self.prefix), step,
                              flush=False)
 
     # ---------------------------------------------------------------------------------------- epoch
@@ -84,7 +96,7 @@ class Publisher:
         self.callback_metrics.publish(trainer, pl_module, tensors)
         # the step of Lightning's own epoch metrics: a training epoch's sit on the row of its last batch
         step = _loggers.logger_step(trainer, train_epoch_end=stage == "train")
-        skips = (_loggers.tensorboard_skips(stage, layout.latent_dim, self.tensorboard_per_latent, self.prefix)
+        skips = (_logger_extras.tensorboard_skips(stage, layout.latent_dim, self.tensorboard_per_latent, self.prefix)
                  if per_latent else set())
         _loggers.log_to_loggers(trainer, floats, step, skips)
         self._write_extras(trainer, stage, current, collapse, per_latent, floats, step)
@@ -105,10 +117,10 @@ class Publisher:
             return
         if not self.layout_written:
             stages = ["train"] * ("train" in self.stages) + ["val"] * ("val" in self.stages)
-            _loggers.write_layouts(trainer.loggers, stages, self.tensorboard_per_latent if per_latent else (),
+            _logger_extras.write_layouts(trainer.loggers, stages, self.tensorboard_per_latent if per_latent else (),
                                    prefix=self.prefix)
             self.layout_written = True
-        self.lines.write(trainer.loggers, _loggers.line_values(stage, floats, self.prefix), step, flush=True)
+        self.lines.write(trainer.loggers, _logger_extras.line_values(stage, floats, self.prefix), step, flush=True)
         every = self.log_bar_chart_every_n_epochs
         figure = None
         if every and trainer.current_epoch % every == 0:
@@ -117,7 +129,7 @@ class Publisher:
             figure, _ = current.metrics.collapse.plot(collapse)
             plt.close(figure)
         if self.log_histograms or figure is not None or per_latent:
-            _loggers.write_latent_figures(trainer.loggers, stage, collapse, step, histogram=self.log_histograms,
+            _logger_extras.write_latent_figures(trainer.loggers, stage, collapse, step, histogram=self.log_histograms,
                                           figure=figure, table=per_latent, prefix=self.prefix)
 
     # ------------------------------------------------------------------------------------- warnings
@@ -139,9 +151,14 @@ class Publisher:
                 f" {self.collapse_criterion!r}): their posterior now matches the prior and they carry no information."
             )
 
-    def warn_all_skipped(self, stage: str, epoch: int, skipped: int) -> None:
-        """Warn once per stage that every training step of an epoch returned None."""
+    def no_output(self, stage: str, hook: str, trainer: Any, pl_module: Any, skipped: int) -> None:
+        """An epoch whose every step returned None (``skipped`` of them): an error for validation and test (their steps
+        return nothing), a warning, once per stage, for training (each None is Lightning's "skip this batch")."""
+        if not skipped:
+            return
+        if stage != "train":
+            read_output(0, hook, stage, pl_module, got=f"None from all {skipped} batches of the epoch")
         if stage not in self.warned_empty:
             self.warned_empty.add(stage)
-            rank_zero_warn(f"EntropyMonitor: every `training_step` of epoch {epoch} returned None"
+            rank_zero_warn(f"EntropyMonitor: every `training_step` of epoch {trainer.current_epoch} returned None"
                            f" ({skipped} batches skipped); there is nothing to monitor.")

@@ -55,6 +55,14 @@ class StageRecorder:
         self.stages.clear()
         self.skipped_none.clear()
 
+    def start_held_out_epoch(self, kind: str) -> None:
+        """A validation (``kind="val"``) or test epoch starts: its stages (``val``, ``val_1``, ...) start empty."""
+        for stage, current in self.stages.items():
+            if stage.startswith(kind):
+                current.pending.clear()
+                current.metrics.reset_epoch(carry_window=False)
+                self.skipped_none[stage] = 0
+
     def start_batch(self, record: bool) -> None:
         """A batch starts: an ``extract`` that records forward passes (a :class:`~lightning_entropy_vae.Capture`)
         drops what it holds and records this batch's forward pass only if ``record`` (its stage is monitored)."""

@@ -119,16 +119,13 @@ class EntropyConvergence(Callback):
 
     def _reset(self) -> None:
         """A new fit: nothing carried over from an earlier one (a checkpoint restores its state afterwards)."""
-        self.closed_epochs = 0  # training epochs in a row with the gap below the tolerance
-        self.gate_open = False
-        self.best: float = -math.inf
-        self.wait_count = 0
+        self.closed_epochs, self.gate_open = 0, False  # closed: training epochs in a row with the gap below tolerance
+        self.best, self.wait_count = -math.inf, 0
         self.stopped_epoch: int | None = None
         self.stop_reason: str | None = None
         self._warned: set[str] = set()
         self._pending: list[float] = []  # validation ELBOs of the current epoch, in order
-        self._epoch_batches = 0
-        self._checks_seen = 0  # monitored-stage values seen in this fit
+        self._epoch_batches = self._checks_seen = 0  # this epoch's batches; monitored values seen in this fit
 
     @property
     def state_key(self) -> str:
@@ -197,8 +194,7 @@ class EntropyConvergence(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.monitor_stage != "val" or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
-        value = trainer.callback_metrics.get(self.monitor_key)
-        if value is not None:
+        if (value := trainer.callback_metrics.get(self.monitor_key)) is not None:
             self._pending.append(float(value))
 
     @override
@@ -239,10 +235,8 @@ class EntropyConvergence(Callback):
                                      " 0.5*(D - R/sigma^2) per point) and the gate will not open: training runs to its"
                                      " budget. Learn the variance, or stop with EarlyStopping(monitor="
                                      f"'{self.monitor_key}', mode='max').")
-        gap = trainer.callback_metrics.get(self._gap_key)
-        if gap is None:
+        if (gap := trainer.callback_metrics.get(self._gap_key)) is None:
             return
-        gap = float(gap)
         objective, why = self._monitor.objective_check if self._monitor is not None else (None, "")
         if self.require_elbo_objective and objective is not True:
             self.closed_epochs = 0
@@ -254,6 +248,7 @@ class EntropyConvergence(Callback):
                                            f" ELBO ({why}); epochs do not count. Return the loss from the training"
                                            " step, or pass require_elbo_objective=False.")
             return
+        gap = float(gap)
         self.closed_epochs = self.closed_epochs + 1 if math.isfinite(gap) and abs(gap) < self.gap_tolerance else 0
         if self.closed_epochs >= self.gate_epochs:
             self.gate_open = True

@@ -29,9 +29,9 @@ from lightning_entropy_vae.functional.entropy import (
     decoder_entropy,
     encoder_entropy,
     entropy_sum,
-    gaussian_entropy,
     prior_entropy,
 )
+from lightning_entropy_vae.functional.gaussian import gaussian_entropy
 from lightning_entropy_vae.functional.loss_conventions import (
     MSE_RECONSTRUCTIONS,
     MSEConvention,

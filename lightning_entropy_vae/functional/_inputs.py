@@ -13,46 +13,16 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.distributions import (
-    Distribution,
-    Independent,
-    LowRankMultivariateNormal,
-    MultivariateNormal,
-    Normal,
-)
+from torch.distributions import Distribution
 
 from lightning_entropy_vae.functional._checks import as_float_tensor, missing_inputs_error
 from lightning_entropy_vae.functional._checks import shape_of as _shape
+from lightning_entropy_vae.functional._distributions import check_gaussian, is_diagonal, sum_to
+from lightning_entropy_vae.functional._distributions import full_shape as _dist_full_shape
 from lightning_entropy_vae.functional._duck import as_logvar, gaussian_moments
 
-__all__ = ["as_logvar", "gaussian_moments"]  # with the parsers below; read as ``_in.<name>``
-
-_GAUSSIANS = (Normal, MultivariateNormal, LowRankMultivariateNormal)
-
-
-def check_gaussian(name: str, dist: Any, role: str) -> Distribution:
-    """Accept Normal, Independent(Normal), MultivariateNormal and LowRankMultivariateNormal."""
-    base = dist.base_dist if isinstance(dist, Independent) else dist
-    if not isinstance(dist, Distribution):
-        raise TypeError(f"Expected `{name}` to be a torch.distributions.Distribution, or an object with a `.mean` and"
-                        f" a `.logvar` (or `.var`, `.std`, `.scale`) tensor, but got {type(dist).__name__}.")
-    if not isinstance(base, _GAUSSIANS):
-        raise TypeError(
-            f"Expected a Gaussian `{name}` (Normal, Independent(Normal), MultivariateNormal or"
-            f" LowRankMultivariateNormal), but got {type(base).__name__}. The three-entropies result"
-            f" covers Gaussian {role}s only."
-        )
-    return dist
-
-
-def _dist_full_shape(dist: Distribution) -> tuple[int, ...]:
-    return _shape(dist.batch_shape) + _shape(dist.event_shape)
-
-
-def sum_to(t: Tensor, ndim: int) -> Tensor:
-    """Sum all trailing dimensions beyond the first ``ndim``."""
-    return t.sum(dim=tuple(range(ndim, t.dim()))) if t.dim() > ndim else t
-
+# with the parsers below; read as ``_in.<name>``
+__all__ = ["as_logvar", "check_gaussian", "gaussian_moments", "is_diagonal", "sum_to"]
 
 # ----------------------------------------------------------------------------------------- encoder
 class Encoder(NamedTuple):
@@ -165,11 +135,6 @@ def prior(prior_logvar: Any = None, prior_dist: Any = None, *, latent_dim: int, 
             f" (or (B, H), the prior in effect for each sample), but got {_shape(logvar)}."
         )
     return Prior(None, logvar, None)
-
-
-def is_diagonal(dist: Distribution | None) -> bool:
-    """Whether a Gaussian distribution has a diagonal covariance (Normal or Independent(Normal))."""
-    return isinstance(dist.base_dist if isinstance(dist, Independent) else dist, Normal)
 
 
 # ----------------------------------------------------------------------------------------- decoder

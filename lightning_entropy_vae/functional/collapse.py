@@ -28,7 +28,7 @@ from torch import Tensor
 from lightning_entropy_vae.functional import _inputs as _in
 from lightning_entropy_vae.functional._checks import LOG_2PI_E, as_float_tensor, check_keywords, missing_inputs_error
 from lightning_entropy_vae.functional.elbo import _kl_compute, _kl_per_latent, _kl_update
-from lightning_entropy_vae.functional.entropy import _entropy_from_logdet
+from lightning_entropy_vae.functional.gaussian import _entropy_from_logdet
 
 __all__ = [
     "COLLAPSE_CRITERIA",

@@ -25,12 +25,12 @@ from lightning_entropy_vae.functional._checks import as_float_tensor, check_keyw
 from lightning_entropy_vae.functional.entropy import (
     _encoder_entropy_compute,
     _encoder_entropy_update,
-    _entropy_from_logdet,
     _entropy_sum_compute,
     _points,
     _prior_entropy_compute,
     _prior_entropy_update,
 )
+from lightning_entropy_vae.functional.gaussian import _entropy_from_logdet
 
 __all__ = [
     "fixed_decoder_variance",

@@ -6,7 +6,8 @@ keyword arguments) and ignores keys it does not need, so one dict feeds them all
 
 from lightning_entropy_vae.metrics.collapse import PosteriorCollapse
 from lightning_entropy_vae.metrics.elbo import GaussianELBO
-from lightning_entropy_vae.metrics.entropy import DecoderEntropy, EncoderEntropy, EntropySumELBO, PriorEntropy
+from lightning_entropy_vae.metrics.entropy import DecoderEntropy, EncoderEntropy, PriorEntropy
+from lightning_entropy_vae.metrics.entropy_sum import EntropySumELBO
 
 __all__ = [
     "DecoderEntropy",
