@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
     ("stopping.py", ["--smoke"], "All 700 variants on the tuning seeds"),
     ("metric_update.py", ["--repeat", "1", "--number", "20"], "EntropySumELBO.update() <= 1.0x"),
     ("overhead.py", ["--quick", "--configs", "train"], "overall (fit ratio and hooks):"),
+    ("logging_step_profile.py", ["--epochs", "1"], "window_values"),
+    ("ddp_spawn_exit.py", ["--runs", "1"], "with DestroyGlooGroupAtExit:"),
 ])
 def test_benchmark_runs(tmp_path, script, args, expect):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
