@@ -30,14 +30,6 @@ from torch import Tensor, nn
 SMALL = 1 << 16
 
 
-def _may_alias(t: Tensor) -> bool:
-    """Whether ``t`` may share memory with a parameter, from autograd metadata: an op's result (a non-leaf) has
-    memory of its own, and a view's ``_base`` is the tensor that owns its memory, so only a leaf or a view of a
-    leaf may (a parameter, a detached one, a view of either, or FSDP's views of its flat parameter)."""
-    base = t._base
-    return t.is_leaf if base is None else base.is_leaf
-
-
 def _extent(t: Tensor) -> tuple[int, int]:
     """The element range ``[start, stop)`` of ``t`` in its storage."""
     start = t.storage_offset()
@@ -87,8 +79,8 @@ class LiveParameters:
         if not isinstance(value, Tensor):
             return None
         found = self._by_id.get(id(value))
-        if found is not None or not self._by_id or not _may_alias(value):
-            return found
+        if found is not None or not self._by_id or (value._base is None and not value.is_leaf):
+            return found  # a non-view result of an op never aliases a parameter
         return self._in_storage(value, value.untyped_storage())
 
     def _in_storage(self, value: Tensor, storage: Any) -> nn.Parameter | None:
@@ -118,7 +110,7 @@ class LiveParameters:
             if key == "loss" or not isinstance(value, Tensor):
                 continue
             p = self._by_id.get(id(value))
-            if p is None and _may_alias(value):
+            if p is None and (value._base is not None or value.is_leaf):  # a view or a leaf may alias one
                 storage = value.untyped_storage()
                 if value._base is not None and value.numel() and storage.nbytes() == 0:
                     raise ValueError(
