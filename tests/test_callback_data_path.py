@@ -332,6 +332,42 @@ def test_parameters_in_one_flat_storage(tmp_path, returned):
     assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(entries))
 
 
+class _HandBack(torch.autograd.Function):
+    """Hands back its input's values as a new tensor of the same memory, as a fused kernel returning the
+    log-variance it used does: autograd makes the output a non-leaf that is not a view, yet an alias."""
+
+    @staticmethod
+    def forward(ctx, t):
+        return t.detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class AliasFromFunction(MonitorVAE):
+    """Returns ``dec_logvar`` as a view of a custom Function's non-leaf alias of the parameter."""
+
+    def _returned(self, out):
+        out = super()._returned(out)
+        alias = _HandBack.apply(self.dec_logvar)
+        assert alias.untyped_storage().data_ptr() == self.dec_logvar.untyped_storage().data_ptr()
+        assert not alias.is_leaf and alias._base is None
+        out["dec_logvar"] = alias.expand(self.data_dim)
+        return out
+
+
+def test_a_view_of_a_non_leaf_alias_of_a_parameter_is_read_as_the_step_used_it(tmp_path):
+    """Any view is matched by its memory, whatever autograd says of its base: a view of a non-leaf can still share
+    the parameter's memory (a custom Function's output), and the optimizer's in-place step must not leak in."""
+    torch.manual_seed(0)
+    model = AliasFromFunction(lr=0.5)
+    trainer = _fit(tmp_path, model, EntropyMonitor(stages=("train",)), val=False, max_epochs=2)
+    entries = model.train_epoch(1)
+    assert min(abs(float(e["dec_logvar_post"] - e["dec_logvar"])) for e in entries) > 0.01  # it moved each step
+    assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(entries))
+
+
 class FreedAfterStep(MonitorVAE):
     """Returns a view of a gathered copy whose storage is freed after backward, as FULL_SHARD FSDP does."""
 

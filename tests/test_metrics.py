@@ -593,3 +593,26 @@ def test_importing_the_package_does_not_import_lightning():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_the_import_paths_of_0_1_0_still_work(monkeypatch):
+    """EntropySumELBO moved to metrics.entropy_sum and gaussian_entropy to functional.gaussian; the 0.1.0 paths
+    still import them, and a metric pickled under the old path loads."""
+    from lightning_entropy_vae.functional.entropy import gaussian_entropy
+    from lightning_entropy_vae.metrics import EntropySumELBO
+    from lightning_entropy_vae.metrics.entropy import EntropySumELBO as OldPath
+
+    assert OldPath is EntropySumELBO and gaussian_entropy is F.gaussian_entropy
+    metric = EntropySumELBO()
+    metric.update(enc_logvar=torch.zeros(4, 2), dec_logvar=torch.zeros(()), x=torch.zeros(4, 3))
+    # a pickle written when the class lived in metrics.entropy names that module
+    with monkeypatch.context() as patch:
+        patch.setattr(EntropySumELBO, "__module__", "lightning_entropy_vae.metrics.entropy")
+        data = pickle.dumps(metric)
+    assert b"metrics.entropy_sum" not in data and b"lightning_entropy_vae.metrics.entropy" in data
+    restored = pickle.loads(data)
+    assert torch.equal(restored.compute()["sum"], metric.compute()["sum"])
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        import lightning_entropy_vae.metrics.entropy as old
+
+        old.Nope  # noqa: B018

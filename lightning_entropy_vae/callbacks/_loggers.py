@@ -19,6 +19,8 @@ from lightning_entropy_vae.functional import relative_gap
 
 #: the per-latent rows that can be logged as scalars ``entropy/{stage}/{row}/{h}``
 PER_LATENT_ROWS = ("latent_entropy", "latent_kl", "collapsed")
+
+
 def is_logger(logger: Any, name: str) -> bool:
     """Whether ``logger`` is Lightning's logger class ``name`` (``"TensorBoardLogger"``, ``"WandbLogger"``) of either
     namespace: ``lightning.pytorch.loggers`` or ``pytorch_lightning.loggers``, two copies of the same classes (the

@@ -118,7 +118,6 @@ class ObjectiveCheck:
                 " losses' spread)")
 
 
-
 class ObjectiveWatch:
     """The monitor's answer to "is the training loss the beta = 1 ELBO?", per fit.
 

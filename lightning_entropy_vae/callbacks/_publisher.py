@@ -118,7 +118,7 @@ class Publisher:
         if not self.layout_written:
             stages = ["train"] * ("train" in self.stages) + ["val"] * ("val" in self.stages)
             _logger_extras.write_layouts(trainer.loggers, stages, self.tensorboard_per_latent if per_latent else (),
-                                   prefix=self.prefix)
+                                         prefix=self.prefix)
             self.layout_written = True
         self.lines.write(trainer.loggers, _logger_extras.line_values(stage, floats, self.prefix), step, flush=True)
         every = self.log_bar_chart_every_n_epochs
@@ -130,7 +130,7 @@ class Publisher:
             plt.close(figure)
         if self.log_histograms or figure is not None or per_latent:
             _logger_extras.write_latent_figures(trainer.loggers, stage, collapse, step, histogram=self.log_histograms,
-                                          figure=figure, table=per_latent, prefix=self.prefix)
+                                                figure=figure, table=per_latent, prefix=self.prefix)
 
     # ------------------------------------------------------------------------------------- warnings
     def warn_on_new_collapse(self, trainer: Any, collapsed: list[bool] | None,

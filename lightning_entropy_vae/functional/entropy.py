@@ -24,9 +24,10 @@ from torch import Tensor
 
 from lightning_entropy_vae.functional import _inputs as _in
 from lightning_entropy_vae.functional._checks import as_float_tensor, check_batch, check_keywords
-from lightning_entropy_vae.functional.gaussian import _entropy_from_logdet, _logdet_from_entropy
+from lightning_entropy_vae.functional.gaussian import _entropy_from_logdet, _logdet_from_entropy, gaussian_entropy
 
-__all__ = ["decoder_entropy", "encoder_entropy", "entropy_sum", "prior_entropy"]
+# gaussian_entropy lives in .gaussian; importable from here as in 0.1.0
+__all__ = ["decoder_entropy", "encoder_entropy", "entropy_sum", "gaussian_entropy", "prior_entropy"]
 
 Reduction = Literal["mean", "sum", "none"]
 _REDUCTIONS = ("mean", "sum", "none")

@@ -33,6 +33,15 @@ from lightning_entropy_vae.metrics._base import SumAndCountMetric, merge_inputs,
 __all__ = ["DecoderEntropy", "EncoderEntropy", "PriorEntropy"]
 
 
+def __getattr__(name: str) -> Any:
+    """``EntropySumELBO`` lived here up to 0.1.0 (now :mod:`.entropy_sum`): old imports and pickles still find it."""
+    if name == "EntropySumELBO":
+        from lightning_entropy_vae.metrics.entropy_sum import EntropySumELBO
+
+        return EntropySumELBO
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _encoder_of(owner: str, kw: Mapping[str, Any]) -> _in.Encoder:
     return _in.encoder(kw.get("enc_mean"), kw.get("enc_logvar"), kw.get("posterior"), owner=owner, given=kw)
 
