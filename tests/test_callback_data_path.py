@@ -380,10 +380,20 @@ class FreedAfterStep(MonitorVAE):
         self.gathered.untyped_storage().resize_(0)
 
 
-def test_a_view_of_a_freed_storage_raises_with_the_fix(tmp_path):
-    message = ("EntropyMonitor (on_train_batch_end of FreedAfterStep): `dec_logvar` is a view of a storage that was"
+class FreedTensorAfterStep(FreedAfterStep):
+    """Returns the gathered tensor itself (not a view), as FSDP2's forward pass hands out its unsharded parameters."""
+
+    def _returned(self, out):
+        self.gathered = self.dec_logvar.detach().clone()
+        out["dec_logvar"] = self.gathered
+        return out
+
+
+@pytest.mark.parametrize(("model", "where"), [(FreedAfterStep, "a view of"), (FreedTensorAfterStep, "in")])
+def test_a_returned_tensor_in_a_freed_storage_raises_with_the_fix(tmp_path, model, where):
+    message = (f"EntropyMonitor (on_train_batch_end of {model.__name__}): `dec_logvar` is {where} a storage that was"
                " freed after the step (a sharded parameter, as FSDP reshards after the forward and backward passes),"
                " so it cannot be read at the next logging step. Return a copy from your step:"
                ' `"dec_logvar": dec_logvar.detach().clone()`.')
     with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
-        _fit(tmp_path, FreedAfterStep(lr=0.1), EntropyMonitor(stages=("train",)), val=False)
+        _fit(tmp_path, model(lr=0.1), EntropyMonitor(stages=("train",)), val=False)

@@ -14,7 +14,9 @@ values (0.2 % off in the tests). So:
 
 A returned tensor is matched to a parameter by identity, else by its memory: the parameter whose storage
 holds every element of the tensor. Storage pointers alone are not unique when parameters are views of one
-flat storage (FSDP's flat parameters); element ranges are.
+flat storage (FSDP's flat parameters); element ranges are. FSDP2's DTensor parameters are not indexed: its
+forward pass runs on unsharded tensors of its own, which it frees after the backward pass, so a returned
+tensor whose storage is freed by the batch end is an error that asks for a copy.
 """
 
 from __future__ import annotations
@@ -28,6 +30,16 @@ from torch import Tensor, nn
 
 #: First-batch copy limit per parameter (elements): variances and priors are small.
 SMALL = 1 << 16
+
+
+def _has_storage(p: Tensor) -> bool:
+    """Whether a parameter's memory can be indexed: not a DTensor (FSDP2 shards them; its forward pass uses unsharded
+    tensors of its own, which the optimizer does not update in place)."""
+    try:
+        p.untyped_storage().data_ptr()
+    except RuntimeError:  # "Attempted to access the data pointer on an invalid python storage"
+        return False
+    return True
 
 
 def _extent(t: Tensor) -> tuple[int, int]:
@@ -44,7 +56,11 @@ class LiveParameters:
 
     def attach(self, module: nn.Module | None) -> None:
         """Index the module's trainable parameters (at the start of each fit)."""
-        params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
+        trainable = [p for p in module.parameters() if p.requires_grad] if module is not None else []
+        params = [p for p in trainable if _has_storage(p)]
+        #: sharded parameters (FSDP2's DTensors): the forward pass used unsharded tensors that FSDP frees after the
+        #: backward pass, so :meth:`restore` checks every returned tensor's storage even with nothing to match
+        self._sharded = len(params) < len(trainable)
         self._by_id = {id(p): p for p in params}
         self._by_storage: dict[int, list[nn.Parameter]] = {}
         for p in params:
@@ -100,7 +116,7 @@ class LiveParameters:
         Metadata only, except for a copy when no optimizer step preceded (see the module docstring).
         ``owner()`` names the hook and module in an error message.
         """
-        if not self._by_id:
+        if not self._by_id and not self._sharded:
             return _detached(kw)
         first = self._watched is None
         if first:
@@ -112,12 +128,12 @@ class LiveParameters:
             p = self._by_id.get(id(value))
             if p is None and (value._base is not None or value.is_leaf):  # a view or a leaf may alias one
                 storage = value.untyped_storage()
-                if value._base is not None and value.numel() and storage.nbytes() == 0:
+                if value.numel() and storage.nbytes() == 0:
                     raise ValueError(
-                        f"{owner()}: `{key}` is a view of a storage that was freed after the step (a sharded"
-                        " parameter, as FSDP reshards after the forward and backward passes), so it cannot be"
-                        f" read at the next logging step. Return a copy from your step:"
-                        f" `\"{key}\": {key}.detach().clone()`."
+                        f"{owner()}: `{key}` is {'a view of ' if value._base is not None else 'in '}a storage that"
+                        " was freed after the step (a sharded parameter, as FSDP reshards after the forward and"
+                        " backward passes), so it cannot be read at the next logging step. Return a copy from your"
+                        f" step: `\"{key}\": {key}.detach().clone()`."
                     )
                 p = self._in_storage(value, storage)
             if p is None:
