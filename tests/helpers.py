@@ -301,8 +301,9 @@ class DDPData(pl.LightningDataModule):
         return self._loader(self.val, 2)
 
 
-def ddp_fit(folder: str, devices: int) -> MonitorVAE:
-    """Fit a frozen, deterministic MonitorVAE with an EntropyMonitor on CPU; ``devices=2`` uses ddp_spawn.
+def ddp_fit(folder: str, devices: int, strategy: str = "ddp_spawn") -> MonitorVAE:
+    """Fit a frozen, deterministic MonitorVAE with an EntropyMonitor on CPU; ``devices=2`` uses ``strategy``
+    (``"ddp_spawn"``, or ``"ddp"``, which starts rank 1 by running the calling script again).
 
     Both runs see the same batches (see ``DDPData``). The batch holding training row 5 (on rank 1)
     returns a NaN: skipped and counted.
@@ -316,7 +317,7 @@ def ddp_fit(folder: str, devices: int) -> MonitorVAE:
     monitor = EntropyMonitor()
     # the gate opens at once; the frozen model's validation ELBO never improves on its first check
     convergence = EntropyConvergence(gap_tolerance=1e6, gate_epochs=1, patience=1, require_elbo_objective=False)
-    strategy = {"strategy": "ddp_spawn"} if devices > 1 else {}
+    strategy = {"strategy": strategy} if devices > 1 else {}
     trainer = pl.Trainer(
         accelerator="cpu", devices=devices, max_epochs=4,
         callbacks=[monitor, convergence, RankReport(folder), DestroyGlooGroupAtExit()],

@@ -1,4 +1,4 @@
-"""EntropyMonitor under Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2) against one process.
+"""EntropyMonitor under Trainer(strategy="ddp_spawn" or "ddp", accelerator="cpu", devices=2) against one process.
 
 The two-process run happens in a child interpreter with a timeout, so a hang fails the test instead of
 blocking the suite.
@@ -28,19 +28,22 @@ def _epoch_rows(folder):
     return values
 
 
-def test_ddp_spawn_matches_one_process(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp"])
+def test_ddp_matches_one_process(tmp_path, strategy):
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
     ddp_dir.mkdir()
     single_dir.mkdir()
-    code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import helpers;"
-            f" helpers.ddp_fit({str(ddp_dir)!r}, 2)")
+    # a script file: strategy="ddp" starts rank 1 by running it again (the main guard keeps rank 1 from recursing)
+    script = tmp_path / "fit.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport helpers\n\n"
+                      f"if __name__ == '__main__':\n    helpers.ddp_fit({str(ddp_dir)!r}, 2, {strategy!r})\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
     for _attempt in range(2):  # a second try only when the port Lightning picked was taken meanwhile
         try:
-            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                                  env=env)
+            done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                                  env=env, cwd=tmp_path)
         except subprocess.TimeoutExpired as err:
-            pytest.fail(f"the ddp_spawn run hung (no result after {err.timeout} s)")
+            pytest.fail(f"the {strategy} run hung (no result after {err.timeout} s)")
         if done.returncode == 0 or "address already in use" not in done.stderr.lower():
             break
     assert done.returncode == 0, done.stderr[-4000:]
