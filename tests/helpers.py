@@ -33,6 +33,10 @@ def monitor_data(n: int, seed: int, data_dim: int = D) -> Tensor:
     return z @ w + 0.3 * torch.randn(n, data_dim, generator=gen)
 
 
+#: the callback tests' training and validation data (read only)
+TRAIN, VAL = monitor_data(16, seed=0), monitor_data(8, seed=1)
+
+
 def train_full_batch(model: pl.LightningModule, x: Tensor, steps: int) -> None:
     """Adam at the model's learning rate, cosine-annealed to zero over ``steps`` full-batch steps."""
     opt = model.configure_optimizers()

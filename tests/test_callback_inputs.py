@@ -6,6 +6,8 @@ import re
 import pytest
 import torch
 from helpers import (
+    TRAIN,
+    VAL,
     MonitorVAE,
     assert_logged_equal,
     monitor_data,
@@ -16,8 +18,6 @@ from helpers import (
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_entropy_vae import EntropyMonitor
-
-TRAIN, VAL = monitor_data(16, seed=0), monitor_data(8, seed=1)
 
 
 def _fit(tmp_path, model, callback, val=True, **kwargs):

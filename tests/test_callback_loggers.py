@@ -7,7 +7,14 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import MonitorVAE, monitor_data, monitor_loader, monitor_reference, monitor_trainer
+from helpers import (
+    TRAIN,
+    VAL,
+    MonitorVAE,
+    monitor_loader,
+    monitor_reference,
+    monitor_trainer,
+)
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -15,7 +22,6 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 
 from lightning_entropy_vae import EntropyMonitor
 
-TRAIN, VAL = monitor_data(16, seed=0), monitor_data(8, seed=1)
 EPOCH_KEYS = [f"entropy/{stage}/{key}" for stage in ("train", "val")
               for key in ("encoder", "prior", "decoder", "sum", "elbo", "gap", "rel_gap", "abs_rel_gap",
                           "active_latents", "skipped_batches")]

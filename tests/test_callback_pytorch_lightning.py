@@ -5,7 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_logged_equal, monitor_data, monitor_reference
+from helpers import (
+    TRAIN,
+    VAL,
+    assert_logged_equal,
+    monitor_reference,
+)
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 from torch.utils.data import DataLoader, TensorDataset
@@ -17,8 +22,6 @@ from tensorboard.plugins.custom_scalar import layout_pb2  # noqa: E402
 
 import lightning_entropy_vae  # noqa: E402
 from lightning_entropy_vae import pytorch_lightning as for_pl  # noqa: E402
-
-TRAIN, VAL = monitor_data(16, seed=0), monitor_data(8, seed=1)
 
 
 class PLVAE(pl.LightningModule):

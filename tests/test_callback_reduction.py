@@ -121,6 +121,21 @@ def test_flush_equals_per_batch_updates(layout, prior, sizes, profiled):
     assert check.sums["sum"][3] == pytest.approx(sum(kl_sums), rel=1e-5)
 
 
+def _keep_all_against_reference(batches, *, kept, dropped):
+    """Keep every batch, reduce at the epoch end, and check the values against the reference over the batches
+    without NaN/Inf (``kept`` of them; ``dropped`` left out by the keep mask)."""
+    stage = Stage(batches, profiled=False)
+    for b in batches:
+        stage.keep(b)
+    sums, elbo, collapse = stage.epoch()
+    ref_sums, ref_elbo, ref_collapse, ref_kept = _reference(batches, profiled=False)
+    assert len(ref_kept) == kept and int(stage.metrics.dropped) == dropped
+    assert float(sums["sum"]) == pytest.approx(float(ref_sums["sum"]), rel=1e-5)
+    assert float(elbo) == pytest.approx(float(ref_elbo), rel=1e-6)
+    torch.testing.assert_close(collapse["latent_kl"], ref_collapse["latent_kl"], rtol=1e-5, atol=1e-5)
+    return stage
+
+
 def test_flush_drops_batches_with_nan_or_inf():
     gen = torch.Generator().manual_seed(1)
     batches = [_batch(gen, 4, "scalar", prior=True) for _ in range(6)]
@@ -129,19 +144,10 @@ def test_flush_drops_batches_with_nan_or_inf():
     batches[3]["enc_logvar"][0, 1] = 200.0  # finite, but exp() overflows: its KL is Inf
     batches[4]["prior_logvar"][1] = -math.inf
     batches[5]["loss"] = torch.tensor(math.nan)  # the loss alone does not drop a batch, only its objective check
-    stage = Stage(batches, profiled=False)
-    for b in batches:
-        stage.keep(b)
-    sums, elbo, collapse = stage.epoch()
-    ref_sums, ref_elbo, ref_collapse, kept = _reference(batches, profiled=False)
-    assert len(kept) == 2 and int(stage.metrics.dropped) == 4
-    assert float(sums["sum"]) == pytest.approx(float(ref_sums["sum"]), rel=1e-5)
-    assert float(elbo) == pytest.approx(float(ref_elbo), rel=1e-6)
-    torch.testing.assert_close(collapse["latent_kl"], ref_collapse["latent_kl"], rtol=1e-5, atol=1e-5)
+    stage = _keep_all_against_reference(batches, kept=2, dropped=4)
     assert int(stage.metrics.epoch_sum.num_skipped_batches) == 0  # dropped by the keep mask, not metric skips
     assert stage.metrics.objective.batches == 1  # batch 0 alone: batch 5's loss is NaN
     assert stage.metrics.objective.sums["mean"][1] == pytest.approx(-float(batches[0]["loss"]), rel=1e-5)
-
 
 
 def test_flush_drops_the_right_batches_of_mixed_sizes():
@@ -151,15 +157,8 @@ def test_flush_drops_the_right_batches_of_mixed_sizes():
     batches[2]["enc_logvar"][1, 0] = 200.0  # the 2-point run: exp() overflows
     batches[4]["prior_logvar"][0] = math.nan  # second batch of the 3-point run
     batches[5]["enc_mean"][0, 1] = -math.inf  # the last, single point
-    stage = Stage(batches, profiled=False)
-    for b in batches:
-        stage.keep(b)
-    sums, elbo, collapse = stage.epoch()
-    ref_sums, ref_elbo, ref_collapse, kept = _reference(batches, profiled=False)
-    assert len(kept) == 3 and int(stage.metrics.dropped) == 3
-    assert float(sums["sum"]) == pytest.approx(float(ref_sums["sum"]), rel=1e-5)
-    assert float(elbo) == pytest.approx(float(ref_elbo), rel=1e-6)
-    torch.testing.assert_close(collapse["latent_kl"], ref_collapse["latent_kl"], rtol=1e-5, atol=1e-5)
+    _keep_all_against_reference(batches, kept=3, dropped=3)
+
 
 def test_window_is_the_points_since_the_last_read():
     gen = torch.Generator().manual_seed(2)

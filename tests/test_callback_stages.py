@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import (
+    TRAIN,
+    VAL,
     FixedVariance,
     ManualVAE,
     MonitorVAE,
@@ -22,8 +24,6 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_entropy_vae import EntropyConvergence, EntropyMonitor
-
-TRAIN, VAL = monitor_data(16, seed=0), monitor_data(8, seed=1)
 
 
 def _rows(logger):

@@ -5,14 +5,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import MonitorVAE, monitor_data, monitor_loader, monitor_trainer
+from helpers import (
+    TRAIN,
+    VAL,
+    MonitorVAE,
+    monitor_loader,
+    monitor_trainer,
+)
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 
 from lightning_entropy_vae import EntropyMonitor
-
-TRAIN, VAL = monitor_data(16, seed=0), monitor_data(8, seed=1)
 
 
 def _fit(tmp_path, monitor, max_epochs=2):

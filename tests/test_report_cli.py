@@ -6,14 +6,20 @@ import sys
 
 import pytest
 import torch
-from helpers import MonitorVAE, monitor_data, monitor_loader, monitor_trainer, package_env
+from helpers import (
+    TRAIN,
+    VAL,
+    MonitorVAE,
+    monitor_loader,
+    monitor_trainer,
+    package_env,
+)
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lightning_entropy_vae import EntropyMonitor
 from lightning_entropy_vae.__main__ import main
 from lightning_entropy_vae.report import _legend_outside, convergence_title, find_runs, load_scalars, pyplot
 
-TRAIN, VAL = monitor_data(16, seed=0), monitor_data(8, seed=1)
 FIGURES = ["elbo_vs_entropy_sum.png", "latent_entropies.png", "latent_bars.png"]
 
 
