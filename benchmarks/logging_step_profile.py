@@ -3,8 +3,9 @@
 Fits the reference MLP VAE of ``overhead.py`` (B = 128, N = 20,000: 157 steps per epoch, a CSV logger, the default
 ``log_every_n_steps=50``) for ``--epochs`` epochs with the parts of a logging step wrapped by a stopwatch, and prints
 each part's number of calls and median time (all calls, and the second half of the calls: warm caches). The parts
-nest: ``reduce`` holds ``stack``, ``finite``, the objective columns and the ``metric updates`` (the three metrics'
-``update``); ``publisher.step`` holds ``window_values`` and ``log_to_loggers``. Epoch ends call ``reduce`` too.
+nest: ``reduce`` (``StageTracker.reduce``) holds ``stack``, ``finite``, the objective columns and the ``metric
+updates`` (the three metrics' ``update``); a step log then reads the ``window`` and publishes (``_publish.step``,
+holding ``log_to_loggers``). Epoch ends call ``reduce`` too.
 
     python benchmarks/logging_step_profile.py            # ~10 s
 """
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import MLPVAE, make_data
 
 from lightning_entropy_vae import EntropyMonitor
-from lightning_entropy_vae.callbacks import _loggers, _pending, _publisher, _stage_metrics
+from lightning_entropy_vae.callbacks import _loggers, _publish, _stage
 from lightning_entropy_vae.metrics import EntropySumELBO, GaussianELBO, PosteriorCollapse
 
 TIMES: dict[str, list[float]] = {}
@@ -52,13 +53,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"$ python {' '.join(sys.argv)}\ntorch {torch.__version__}, lightning {pl.__version__}, threads 1")
-    stage, pending = _stage_metrics.StageMetrics, _pending.PendingBatches
+    stage = _stage.StageTracker
     for owner, name, label in [
-        (stage, "reduce", "reduce"), (pending, "stack", "  stack"), (pending, "finite", "  finite (probe, host read)"),
+        (stage, "reduce", "reduce"), (stage, "_stack", "  stack"), (stage, "_finite", "  finite (probe, host read)"),
         (stage, "_objective_columns", "  objective columns"), (stage, "_update", "  metric updates"),
         (EntropySumELBO, "update", "    EntropySumELBO.update"), (GaussianELBO, "update", "    GaussianELBO.update"),
-        (PosteriorCollapse, "update", "    PosteriorCollapse.update"), (_publisher.Publisher, "step", "publisher.step"),
-        (stage, "window_values", "  window_values"), (_loggers, "log_to_loggers", "  log_to_loggers (all keys)"),
+        (PosteriorCollapse, "update", "    PosteriorCollapse.update"), (stage, "window", "window"),
+        (_publish, "step", "_publish.step"), (_loggers, "log_to_loggers", "  log_to_loggers (all keys)"),
     ]:
         wrap(owner, name, label)
     data = make_data(20_000)

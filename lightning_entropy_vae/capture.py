@@ -9,7 +9,8 @@ kept after the batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import copy
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -40,20 +41,19 @@ def _select(selector: Any, value: Any) -> Any:
     return selector(value)
 
 
+class _Hook:
+    """The forward hook of one hooked submodule: a picklable callable (a closure is not), bound to its capture.
 
+    It records only calls of the very module it was registered on: a shallow copy of that module shares its hook
+    dict, and its calls are not the step's.
+    """
 
+    def __init__(self, capture: Capture, module: nn.Module, keys: list[tuple[str, Any]]) -> None:
+        self.capture, self.module, self.keys = capture, module, keys
 
-
-
-
-
-
-
-
-
-
-
-
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        if module is self.module:
+            self.capture._record_output(module, self.keys, output)
 
 
 class Capture:
@@ -85,6 +85,13 @@ class Capture:
     under activation checkpointing) is an error by default, since its outputs are ambiguous; pass
     ``repeat="first"`` (the step's forward pass comes first; checkpointing recomputes later, in the backward
     pass) or ``repeat="last"``.
+
+    A capture pickles with its model (``torch.save(model)``, ``strategy="ddp_spawn"``) when its selectors do (an
+    ``int``, a ``str`` or a module-level function; a lambda does not): the copy records the copied model's forward
+    passes; what was recorded is not pickled. A deep copy of the model
+    (``torch.optim.swa_utils.AveragedModel(model)``, an EMA copy) carries a copy of the capture bound to the
+    copied submodules, which records only between a monitor's :meth:`start_batch` and its read: the copy's forward
+    passes never reach the original capture.
 
     Args:
         x: where ``x`` comes from in the batch (``None``: the batch, or its first element).
@@ -150,29 +157,42 @@ class Capture:
         for key, (module, selector) in self._hooked.items():
             modules.setdefault(id(module), (module, []))[1].append((key, selector))
         for module, keys in modules.values():
-            self._handles.append(module.register_forward_hook(self._hook(module, keys)))
+            self._handles.append(module.register_forward_hook(_Hook(self, module, keys)))
 
-    def _hook(self, module: nn.Module, keys: list[tuple[str, Any]]) -> Callable[..., None]:
-        def hook(_: nn.Module, args: Any, output: Any) -> None:
-            if not self._record:
-                return
-            calls = self._calls[id(module)] = self._calls.get(id(module), 0) + 1
-            if calls > 1 and self.repeat != "last":
-                return  # "first" keeps the first call; "error" raises when the batch is read
-            for key, selector in keys:  # a selector that does not fit is reported when the batch is read
-                try:
-                    self._values[key] = _select(selector, output)
-                    self._failed.pop(key, None)
-                except Exception as err:  # any error of a selector
-                    self._values.pop(key, None)
-                    self._failed[key] = (describe(output), selector_hint(output), f"{type(err).__name__}: {err}")
+    def _record_output(self, module: nn.Module, keys: list[tuple[str, Any]], output: Any) -> None:
+        """A hooked submodule ran: keep the parts of its output that ``keys`` select, if recording."""
+        if not self._record:
+            return
+        calls = self._calls[id(module)] = self._calls.get(id(module), 0) + 1
+        if calls > 1 and self.repeat != "last":
+            return  # "first" keeps the first call; "error" raises when the batch is read
+        for key, selector in keys:  # a selector that does not fit is reported when the batch is read
+            try:
+                self._values[key] = _select(selector, output)
+                self._failed.pop(key, None)
+            except Exception as err:  # any error of a selector
+                self._values.pop(key, None)
+                self._failed[key] = (describe(output), selector_hint(output), f"{type(err).__name__}: {err}")
 
-        return hook
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but what was recorded (outputs holding an autograd graph, counts keyed by module ids)."""
+        return {**self.__dict__, "_values": {}, "_failed": {}, "_calls": {}}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Capture:
+        """A copy bound to the deep copies of the hooked submodules (those in ``memo``: the copied model's), which
+        records only between :meth:`start_batch` and its read: a copy that no monitor drives records nothing."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__getstate__(), memo))
+        new._managed, new._record = True, False
+        return new
 
     def start_batch(self, record: bool = True) -> None:
         """Forget what was recorded, and record the forward passes of the batch that starts only if ``record``.
 
         The :class:`~lightning_entropy_vae.EntropyMonitor` calls it at the start of every batch.
+        ``start_batch(record=False)`` also ends a batch that will not be read (its step raised): what it recorded,
+        with its autograd graph, is released, and forward passes until the next batch starts are not recorded.
         """
         self.clear()
         self._managed = True
@@ -271,8 +291,6 @@ class Capture:
                 f"Capture: `x` {selecting(self._x, 'batch')} the batch, but the batch is {describe(batch)}"
                 f" ({type(err).__name__}: {err})." + ("" if callable(self._x) else f" Pass {x_suggestion(batch)}.")
             ) from err
-
-
 
 
 def capture(*, x: Any = None, repeat: str = "error", **sources: Any) -> Capture:

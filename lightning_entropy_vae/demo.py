@@ -75,6 +75,17 @@ def _epoch_lines(epochs: int) -> Any:
     return EpochLines()
 
 
+def _make_out(out: Path) -> str | None:
+    """Create the output folder; what is wrong with ``--out`` if it cannot be (``None`` when it is ready)."""
+    if out.exists() and not out.is_dir():
+        return f"expected --out to be a folder (created if missing), but {out} is an existing file"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a parent that is a file, no permission, a read-only file system
+        return f"expected --out to be a folder that can be created, but creating {out} failed: {err.strerror or err}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     import lightning as L
     import torch
@@ -87,9 +98,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.latents < 1 or args.epochs < 1 or args.batch_size < 1:
         raise SystemExit("error: --latents, --epochs and --batch-size must be positive integers")
-    torch.set_num_threads(max(1, args.threads))
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    problem = _make_out(out)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(max(1, args.threads))
     L.seed_everything(args.seed, verbose=False)
     data = DigitsDataModule(batch_size=args.batch_size, seed=args.seed)
     model = GaussianVAE(64, args.latents, kind=args.kind, hidden_dims=tuple(args.hidden), lr=args.lr)

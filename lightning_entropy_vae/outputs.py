@@ -29,9 +29,14 @@ class VAEOutput(MutableMapping):
         enc_logvar: encoder log-variances ``(B, H)``.
         dec_mean: decoder means for the z drawn in the step, ``(B, D)`` or ``(S, B, D)``.
         dec_logvar: decoder log-variance ``()``, ``(D,)``, ``(B, D)`` or ``(S, B, D)``.
+        dec_logits: a Bernoulli decoder's logits, the shape of ``x`` (or ``(S, *x.shape)``), instead of
+            ``dec_mean``/``dec_logvar``.
+        dec_probs: a Bernoulli decoder's probabilities (sigmoid outputs), instead of ``dec_logits``.
+        dec_class_logits: a categorical decoder's class logits ``(B, *data, C)``; ``x`` holds class indices.
         prior_logvar: learnable prior log-variances ``(H,)`` (VAE-2); ``None`` means N(0, I).
         elbo: the per-sample ELBO ``(B,)`` at beta = 1; computed from the pieces if ``None``.
-        posterior, prior, likelihood: Gaussian ``torch.distributions`` objects, instead of tensors.
+        posterior, prior, likelihood: ``torch.distributions`` objects, instead of tensors (a Gaussian posterior and
+            prior; a Gaussian, Bernoulli or categorical likelihood).
 
     Example:
         >>> import torch
@@ -52,6 +57,9 @@ class VAEOutput(MutableMapping):
     enc_logvar: Tensor | None = None
     dec_mean: Tensor | None = None
     dec_logvar: Tensor | None = None
+    dec_logits: Tensor | None = None
+    dec_probs: Tensor | None = None
+    dec_class_logits: Tensor | None = None
     prior_logvar: Tensor | None = None
     elbo: Tensor | None = None
     posterior: Distribution | None = None

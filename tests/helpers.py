@@ -34,7 +34,10 @@ def monitor_data(n: int, seed: int, data_dim: int = D) -> Tensor:
 
 
 #: the callback tests' training and validation data (read only)
+#: The tests' data sets, in one place: 4 and 2 batches of 4 rows, and a 6- and a 3-batch pair for tests that need
+#: more batches per epoch (same seeds: TRAIN_24 starts with TRAIN's generator, VAL is VAL_12's seed with 8 rows).
 TRAIN, VAL = monitor_data(16, seed=0), monitor_data(8, seed=1)
+TRAIN_24, VAL_12 = monitor_data(24, seed=0), monitor_data(12, seed=1)
 
 
 def train_full_batch(model: pl.LightningModule, x: Tensor, steps: int) -> None:
@@ -331,6 +334,30 @@ def ddp_fit(folder: str, devices: int, strategy: str = "ddp_spawn") -> MonitorVA
     )
     trainer.fit(model, datamodule=DDPData())
     return model
+
+
+class NoValidationOnRank1(MonitorVAE):
+    """Rank 1's validation steps all return None (its share of a validation set filtered to nothing)."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        out = super().validation_step(batch, batch_idx)
+        return None if self.trainer.global_rank == 1 else out
+
+
+def ddp_fit_rank1_without_validation(folder: str, strategy: str = "ddp_spawn") -> None:
+    """Two CPU processes, the second of which keeps no validation batch; the per-rank JSON reports as ddp_fit's."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_entropy_vae import EntropyMonitor
+
+    torch.manual_seed(0)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy=strategy, max_epochs=2,
+        callbacks=[EntropyMonitor(), DestroyGlooGroupAtExit()], logger=CSVLogger(folder, name="csv", version=0),
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+        log_every_n_steps=1, default_root_dir=folder, use_distributed_sampler=False,
+    )
+    trainer.fit(NoValidationOnRank1(lr=0.0, sample=False), datamodule=DDPData())
 
 
 def package_env(**extra: str) -> dict[str, str]:

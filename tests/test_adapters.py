@@ -7,13 +7,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import MonitorVAE, assert_logged_equal, monitor_data, monitor_loader, monitor_reference, monitor_trainer
+from helpers import (
+    TRAIN_24,
+    MonitorVAE,
+    assert_logged_equal,
+    monitor_loader,
+    monitor_reference,
+    monitor_trainer,
+)
 from torch.distributions import Independent, Normal
 
 import lightning_entropy_vae.functional as F
 from lightning_entropy_vae import EntropyMonitor, EntropySumELBO, GaussianELBO, PosteriorCollapse
-
-TRAIN = monitor_data(24, seed=0)
 
 
 def _stats(*shape, seed=0):
@@ -110,7 +115,7 @@ def test_python_number_dec_logvar_in_the_callback(tmp_path):
     model = _FloatLogvarVAE(lr=0.0)
     trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",))], max_epochs=1)
     with pytest.warns(UserWarning, match="decoder variance is fixed"):
-        trainer.fit(model, monitor_loader(TRAIN))
+        trainer.fit(model, monitor_loader(TRAIN_24))
     assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(0)))
     assert "entropy/train/sum_profiled" in trainer.callback_metrics
 
@@ -150,7 +155,7 @@ class _Renamed(MonitorVAE):
 def test_misnamed_keys_get_a_suggestion(tmp_path):
     trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",))], max_epochs=1)
     with pytest.raises(ValueError) as err:
-        trainer.fit(_Renamed(), monitor_loader(TRAIN))
+        trainer.fit(_Renamed(), monitor_loader(TRAIN_24))
     message = str(err.value)
     assert "Received `mu`, `log_var`, `recon_x`, `z`, which are not vocabulary names: rename `mu` -> `enc_mean`," \
            " `log_var` -> `enc_logvar`, `recon_x` -> `dec_mean`; `z` is not needed." in message
@@ -187,25 +192,24 @@ def test_image_latents_with_channel_groups(tmp_path):
     logged = {}
     original = trainer.loggers[0].log_metrics
     trainer.loggers[0].log_metrics = lambda metrics, step=None: (logged.update(metrics), original(metrics, step))
-    trainer.fit(model, monitor_loader(TRAIN))
+    trainer.fit(model, monitor_loader(TRAIN_24))
     ref = monitor_reference(model.train_epoch(1))
     assert_logged_equal(trainer.callback_metrics, "entropy/train", ref)
     assert logged["entropy/train/channel_active/0"] == 2.0 and logged["entropy/train/channel_active/1"] == 0.0
     assert math.isclose(logged["entropy/train/channel_entropy/1"], sum(ref["latent_entropy"][2:]) / 2, rel_tol=1e-5)
     assert not any("latent_entropy/" in k for k in logged)  # no per-latent keys above max_latents_as_scalars
-    assert monitor.latent_groups == "channel"
+    assert monitor.options.latent_groups == "channel"
     with pytest.raises(ValueError, match="Expected `latent_groups` to be None or one of"):
         EntropyMonitor(latent_groups="pixel")
 
 
 def test_collapse_warning_is_capped():
-    class Trainer:
-        current_epoch = 3
+    from lightning_entropy_vae.callbacks import _publish
 
-    monitor = EntropyMonitor()
-    monitor._publisher.warn_on_new_collapse(Trainer(), [False] * 700)
+    options = EntropyMonitor().options
     with pytest.warns(UserWarning) as record:
-        monitor._publisher.warn_on_new_collapse(Trainer(), [True] * 700, (700,))
+        warned = _publish.collapse_warning(options, 3, [False] * 700, [True] * 700, frozenset(), (700,))
+    assert warned == frozenset(range(700))
     message = str(record[0].message)
     assert "700 latents [0, 1, 2, 3, 4, 5, 6, 7, ...] collapsed during epoch 3" in message
     assert len(message) < 300

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import (
+    TRAIN_24,
+    VAL_12,
     D,
     MonitorVAE,
     assert_logged_equal,
@@ -28,13 +30,11 @@ from torch.distributions import Normal
 from lightning_entropy_vae import EntropyConvergence, EntropyMonitor
 from lightning_entropy_vae.models import GaussianVAE
 
-TRAIN, VAL = monitor_data(24, seed=0), monitor_data(12, seed=1)
 
-
-def _fit(tmp_path, model, callback, val=VAL, **trainer_kwargs):
+def _fit(tmp_path, model, callback, val=VAL_12, **trainer_kwargs):
     trainer = monitor_trainer(tmp_path, [callback], **trainer_kwargs)
     val_loaders = None if val is None else monitor_loader(val)
-    trainer.fit(model, monitor_loader(TRAIN), val_loaders)
+    trainer.fit(model, monitor_loader(TRAIN_24), val_loaders)
     return trainer
 
 
@@ -76,7 +76,7 @@ def test_rel_gap_floor_bounds_relative_gap_near_zero_sum(tmp_path):
     logvar = -2 * sum_target / D - math.log(2 * math.pi * math.e)
     model = NearZeroSum(lr=0.0, sample=False, init_logvar=logvar)
     trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",))], max_epochs=1)
-    trainer.fit(model, monitor_loader(0.1 * TRAIN))
+    trainer.fit(model, monitor_loader(0.1 * TRAIN_24))
     metrics = trainer.callback_metrics
     ref = monitor_reference(model.train_epoch(0))
     assert ref["sum"] == pytest.approx(sum_target, abs=1e-5)  # float32 parameter
@@ -89,7 +89,7 @@ def test_rel_gap_floor_bounds_relative_gap_near_zero_sum(tmp_path):
     # a custom floor moves the denominator
     model = NearZeroSum(lr=0.0, sample=False, init_logvar=logvar)
     trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",), rel_gap_floor=0.5)], max_epochs=1)
-    trainer.fit(model, monitor_loader(0.1 * TRAIN))
+    trainer.fit(model, monitor_loader(0.1 * TRAIN_24))
     metrics = trainer.callback_metrics
     gap = float(metrics["entropy/train/gap"])
     assert float(metrics["entropy/train/rel_gap"]) == pytest.approx(gap / (0.5 * D), rel=1e-5)
@@ -204,7 +204,7 @@ def test_sanity_check_batches_are_ignored(tmp_path):
     convergence = EntropyConvergence(gap_tolerance=1e6, gate_epochs=1, patience=2)
     trainer = monitor_trainer(tmp_path, [monitor, convergence], max_epochs=1, num_sanity_val_steps=2,
                               logger=logger)
-    trainer.fit(model, monitor_loader(TRAIN), monitor_loader(VAL))
+    trainer.fit(model, monitor_loader(TRAIN_24), monitor_loader(VAL_12))
     sanity = [e for e in model.val_log if e["sanity"]]
     assert len(sanity) == 2
     real = model.val_epoch(0)
@@ -223,7 +223,7 @@ def test_two_validation_loaders_log_val_and_val_1(tmp_path):
     model = MonitorVAE(lr=0.05)
     trainer = monitor_trainer(tmp_path, [EntropyMonitor()], max_epochs=2)
     second = monitor_data(8, seed=5) * 2.0
-    trainer.fit(model, monitor_loader(TRAIN), [monitor_loader(VAL), monitor_loader(second)])
+    trainer.fit(model, monitor_loader(TRAIN_24), [monitor_loader(VAL_12), monitor_loader(second)])
     metrics = trainer.callback_metrics
     assert_logged_equal(metrics, "entropy/val", monitor_reference(model.val_epoch(1, 0)))
     assert_logged_equal(metrics, "entropy/val_1", monitor_reference(model.val_epoch(1, 1)))
@@ -238,7 +238,7 @@ def test_step_level_logs_follow_log_every_n_steps(tmp_path):
     decay = 0.8
     trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",), ema_decay=decay)], max_epochs=2,
                               logger=logger, log_every_n_steps=3)
-    trainer.fit(model, monitor_loader(TRAIN))  # 6 batches per epoch, 12 optimizer steps
+    trainer.fit(model, monitor_loader(TRAIN_24))  # 6 batches per epoch, 12 optimizer steps
     rows = _csv_rows(logger)
     probe_steps = [int(r["step"]) for r in rows if r.get("probe")]
     step_rows = [r for r in rows if r.get("entropy/train_step/sum")]
@@ -265,7 +265,7 @@ def test_step_window_carries_over_the_epoch_boundary(tmp_path):
     logger = CSVLogger(tmp_path, name="carry", version=0)
     trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",))], max_epochs=2, logger=logger,
                               log_every_n_steps=4)
-    trainer.fit(model, monitor_loader(TRAIN))
+    trainer.fit(model, monitor_loader(TRAIN_24))
     step_rows = {int(r["step"]): r for r in _csv_rows(logger) if r.get("entropy/train_step/sum")}
     assert sorted(step_rows) == [3, 7, 11]
     for step, first in ((3, 0), (7, 4), (11, 8)):
@@ -282,7 +282,7 @@ def test_skipped_batch_window_leaves_the_gap_ema(tmp_path):
     logger = CSVLogger(tmp_path, name="nan", version=0)
     trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",), ema_decay=0.5)], max_epochs=1,
                               logger=logger, log_every_n_steps=1)
-    trainer.fit(model, monitor_loader(TRAIN))
+    trainer.fit(model, monitor_loader(TRAIN_24))
     rows = {int(r["step"]): r for r in _csv_rows(logger) if r.get("entropy/train_step/sum")}
     assert sorted(rows) == list(range(6))
     assert math.isnan(float(rows[2]["entropy/train_step/sum"]))  # the window's only batch was skipped
@@ -317,7 +317,7 @@ def test_collapse_per_latent_keys_and_active_count(tmp_path, criterion, active):
     logger = CSVLogger(tmp_path, name="collapse", version=0)
     monitor = EntropyMonitor(stages=("train",), collapse_criterion=criterion)
     trainer = monitor_trainer(tmp_path, [monitor], max_epochs=1, logger=logger)
-    trainer.fit(model, monitor_loader(TRAIN))
+    trainer.fit(model, monitor_loader(TRAIN_24))
     ref = monitor_reference(model.train_epoch(0), criterion=criterion)
     assert ref["active_latents"] == active
     assert_logged_equal(trainer.callback_metrics, "entropy/train", ref)

@@ -15,6 +15,8 @@ import warnings
 import pytest
 import torch
 from helpers import (
+    TRAIN_24,
+    VAL_12,
     ManualVAE,
     MonitorVAE,
     assert_logged_equal,
@@ -28,12 +30,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_entropy_vae import EntropyMonitor
 
-TRAIN, VAL = monitor_data(24, seed=0), monitor_data(12, seed=1)
-
 
 def _fit(tmp_path, model, monitor, val=True, **kwargs):
     trainer = monitor_trainer(tmp_path, [monitor], **kwargs)
-    trainer.fit(model, monitor_loader(TRAIN), monitor_loader(VAL) if val else None)
+    trainer.fit(model, monitor_loader(TRAIN_24), monitor_loader(VAL_12) if val else None)
     return trainer
 
 
@@ -178,7 +178,7 @@ def test_a_later_batch_that_disagrees_with_the_first_raises_the_first_batch_erro
     (lambda out: {**out, "prior_logvar": torch.zeros(2)}, ValueError,
      "got `prior_logvar` in a later batch's output, but not in the stage's first batch, which fixed its inputs"
      " ['dec_logvar', 'dec_mean', 'elbo', 'enc_logvar', 'enc_mean', 'x']. Return the same keys from every batch."),
-    (lambda out: {**out, "dec_logvar": [0.5]}, TypeError,  # a Python number is a 0-d tensor since issue 10
+    (lambda out: {**out, "dec_logvar": [0.5]}, TypeError,  # a Python number becomes a 0-d tensor; a list does not
      "expected `dec_logvar` to be a torch.Tensor, as in the stage's first batch, but got list."),
     (lambda out: {**out, "enc_logvar": out["enc_logvar"].long()}, TypeError,
      "expected `enc_logvar` to be a floating-point tensor, but got dtype torch.int64."),

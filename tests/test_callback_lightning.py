@@ -9,6 +9,8 @@ import math
 import pytest
 import torch
 from helpers import (
+    TRAIN_24,
+    VAL_12,
     MonitorVAE,
     assert_logged_equal,
     monitor_data,
@@ -20,12 +22,10 @@ from lightning.pytorch.callbacks import GradientAccumulationScheduler, ModelChec
 
 from lightning_entropy_vae import EntropyMonitor
 
-TRAIN, VAL = monitor_data(24, seed=0), monitor_data(12, seed=1)
-
 
 def _fit(tmp_path, model, monitor, callbacks=(), **kwargs):
     trainer = monitor_trainer(tmp_path, [monitor, *callbacks], **kwargs)
-    trainer.fit(model, monitor_loader(TRAIN), monitor_loader(VAL))
+    trainer.fit(model, monitor_loader(TRAIN_24), monitor_loader(VAL_12))
     return trainer
 
 
@@ -110,9 +110,9 @@ def test_validate_and_test_alone(tmp_path):
     model = WithTestStep(lr=0.05)
     monitor = EntropyMonitor(stages=("train", "val"))
     trainer = monitor_trainer(tmp_path, [monitor])
-    trainer.validate(model, monitor_loader(VAL))
+    trainer.validate(model, monitor_loader(VAL_12))
     assert_logged_equal(trainer.callback_metrics, "entropy/val", monitor_reference(model.val_log))
-    trainer.test(model, monitor_loader(VAL))  # the test stage is not monitored: nothing breaks, nothing is logged
+    trainer.test(model, monitor_loader(VAL_12))  # the test stage is not monitored: nothing breaks, nothing is logged
     assert not any(k.startswith("entropy/test") for k in trainer.callback_metrics)
 
 
@@ -140,7 +140,7 @@ def test_mid_epoch_resume_logs_the_batches_after_the_resume(tmp_path):
     torch.manual_seed(0)
     model = MonitorVAE(lr=0.05, sample=False)
     trainer = monitor_trainer(tmp_path, [EntropyMonitor()], max_epochs=2)
-    trainer.fit(model, monitor_loader(TRAIN), monitor_loader(VAL), ckpt_path=path)
+    trainer.fit(model, monitor_loader(TRAIN_24), monitor_loader(VAL_12), ckpt_path=path)
     resumed = model.train_epoch(0)
     assert [e["batch_idx"] for e in resumed] == [4, 5]  # the rest of epoch 0, then epoch 1
     assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(1)))
@@ -151,6 +151,6 @@ def test_torch_compile(tmp_path):
     model = MonitorVAE(lr=0.05, param_output="live")
     compiled = torch.compile(model, backend="eager")  # the callback sees what the compiled steps return
     trainer = monitor_trainer(tmp_path, [EntropyMonitor()], max_epochs=2)
-    trainer.fit(compiled, monitor_loader(TRAIN), monitor_loader(VAL))
+    trainer.fit(compiled, monitor_loader(TRAIN_24), monitor_loader(VAL_12))
     assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(1)))
     assert math.isfinite(float(trainer.callback_metrics["entropy/val/sum"]))

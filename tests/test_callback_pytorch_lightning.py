@@ -133,7 +133,7 @@ def test_callbacks_for_the_pytorch_lightning_namespace(tmp_path):
     with pytest.raises(TypeError):  # what a lightning.pytorch callback meets there
         pl.Trainer(callbacks=lightning_entropy_vae.EntropyMonitor(), logger=False, enable_progress_bar=False)
     # EntropyConvergence under a pytorch_lightning Trainer: the gate opens, then it stops on the training ELBO
-    trainer, _ = _fit(tmp_path, [convergence, monitor], False, max_epochs=20)
+    trainer, _ = _fit(tmp_path, [monitor, convergence], False, max_epochs=20)
     assert convergence.gate_open
     assert convergence.stopped_epoch is not None and trainer.current_epoch < 20
     assert convergence.stop_reason.startswith("EntropyConvergence: the training gap stayed below")

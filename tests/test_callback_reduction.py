@@ -1,11 +1,10 @@
-"""The EntropyMonitor's one-call reduction of its pending batches against the metrics fed batch by batch.
+"""The EntropyMonitor's one-call reduction of its kept batches against the metrics fed batch by batch.
 
-``PendingBatches.stack`` concatenates the kept batches into one, with a per-point keep mask that drops the
-batches holding NaN/Inf; ``StageMetrics.reduce`` hands both to each metric's public ``update(..., weight=)``.
-Here the same batches go one by one through ``EntropySumELBO``, ``GaussianELBO`` and
-``PosteriorCollapse.update()`` (tested against torch.distributions in test_metrics.py), skipping the
-batches that hold NaN/Inf, and every computed value must agree: ragged batch sizes, a prior that
-changes between batches, every decoder layout, the profiled decoder variance, and non-finite batches.
+``StageTracker.reduce`` concatenates the kept batches into one, reads once which batches hold NaN/Inf, and hands
+the finite batches, stacked, to each metric's public ``update``. Here the same batches go one by one through
+``EntropySumELBO``, ``GaussianELBO`` and ``PosteriorCollapse.update()`` (tested against torch.distributions in
+test_metrics.py), skipping the batches that hold NaN/Inf, and every computed value must agree: ragged batch sizes,
+a prior that changes between batches, every decoder layout, the profiled decoder variance, and non-finite batches.
 """
 
 import math
@@ -14,9 +13,8 @@ import warnings
 import pytest
 import torch
 
-from lightning_entropy_vae.callbacks._pending import PendingBatches
-from lightning_entropy_vae.callbacks._stage_metrics import StageMetrics
-from lightning_entropy_vae.callbacks._step_outputs import StageLayout
+from lightning_entropy_vae.callbacks import _stage
+from lightning_entropy_vae.callbacks._live_params import LiveParameters
 from lightning_entropy_vae.metrics import EntropySumELBO, GaussianELBO, PosteriorCollapse
 
 H, D = 3, 5
@@ -55,30 +53,42 @@ def _reference(batches, profiled):
     return entropy_sum.compute(), elbo.compute(), collapse.compute(), kept
 
 
-class Stage:
-    """A stage as the EntropyMonitor drives it: check and keep every batch, reduce at chosen points."""
+class OneProcess:
+    """The part of a Lightning strategy a tracker's ``result`` uses, for one process."""
 
-    def __init__(self, batches, profiled, windowed=True, objective=True):
-        self.layout = StageLayout(batches[0], "test", need_loss=objective, need_residual=profiled)
-        self.pending = PendingBatches(self.layout)
-        self.metrics = StageMetrics(self.layout, profiled=profiled, criterion="entropy", threshold=None,
-                                    device=torch.device("cpu"), windowed=windowed, objective=objective)
+    root_device, world_size = torch.device("cpu"), 1
+
+    def reduce(self, tensor, reduce_op="sum"):
+        return tensor
+
+
+class Stage:
+    """A training stage as the EntropyMonitor drives it: keep every batch, reduce at chosen points."""
+
+    def __init__(self, batches, profiled, objective=True):
+        self.tracker = _stage.StageTracker("train", criterion="entropy", threshold=None, nan_strategy="skip",
+                                           live=LiveParameters(), fixed_variance=profiled, objective=objective)
+        self.tracker.keep(batches[0], lambda: "test", 1.0)  # the first batch fixes the layout
+        self.layout = self.tracker.layout
+        self._first = batches[0]
 
     def keep(self, batch):
-        kw, size = self.layout.check(batch, lambda: "test")
-        if self.pending.add(kw, size):
-            self.reduce()
+        if batch is self._first:  # kept at construction
+            self._first = None
+            return
+        self.tracker.keep(batch, lambda: "test", 1.0)
 
     def reduce(self):
-        self.metrics.reduce(self.pending)
+        self.tracker.reduce(lambda: "test")
 
     def epoch(self):
         self.reduce()
-        return self.metrics.epoch_values()
+        result = self.tracker.result(OneProcess())
+        return result.sums, result.elbo, result.collapse
 
     def window(self):
         self.reduce()
-        return self.metrics.window_values()
+        return self.tracker.window()
 
 
 @pytest.mark.parametrize(("layout", "prior", "sizes", "profiled"), [
@@ -107,9 +117,9 @@ def test_flush_equals_per_batch_updates(layout, prior, sizes, profiled):
     for key in ("latent_entropy", "prior_latent_entropy", "latent_kl", "latent_mean_variance"):
         torch.testing.assert_close(collapse[key], ref_collapse[key], rtol=1e-5, atol=1e-5, msg=key)
     assert torch.equal(collapse["collapsed"], ref_collapse["collapsed"])
-    assert int(stage.metrics.dropped) == 0
+    assert stage.tracker.dropped_batches == 0
     # the objective check: per batch -loss, the ELBO and the KL summed over its points
-    check = stage.metrics.objective
+    check = stage.tracker.objective_rows
     assert check.batches == len(batches)
     assert check.sums["mean"][1] == pytest.approx(-sum(float(b["loss"]) for b in batches), rel=1e-5)
     elbo_sums = [float(b["elbo"].sum()) for b in batches]
@@ -129,7 +139,7 @@ def _keep_all_against_reference(batches, *, kept, dropped):
         stage.keep(b)
     sums, elbo, collapse = stage.epoch()
     ref_sums, ref_elbo, ref_collapse, ref_kept = _reference(batches, profiled=False)
-    assert len(ref_kept) == kept and int(stage.metrics.dropped) == dropped
+    assert len(ref_kept) == kept and stage.tracker.dropped_batches == dropped
     assert float(sums["sum"]) == pytest.approx(float(ref_sums["sum"]), rel=1e-5)
     assert float(elbo) == pytest.approx(float(ref_elbo), rel=1e-6)
     torch.testing.assert_close(collapse["latent_kl"], ref_collapse["latent_kl"], rtol=1e-5, atol=1e-5)
@@ -145,9 +155,8 @@ def test_flush_drops_batches_with_nan_or_inf():
     batches[4]["prior_logvar"][1] = -math.inf
     batches[5]["loss"] = torch.tensor(math.nan)  # the loss alone does not drop a batch, only its objective check
     stage = _keep_all_against_reference(batches, kept=2, dropped=4)
-    assert int(stage.metrics.epoch_sum.num_skipped_batches) == 0  # dropped by the keep mask, not metric skips
-    assert stage.metrics.objective.batches == 1  # batch 0 alone: batch 5's loss is NaN
-    assert stage.metrics.objective.sums["mean"][1] == pytest.approx(-float(batches[0]["loss"]), rel=1e-5)
+    assert stage.tracker.objective_rows.batches == 1  # batch 0 alone: batch 5's loss is NaN
+    assert stage.tracker.objective_rows.sums["mean"][1] == pytest.approx(-float(batches[0]["loss"]), rel=1e-5)
 
 
 def test_flush_drops_the_right_batches_of_mixed_sizes():
@@ -195,7 +204,7 @@ def test_window_carries_the_batches_after_the_last_log_into_the_next_epoch():
     stage.window()  # a step log after batch 2 of epoch 0
     stage.keep(batches[2])
     first_epoch = stage.epoch()
-    stage.metrics.reset_epoch(carry_window=True)
+    stage.tracker.start_epoch()
     for b in batches[3:5]:
         stage.keep(b)
     window = stage.window()  # batch 3 of epoch 0 and the first two of epoch 1
@@ -212,15 +221,13 @@ def test_window_carries_the_batches_after_the_last_log_into_the_next_epoch():
 
 def test_stash_is_flushed_once_it_holds_max_pending_batches(monkeypatch):
     """Between logging steps (or in a long validation epoch) the stash stays bounded."""
-    from lightning_entropy_vae.callbacks import _pending
-
-    monkeypatch.setattr(_pending, "MAX_PENDING", 2)
+    monkeypatch.setattr(_stage, "MAX_PENDING", 2)
     gen = torch.Generator().manual_seed(3)
     batches = [_batch(gen, 4, "scalar", prior=False) for _ in range(5)]
     stage = Stage(batches, profiled=False)
     for i, b in enumerate(batches):
         stage.keep(b)
-        assert len(stage.pending) == (i + 1) % 2  # reduced at 2 and 4
+        assert stage.tracker.num_pending == (i + 1) % 2  # reduced at 2 and 4
     sums, elbo, _ = stage.epoch()
     ref_sums, ref_elbo, _, _ = _reference(batches, profiled=False)
     assert float(sums["sum"]) == pytest.approx(float(ref_sums["sum"]), rel=1e-5)
@@ -229,17 +236,15 @@ def test_stash_is_flushed_once_it_holds_max_pending_batches(monkeypatch):
 
 def test_stash_is_reduced_once_its_tensors_hold_max_pending_bytes(monkeypatch):
     """References to D-sized tensors hold memory until the reduction: bounded in bytes too."""
-    from lightning_entropy_vae.callbacks import _pending
-
     gen = torch.Generator().manual_seed(4)
     batches = [_batch(gen, 4, "per_sample", prior=False) for _ in range(5)]
     stage = Stage(batches, profiled=True)
     # x, dec_mean, dec_logvar (D each), enc_mean, enc_logvar (H each), elbo: float32 per point
     assert stage.layout.bytes_per_point == 4 * (3 * D + 2 * H + 1)
-    monkeypatch.setattr(_pending, "MAX_PENDING_BYTES", 3 * 4 * stage.layout.bytes_per_point)  # three batches
+    monkeypatch.setattr(_stage, "MAX_PENDING_BYTES", 3 * 4 * stage.layout.bytes_per_point)  # three batches
     for i, b in enumerate(batches):
         stage.keep(b)
-        assert len(stage.pending) == (i + 1) % 3
+        assert stage.tracker.num_pending == (i + 1) % 3
     sums, _, _ = stage.epoch()
     ref_sums, _, _, _ = _reference(batches, profiled=True)
     assert float(sums["sum_profiled"]) == pytest.approx(float(ref_sums["sum_profiled"]), rel=1e-5)
@@ -254,7 +259,7 @@ def test_only_what_the_metrics_need_is_kept():
     assert stage.layout.bytes_per_point == 4 * (2 * H + 1)
     for b in batches:
         stage.keep(b)
-    assert all("x" not in kw and "dec_mean" not in kw for kw in stage.pending.batches)
+    assert all("x" not in kw and "dec_mean" not in kw for kw in stage.tracker.pending_batches)
     sums, _, _ = stage.epoch()
     ref_sums, _, _, _ = _reference(batches, profiled=False)
     assert float(sums["sum"]) == pytest.approx(float(ref_sums["sum"]), rel=1e-5)

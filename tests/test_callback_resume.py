@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import MonitorVAE, monitor_data, monitor_loader, monitor_trainer
+from helpers import TRAIN_24, VAL, MonitorVAE, monitor_loader, monitor_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_entropy_vae import EntropyConvergence, EntropyMonitor
 
-TRAIN, VAL = monitor_data(24, seed=0), monitor_data(8, seed=1)
 EPOCH_KEYS = [f"entropy/{stage}/{key}" for stage in ("train", "val")
               for key in ("encoder", "decoder", "sum", "elbo", "gap", "rel_gap", "active_latents")]
 STEP_KEYS = [f"entropy/train_step/{key}" for key in ("sum", "elbo", "gap", "rel_gap", "gap_ema")]
@@ -41,7 +40,7 @@ def _run(tmp_path, name, max_epochs, ckpt_path=None, checkpoint=None):
                               enable_checkpointing=checkpoint is not None)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        trainer.fit(model, monitor_loader(TRAIN), monitor_loader(VAL), ckpt_path=ckpt_path)
+        trainer.fit(model, monitor_loader(TRAIN_24), monitor_loader(VAL), ckpt_path=ckpt_path)
     monitor.collapse_warnings = [str(w.message) for w in record if "collapsed during epoch" in str(w.message)]
     with open(Path(logger.log_dir) / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -103,7 +102,7 @@ def test_resumed_run_writes_the_layout_to_its_new_tensorboard_directory(tmp_path
         logger = TensorBoardLogger(tmp_path, name=name, version=0)
         trainer = monitor_trainer(tmp_path, [EntropyMonitor(), checkpoint], max_epochs=epochs, logger=logger,
                                   enable_checkpointing=True)
-        trainer.fit(MonitorVAE(lr=0.05), monitor_loader(TRAIN), monitor_loader(VAL), ckpt_path=ckpt)
+        trainer.fit(MonitorVAE(lr=0.05), monitor_loader(TRAIN_24), monitor_loader(VAL), ckpt_path=ckpt)
         logger.experiment.flush()
         events = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0})
         events.Reload()

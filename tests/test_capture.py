@@ -6,13 +6,19 @@ recorded by ``MonitorVAE`` and recomputed in float64 by ``helpers.monitor_refere
 
 import pytest
 import torch
-from helpers import MonitorVAE, assert_logged_equal, monitor_data, monitor_loader, monitor_reference, monitor_trainer
+from helpers import (
+    TRAIN_24,
+    VAL_12,
+    MonitorVAE,
+    assert_logged_equal,
+    monitor_loader,
+    monitor_reference,
+    monitor_trainer,
+)
 from lightning.pytorch import Callback
 from torch import nn
 
 from lightning_entropy_vae import Capture, EntropyMonitor, capture
-
-TRAIN, VAL = monitor_data(24, seed=0), monitor_data(12, seed=1)
 
 
 class LossOnlyVAE(MonitorVAE):
@@ -50,13 +56,13 @@ def test_loss_only_step_equals_recomputation(tmp_path):
     model = LossOnlyVAE(lr=0.05)
     cap = _capture(model)
     trainer = monitor_trainer(tmp_path, [EntropyMonitor(extract=cap)], num_sanity_val_steps=2)
-    trainer.fit(model, monitor_loader(TRAIN), monitor_loader(VAL))
+    trainer.fit(model, monitor_loader(TRAIN_24), monitor_loader(VAL_12))
     assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(1)))
     assert_logged_equal(trainer.callback_metrics, "entropy/val", monitor_reference(model.val_epoch(1)))
     # one encoder call per step: 2 epochs x (6 training + 3 validation batches) + 2 sanity batches
     assert model.enc_calls == 2 * (6 + 3) + 2
     assert cap._values == {}  # nothing kept after the batch
-    model._outputs(TRAIN)  # the user's own evaluation after fit
+    model._outputs(TRAIN_24)  # the user's own evaluation after fit
     assert cap._values == {}  # between batches nothing is recorded
     hooks = len(model.enc._forward_hooks)
     cap.remove()
@@ -79,7 +85,7 @@ def test_no_recording_in_an_unmonitored_stage(tmp_path):
     cap = _capture(model)
     spy = _Spy(cap)
     trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",), extract=cap), spy], max_epochs=1)
-    trainer.fit(model, monitor_loader(TRAIN), monitor_loader(VAL))
+    trainer.fit(model, monitor_loader(TRAIN_24), monitor_loader(VAL_12))
     assert len(spy.seen) == 3 and all(seen == {} for seen in spy.seen)
     assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(0)))
 
@@ -90,7 +96,7 @@ def test_skipped_batch_leaks_nothing(tmp_path):
     torch.manual_seed(0)
     model = LossOnlyVAE(lr=0.05, skip={1, 4})
     trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",), extract=_capture(model))], max_epochs=1)
-    trainer.fit(model, monitor_loader(TRAIN))
+    trainer.fit(model, monitor_loader(TRAIN_24))
     assert len(model.train_epoch(0)) == 4
     assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(0)))
     assert float(trainer.callback_metrics["entropy/train/skipped_batches"]) == 2.0
@@ -191,7 +197,7 @@ def test_a_selector_error_reaches_the_trainer(tmp_path):
     trainer = monitor_trainer(tmp_path, [EntropyMonitor(extract=cap, stages=("train",))])
     with pytest.raises(ValueError, match=r"`enc_mean` selects 'mu' from the output of \w+ `enc`, but that output is"
                                          r" a Tensor of shape \(4, \d+\)"):
-        trainer.fit(model, monitor_loader(TRAIN))
+        trainer.fit(model, monitor_loader(TRAIN_24))
     cap.remove()
 
 

@@ -75,8 +75,8 @@ def test_tensorboard_gets_fewer_tags_and_a_flag_table_the_csv_keeps_all(tmp_path
     scalars = set(main.Tags()["scalars"])
     assert {"entropy/train/latent_entropy/0", "entropy/val/latent_entropy/1", "entropy/train/active_latents"} <= scalars
     assert not {t for t in scalars if re.search(r"/(collapsed|latent_kl)/|latent_entropy/(threshold|prior)$", t)}
-    # H = 2: ten epoch keys and two latents per stage, five step keys (before: 2 * (10 + 3 * 2 + 2) + 5)
-    assert len({t for t in scalars if t.startswith("entropy/")}) == 2 * (10 + 2) + 5
+    # H = 2: ten epoch keys and two latents per stage, three objective keys (training), five step keys
+    assert len({t for t in scalars if t.startswith("entropy/")}) == 2 * (10 + 2) + 3 + 5
     table = main.Tensors("entropy/train/latents/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert table.startswith("| latent | encoder entropy | KL | state |")
     assert len(re.findall(r"\| (active|collapsed) \|", table)) == 2

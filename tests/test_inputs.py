@@ -4,7 +4,7 @@ import re
 
 import pytest
 import torch
-from torch.distributions import Bernoulli, Categorical, Independent, MultivariateNormal, Normal
+from torch.distributions import Bernoulli, Independent, MultivariateNormal, Normal, Poisson, StudentT
 
 import lightning_entropy_vae.functional as F
 from lightning_entropy_vae.functional import _checks, _inputs
@@ -28,6 +28,8 @@ def _exact(message):
 
 
 GAUSSIANS = "(Normal, Independent(Normal), MultivariateNormal or LowRankMultivariateNormal)"
+LIKELIHOODS = ("Normal, MultivariateNormal, LowRankMultivariateNormal, Bernoulli, Categorical, OneHotCategorical,"
+               " ContinuousBernoulli, or Independent of one of them")
 
 # (call, exception type, the whole message)
 CASES = {
@@ -229,26 +231,28 @@ CASES = {
         "Expected `posterior` to be a torch.distributions.Distribution, or an object with a `.mean` and a"
         " `.logvar` (or `.var`, `.std`, `.scale`) tensor, but got Tensor.",
     ),
-    "likelihood Bernoulli": (
-        lambda: F.decoder_entropy(likelihood=Bernoulli(probs=z(2, 3) + 0.5)),
+    "likelihood Poisson": (
+        lambda: F.decoder_entropy(likelihood=Poisson(z(2, 3) + 0.5)),
         TypeError,
-        f"Expected a Gaussian `likelihood` {GAUSSIANS}, but got Bernoulli. The three-entropies result covers"
-        " Gaussian decoders only.",
+        f"Expected a `likelihood` with a constant base measure ({LIKELIHOODS}), but got Poisson. The entropy-sum"
+        " result does not hold for a Poisson likelihood: its base measure depends on x, so the expected"
+        " log-likelihood is not minus an expected entropy at stationary points (Warnken et al., arXiv 2501.09022,"
+        " replace it by pseudo-entropies).",
     ),
-    "likelihood Independent(Bernoulli)": (
+    "likelihood Independent(Bernoulli) in gaussian_elbo": (
         lambda: F.gaussian_elbo(
             x=z(2, 3), enc_mean=z(2, 1), enc_logvar=z(2, 1), likelihood=Independent(Bernoulli(probs=z(2, 3) + 0.5), 1)
         ),
-        TypeError,
-        f"Expected a Gaussian `likelihood` {GAUSSIANS}, but got Bernoulli. The three-entropies result covers"
-        " Gaussian decoders only.",
+        ValueError,
+        "gaussian_elbo() computes the ELBO of a Gaussian decoder, but got a Bernoulli decoder (`dec_logits`,"
+        " `dec_probs` or a Bernoulli `likelihood`). Call bernoulli_elbo() for it, or elbo(), which reads the"
+        " decoder from the inputs.",
     ),
-    "likelihood Categorical": (
-        lambda: F.decoder_entropy(likelihood=Categorical(probs=z(2, 3) + 0.5)),
+    "likelihood StudentT": (
+        lambda: F.decoder_entropy(likelihood=StudentT(3.0, z(2, 3), z(2, 3) + 1.0)),
         TypeError,
-        f"Expected a Gaussian `likelihood` {GAUSSIANS}, but got"
-        " Categorical. The three-entropies result covers"
-        " Gaussian decoders only.",
+        f"Expected a `likelihood` the entropy-sum result covers ({LIKELIHOODS}), but got StudentT, which is not"
+        " supported.",
     ),
     "posterior Bernoulli": (
         lambda: F.encoder_entropy(posterior=Independent(Bernoulli(probs=z(2, 3) + 0.5), 1)),
@@ -672,6 +676,7 @@ NEEDS = {
     "gaussian_log_likelihood": ("x", "dec_mean", "dec_logvar"),
     "gaussian_kl": ("enc_mean", "enc_logvar", "prior_logvar"),
     "gaussian_elbo": ("x", "enc_mean", "enc_logvar", "dec_mean", "dec_logvar", "prior_logvar"),
+    "elbo": ("x", "enc_mean", "enc_logvar", "dec_mean", "dec_logvar", "prior_logvar"),
     "latent_entropy": ("enc_logvar",),
     "latent_kl": ("enc_mean", "enc_logvar", "prior_logvar"),
     "latent_mean_variance": ("enc_mean",),
@@ -721,6 +726,12 @@ MISSPELT = {
         f"gaussian_elbo() got unexpected keyword argument(s) {_REDUCTOIN}. Expected x, enc_mean, enc_logvar,"
         " dec_mean, dec_logvar, prior_logvar, posterior, prior, likelihood, reduction or names of the vocabulary.",
     ),
+    "elbo": (
+        "reductoin",
+        f"elbo() got unexpected keyword argument(s) {_REDUCTOIN}. Expected x, enc_mean, enc_logvar, dec_mean,"
+        " dec_logvar, dec_logits, dec_class_logits, dec_probs, prior_logvar, posterior, prior, likelihood, reduction"
+        " or names of the vocabulary.",
+    ),
     "latent_entropy": (
         "prior_log_var",
         f"latent_entropy() got unexpected keyword argument(s) {_PRIOR_LOG_VAR}. Expected enc_logvar, posterior"
@@ -768,7 +779,9 @@ def test_every_public_vocabulary_function_is_checked():
     """The three tests below cover each public function that takes the vocabulary (all but four)."""
     not_vocabulary = {"gaussian_entropy", "collapsed_latents", "bic", "relative_gap", "fixed_decoder_variance",
                       "mse_convention", "MSEConvention", "bernoulli_log_likelihood"}  # sizes; (x, probs)
-    functions = {name for name in F.__all__ if callable(getattr(F, name))} - not_vocabulary
+    # the step output here has a Gaussian decoder; tests/test_discrete_decoders.py checks these two the same way
+    other_decoders = {"bernoulli_elbo", "categorical_elbo"}
+    functions = {name for name in F.__all__ if callable(getattr(F, name))} - not_vocabulary - other_decoders
     assert set(NEEDS) == functions
     assert set(MISSPELT) == functions
 

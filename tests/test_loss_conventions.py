@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import monitor_trainer
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 from torch import nn
 from torch.distributions import Bernoulli, Normal, kl_divergence
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_entropy_vae import EntropyConvergence, EntropyMonitor
+from lightning_entropy_vae import EntropyMonitor
 from lightning_entropy_vae.functional import bernoulli_log_likelihood, gaussian_elbo, mse_convention
 
 B, D, H = 32, 6, 3
@@ -158,29 +158,34 @@ def test_a_bce_trained_vae_gets_one_warning(tmp_path):
     assert "The logged ELBO, entropy sum and gap are those of a Gaussian decoder" in messages[0]
 
 
-def test_the_objective_is_checked_on_the_first_epoch_unless_watched(tmp_path):
-    """The regression costs each logging step: the monitor runs it on a fit's first training epoch only, every
-    epoch after watch_objective() (EntropyConvergence)."""
-    for watched in (False, True):
-        torch.manual_seed(0)
-        monitor = EntropyMonitor(stages=("train",))
-        convergence = [EntropyConvergence(monitor_stage="train")] if watched else []  # it calls watch_objective()
-        epochs = []
-        original = monitor.on_train_epoch_end
+class WarmUp(TinyVAE):
+    """A Gaussian VAE whose KL weight is 0.5 in the first epoch and 1 after it (a one-step KL warm-up)."""
 
-        def spy(trainer, pl_module, _original=original, _monitor=monitor, _epochs=epochs):
-            tracked = _monitor._stages["train"].metrics.track_objective
-            _original(trainer, pl_module)
-            _epochs.append((tracked, _monitor.objective_check[0]))
+    def on_train_epoch_start(self):
+        self.beta = 0.5 if self.current_epoch == 0 else 1.0
 
-        monitor.on_train_epoch_end = spy
-        trainer = monitor_trainer(tmp_path, [monitor, *convergence], max_epochs=3)
-        loader = DataLoader(TensorDataset(_binary_data()), batch_size=16, shuffle=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trainer.fit(TinyVAE("gaussian"), loader)
-        assert [tracked for tracked, _ in epochs] == ([True] * 3 if watched else [True, False, False])
-        assert [verdict for _, verdict in epochs] == [True] * 3  # a Gaussian -ELBO loss; kept after epoch 1
+
+def test_the_objective_is_judged_every_epoch_and_published(tmp_path):
+    """The verdict follows the loss epoch by epoch (here a warm-up ending after epoch 0), as a key."""
+    torch.manual_seed(0)
+    monitor = EntropyMonitor(stages=("train",))
+    verdicts = []
+
+    class Spy(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            metrics = trainer.callback_metrics
+            verdicts.append((float(metrics["entropy/train/objective_is_elbo"]),
+                             float(metrics["entropy/train/objective_kl_coef"])))
+
+    trainer = monitor_trainer(tmp_path, [monitor, Spy()], max_epochs=3)
+    loader = DataLoader(TensorDataset(_binary_data()), batch_size=16, shuffle=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(WarmUp("gaussian"), loader)
+    assert [v for v, _ in verdicts] == [0.0, 1.0, 1.0]
+    assert verdicts[0][1] == pytest.approx(0.5, abs=0.02)  # -loss = ELBO + (1 - beta) KL
+    assert verdicts[2][1] == pytest.approx(0.0, abs=0.02)
+    assert monitor.objective_check[0] is True
 
 
 def test_epochs_too_short_to_tell_pool_their_batches_for_the_bce_check(tmp_path):
@@ -194,17 +199,6 @@ def test_epochs_too_short_to_tell_pool_their_batches_for_the_bce_check(tmp_path)
         trainer.fit(TinyVAE("bce"), loader)
     assert monitor.objective_check[0] is False
     assert sum("Bernoulli" in str(w.message) for w in caught) == 1
-
-
-def test_a_reused_monitor_stops_checking_every_epoch_without_entropy_convergence(tmp_path):
-    monitor = EntropyMonitor(stages=("train",))
-    loader = DataLoader(TensorDataset(_binary_data()), batch_size=16, shuffle=True)
-    for callbacks, expected in (([EntropyConvergence(monitor_stage="train")], True), ([], False)):
-        trainer = monitor_trainer(tmp_path, [monitor, *callbacks], max_epochs=2)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trainer.fit(TinyVAE("gaussian"), loader)
-        assert monitor._stages["train"].metrics.track_objective is expected
 
 
 @pytest.mark.parametrize("model", [TinyVAE("gaussian"), TinyVAE("gaussian", beta=4.0),

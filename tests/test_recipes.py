@@ -5,6 +5,7 @@ Each recipe's glue (the lines a user writes) is between ``# glue`` and ``# /glue
 """
 
 import math
+import warnings
 
 import lightning.pytorch as pl
 import pytest
@@ -93,7 +94,7 @@ def test_pyro_guide_and_plate_prior():
     stats = {"x": x, "posterior": guide_trace.nodes["z"]["fn"], "prior": model_trace.nodes["z"]["fn"],
              "likelihood": model_trace.nodes["x"]["fn"]}
     # /glue
-    assert tuple(stats["prior"].batch_shape) == (6,)  # the plate's prior: rejected before issue 10
+    assert tuple(stats["prior"].batch_shape) == (6,)  # the plate's prior, repeated over the batch
     q, p, lik = (stats[k] for k in ("posterior", "prior", "likelihood"))
     with torch.no_grad():
         want_elbo = (lik.log_prob(x) - kl_divergence(q, p)).mean()
@@ -257,3 +258,97 @@ def test_bolts_vae_returns_only_a_loss(tmp_path):
     assert math.isclose(logged, float(c.elbo(loss.mean())), rel_tol=1e-5)
     # the stale recipe, dec_logvar=0.0 (sigma^2 = 1), logs another model's ELBO
     assert abs(float(want) - float((Independent(Normal(x_hat, 1.0), 1).log_prob(x) - kl).mean())) > 1.0
+
+
+# ------------------------------------------------------------------------------- pytorch/examples VAE
+class TextbookVAE(nn.Module):
+    """pytorch/examples' ``vae/main.py`` model (784-400-20 there; smaller here): a sigmoid decoder, BCE loss."""
+
+    def __init__(self, data_dim=64, hidden=32, latent_dim=4):
+        super().__init__()
+        self.data_dim = data_dim
+        self.fc1 = nn.Linear(data_dim, hidden)
+        self.fc21 = nn.Linear(hidden, latent_dim)
+        self.fc22 = nn.Linear(hidden, latent_dim)
+        self.fc3 = nn.Linear(latent_dim, hidden)
+        self.fc4 = nn.Linear(hidden, data_dim)
+
+    def encode(self, x):
+        h1 = torch.relu(self.fc1(x))
+        return self.fc21(h1), self.fc22(h1)
+
+    def reparameterize(self, mu, logvar):
+        std = torch.exp(0.5 * logvar)
+        return mu + torch.randn_like(std) * std
+
+    def decode(self, z):
+        return torch.sigmoid(self.fc4(torch.relu(self.fc3(z))))
+
+    def forward(self, x):
+        mu, logvar = self.encode(x.view(-1, self.data_dim))
+        z = self.reparameterize(mu, logvar)
+        return self.decode(z), mu, logvar
+
+
+def textbook_loss(recon_x, x, mu, logvar):
+    """pytorch/examples' ``loss_function``: BCE summed over pixels and the batch, plus the closed-form KL."""
+    bce = nn.functional.binary_cross_entropy(recon_x, x.view(-1, recon_x.shape[-1]), reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return bce + kld
+
+
+class TextbookModule(pl.LightningModule):
+    """The textbook VAE in a Lightning module; ``returns``: what its step returns (``"probs"``: the recipe's one
+    line; ``"loss"``: only the loss, for the Capture recipe)."""
+
+    def __init__(self, returns="probs", lr=1e-3):
+        super().__init__()
+        self.model, self.returns, self.lr = TextbookVAE(), returns, lr
+        self.losses = []  # (batch size, loss) of every batch
+
+    def training_step(self, batch, batch_idx):
+        x = batch[0]
+        recon_x, mu, logvar = self.model(x)
+        loss = textbook_loss(recon_x, x, mu, logvar)
+        self.losses.append((x.shape[0], float(loss)))
+        if self.returns == "loss":
+            return loss
+        # glue
+        return {"loss": loss, "x": x, "enc_mean": mu, "enc_logvar": logvar, "dec_probs": recon_x}
+        # /glue
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+def _binarized(n=20, d=64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, d, generator=gen) < torch.linspace(0.1, 0.9, d)).float()
+
+
+@pytest.mark.parametrize("returns", ["probs", "loss"])
+def test_textbook_vae_logs_the_bernoulli_elbo_of_its_own_loss(tmp_path, returns):
+    """The logged ELBO is minus the model's own BCE + KL loss per point (20 points in batches of 8, 8 and 4), and the
+    entropy sum is the Bernoulli decoder's, from its probabilities or (Capture) its logits."""
+    torch.manual_seed(0)
+    module = TextbookModule(returns=returns, lr=0.0)
+    model = module.model
+    # glue
+    capture = Capture(enc_mean=model.fc21, enc_logvar=model.fc22, dec_logits=model.fc4)  # the sigmoid's input
+    monitor = EntropyMonitor(stages=("train",), extract=capture if returns == "loss" else None)
+    # /glue
+    seen = []
+    model.fc4.register_forward_hook(lambda module, inputs, output: seen.append(output.detach()))
+    trainer = monitor_trainer(tmp_path, [monitor], max_epochs=1)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(module, DataLoader(TensorDataset(_binarized()), batch_size=8))
+    assert not [str(w.message) for w in record if "EntropyMonitor" in str(w.message)]  # a supported model
+    metrics = trainer.callback_metrics
+    total_loss = sum(loss for _, loss in module.losses)
+    assert float(metrics["entropy/train/elbo"]) == pytest.approx(-total_loss / 20, rel=1e-5)
+    assert float(metrics["entropy/train/objective_is_elbo"]) == 1.0  # BCE summed over the batch: the ELBO
+    # the decoder entropy: the Bernoulli entropy of the logits the fit's forward passes computed, in float64
+    logits = torch.cat(seen).double()
+    want = torch.distributions.Bernoulli(logits=logits).entropy().sum(-1).mean()
+    assert float(metrics["entropy/train/decoder"]) == pytest.approx(float(want), rel=1e-4)

@@ -23,9 +23,7 @@ Bernoulli ELBO and not by the Gaussian one, which the monitor then computes for 
 from __future__ import annotations
 
 import math
-from typing import Any
-
-from lightning_utilities.core.rank_zero import rank_zero_warn
+from typing import NamedTuple
 
 #: |a - 1| and |b| allowed: beta within 2 % of 1.
 TOLERANCE = 0.02
@@ -37,12 +35,26 @@ RESIDUAL = 0.01
 MISFIT = 0.005
 #: ... and relative to the losses' size, in units of their dtype's resolution (rounding of float16/bfloat16 losses).
 ROUNDING = 4.0
+#: Batches the regression needs; an epoch with fewer is judged together with the most recent earlier batches.
+MIN_BATCHES = 5
 #: Sums per reduction: n, y, e, k, yy, ee, kk, ye, yk, ek.
 _N_SUMS = 10
 
 
 #: Batches kept as rows before they are folded into the sums (the fold runs at the epoch's end, not at a log step).
 _MAX_ROWS = 4096
+
+
+class ObjectiveVerdict(NamedTuple):
+    """Is the training loss the beta = 1 ELBO? ``is_elbo``: True, False, or None while nothing can tell."""
+
+    is_elbo: bool | None
+    why: str
+    #: the fit ``-loss = elbo_coef x ELBO + kl_coef x KL + const.`` (NaN where not fitted)
+    elbo_coef: float = math.nan
+    kl_coef: float = math.nan
+    #: why the losses look like a Bernoulli (BCE) ELBO of ``dec_mean`` rather than the Gaussian one, or None
+    bernoulli: str | None = None
 
 
 class ObjectiveCheck:
@@ -53,12 +65,26 @@ class ObjectiveCheck:
         self._bernoulli_sums = {"mean": [0.0] * _N_SUMS, "sum": [0.0] * _N_SUMS}
         self._rows: list[tuple[float, float, float, int, float | None]] = []
         self.eps = 0.0  # the resolution (``finfo.eps``) of the losses' dtype, set by the caller
+        #: rows carried over from earlier epochs (:meth:`recent`)
+        self.carried = 0
+        self._tail: list[tuple[float, float, float, int, float | None]] = []  # the last MIN_BATCHES - 1 rows
+
+    def recent(self, k: int) -> ObjectiveCheck:
+        """A new check holding this one's last ``k`` (at most ``MIN_BATCHES - 1``) batches, for epochs too short to
+        tell on their own."""
+        out = ObjectiveCheck()
+        for row in self._tail[-k:] if k > 0 else []:
+            out.add(*row)
+        out.carried, out.eps = out.batches, self.eps
+        return out
 
     def add(self, neg_loss: float, elbo_sum: float, kl_sum: float, points: int,
             bernoulli_sum: float | None = None) -> None:
         """One batch: -loss (already times the accumulation factor), its ELBO and KL summed over its points, and the
         Bernoulli ELBO of its ``dec_mean`` if known."""
-        self._rows.append((neg_loss, elbo_sum, kl_sum, points, bernoulli_sum))
+        row = (neg_loss, elbo_sum, kl_sum, points, bernoulli_sum)
+        self._rows.append(row)
+        self._tail = [*self._tail[-(MIN_BATCHES - 2):], row]
         if len(self._rows) >= _MAX_ROWS:
             self._fold()
 
@@ -85,21 +111,23 @@ class ObjectiveCheck:
     def batches(self) -> int:
         return int(self.sums["mean"][0])
 
-    def verdict(self) -> tuple[bool | None, str]:
-        """``(True, why)`` for a -ELBO loss up to a constant, ``(False, why)`` otherwise, ``(None, why)`` when the
-        epoch had too few batches (fewer than 5) to tell."""
-        if self.batches < 5:
-            return None, f"{self.batches} batch(es) with a loss: too few to tell"
+    def verdict(self) -> ObjectiveVerdict:
+        """Whether the losses are -ELBO up to a constant (``is_elbo`` True), are not (False), or too few batches (fewer
+        than 5) could tell (None); with the fitted coefficients and, where the Bernoulli ELBO fits, why."""
+        if self.batches < MIN_BATCHES:
+            return ObjectiveVerdict(None, f"{self.batches} batch(es) with a loss: too few to tell")
         fits = {name: _fit(s) for name, s in self.sums.items()}
+        bernoulli = self.bernoulli()
         for name, (a, b, se_a, se_b, residual, scale) in fits.items():
             off_a = abs(a - 1.0) > TOLERANCE and abs(a - 1.0) > 3 * se_a
             off_b = abs(b) > TOLERANCE and abs(b) > 3 * se_b
             if not (off_a or off_b) and residual <= RESIDUAL * scale:
-                return True, f"-loss = {a:.4g} x ELBO + {b:.3g} x KL + const. (loss read as a batch {name})"
+                return ObjectiveVerdict(True, f"-loss = {a:.4g} x ELBO + {b:.3g} x KL + const. (loss read as a batch"
+                                              f" {name})", a, b, bernoulli)
         a, b, *_ = min(fits.values(), key=lambda f: abs(f[0] - 1.0) + abs(f[1]))
-        return False, (f"-loss = {a:.4g} x ELBO + {b:.3g} x KL + const. over the epoch's batches (expected 1 x ELBO"
-                       " + 0 x KL: beta != 1, KL annealing, a scaled loss or extra terms)")
-
+        return ObjectiveVerdict(False, f"-loss = {a:.4g} x ELBO + {b:.3g} x KL + const. over the epoch's batches"
+                                       " (expected 1 x ELBO + 0 x KL: beta != 1, KL annealing, a scaled loss or extra"
+                                       " terms)", a, b, bernoulli)
 
     def bernoulli(self) -> str | None:
         """Why the losses look like a Bernoulli (BCE) ELBO of ``dec_mean`` and not like the Gaussian ELBO, or
@@ -116,47 +144,6 @@ class ObjectiveCheck:
         return (f"over the epoch's {self.batches} batches the Bernoulli ELBO explains -loss up to a residual of"
                 f" {bernoulli:.2g} nats, the Gaussian ELBO only up to {gaussian:.2g} nats ({share:.2g} % of the"
                 " losses' spread)")
-
-
-class ObjectiveWatch:
-    """The monitor's answer to "is the training loss the beta = 1 ELBO?", per fit.
-
-    The first training epoch that can tell (5 batches with a ``loss``; shorter epochs pool their batches) answers;
-    after it, the regression runs again each epoch only when asked (:meth:`EntropyMonitor.watch_objective`), as
-    its per-batch KL (and Bernoulli ELBO) cost a logging step about half as much again. A BCE-trained model
-    gets one warning per fit.
-    """
-
-    def __init__(self) -> None:
-        self.every_epoch = False
-        self.reset_run()
-
-    def reset_run(self) -> None:
-        #: ``(True | False | None, why)``; ``None`` while nothing could tell
-        self.check: tuple[bool | None, str] = (None, "not checked")
-        self.warned_bernoulli = False
-
-    def pool(self) -> bool:
-        """Whether a new epoch keeps the last one's batches: epochs too short for the check pool them (each batch's
-        loss, ELBO and KL relate the same way whatever the weights, unless the loss changes, as under beta
-        annealing, which a per-epoch check must see)."""
-        return not self.every_epoch and self.check[0] is None
-
-    def epoch_end(self, metrics: Any, kept: tuple[str, ...]) -> None:
-        """Read the epoch's regression (``metrics``: the training stage's) and warn once about a BCE loss."""
-        objective = metrics.objective
-        has_loss = "loss" in kept
-        self.check = objective.verdict() if has_loss else (None, "the training steps return no `loss`")
-        why = objective.bernoulli() if has_loss else None
-        metrics.track_objective = self.every_epoch or self.check[0] is None
-        if why is not None and not self.warned_bernoulli:
-            self.warned_bernoulli = True
-            rank_zero_warn(
-                "EntropyMonitor: the training loss is a Bernoulli (BCE) ELBO of the returned `dec_mean`, not a"
-                f" Gaussian one ({why}). The logged ELBO, entropy sum and gap are those of a Gaussian decoder"
-                " N(dec_mean, exp(dec_logvar)), which this model does not have: they say nothing about its"
-                " convergence. The entropy-sum result holds for Gaussian decoders only."
-            )
 
 
 def _accumulate(sums: dict[str, list[float]], y: float, elbo_sum: float, kl_sum: float, points: int) -> None:

@@ -16,6 +16,7 @@ from torch.distributions import Distribution
 
 from lightning_entropy_vae.functional import _inputs as _in
 from lightning_entropy_vae.functional._checks import (
+    DISCRETE_DECODER_KEYS,
     EXAMPLE_RETURN,
     STEP_KEYS,
     as_float_tensor,
@@ -46,8 +47,9 @@ def read_output(values: Any, hook: str, stage: str, pl_module: Any, got: str | N
     skip = {"train": "", "test": "\nor pass EntropyMonitor(stages=('train', 'val')) to skip the test stage."}
     raise ValueError(
         f"{owner_of(hook, pl_module)} expected `{step}` to return a dict (or VAEOutput) with the keys `enc_mean`,"
-        f" `enc_logvar`, `dec_logvar`, `dec_mean`, `x` and optionally `elbo`, `prior_logvar`, but got"
-        f" {got or 'a ' + type(values).__name__}. Return them from the step, for example:\n" + EXAMPLE_RETURN
+        f" `enc_logvar`, `dec_logvar`, `dec_mean`, `x` and optionally `elbo`, `prior_logvar` (a Bernoulli decoder"
+        f" returns `dec_logits` instead of `dec_mean` and `dec_logvar`), but got {got or 'a ' + type(values).__name__}."
+        " Return them from the step, for example:\n" + EXAMPLE_RETURN
         + skip.get(kind, "\nor pass EntropyMonitor(stages=('train',)) to skip validation.")
     )
 
@@ -101,7 +103,7 @@ class StageLayout:
 
     def __init__(self, kw: Mapping[str, Any], owner: str, *, need_loss: bool = False,
                  need_residual: bool = False) -> None:
-        d = _in.data(kw.get("x"))
+        d = _in.data(kw.get("x"), classes=_in.is_categorical(kw.get("dec_class_logits"), kw.get("likelihood")))
         enc = _in.encoder(kw.get("enc_mean"), kw.get("enc_logvar"), kw.get("posterior"), owner=owner, given=kw)
         if enc.mean is None:
             raise missing_inputs_error(owner, "`enc_mean` and `enc_logvar` (or a `posterior`)", kw)
@@ -112,18 +114,26 @@ class StageLayout:
         #: the latents' shape per point before flattening: ``(H,)``, or ``(C, h, w)`` for an image VAE
         self.latent_shape = (tuple(latent.shape[1:]) if isinstance(latent, Tensor) else
                              _full_shape(latent)[1:] if isinstance(latent, Distribution) else (self.latent_dim,))
-        dec = _in.decoder(kw.get("dec_mean"), kw.get("dec_logvar"), kw.get("likelihood"), d, owner=owner, given=kw)
+        dec = _in.decoder(kw.get("dec_mean"), kw.get("dec_logvar"), kw.get("likelihood"), d, owner=owner, given=kw,
+                          dec_logits=kw.get("dec_logits"), dec_class_logits=kw.get("dec_class_logits"),
+                          dec_probs=kw.get("dec_probs"))
         check_batch(owner, encoder=self.batch, decoder=dec.batch_size, x=d.batch_size)
         self.data_dim = dec.data_dim
         self.decoder_layout = dec.layout
+        #: ``"gaussian"``, ``"bernoulli"``, ``"categorical"`` or ``"continuous_bernoulli"``
+        self.decoder_kind = dec.kind
+        #: a categorical decoder's ``x`` may hold integer class indices
+        self._integer_x = d.raw is not None and not d.raw.is_floating_point()
         self.has_elbo = kw.get("elbo") is not None
         if self.has_elbo:  # a mean ELBO () or a (B, 1) column would be averaged over the wrong count
             elbo_shape = tuple(as_float_tensor("elbo", kw["elbo"]).shape)
             if elbo_shape != (self.batch,):
                 raise ValueError(f"{owner} expected `elbo` of shape (B,) = ({self.batch},), one ELBO per sample,"
                                  f" but got {elbo_shape}.")
-        elif d.x is None or dec.mean is None:
-            raise missing_inputs_error(owner, "`elbo` (B,), or `x` and `dec_mean` to compute it", kw)
+        elif d.x is None or (dec.mean is None and dec.params is None):
+            raise missing_inputs_error(owner, "`elbo` (B,), or `x` and the decoder's `dec_mean` (Gaussian),"
+                                              " `dec_logits`/`dec_probs` (Bernoulli) or `dec_class_logits`"
+                                              " (categorical) to compute it", kw)
         self.has_prior = p.logvar is not None and p.dist is None
         #: distribution objects cannot be stacked: their batches go to the metrics one by one
         self.distributions = any(kw.get(k) is not None for k in DISTRIBUTION_KEYS)
@@ -133,11 +143,11 @@ class StageLayout:
         self._keyset = frozenset(self.keys)
         self._first_len = len(kw)
         data_rank = len(d.data_shape) if d.data_shape is not None else 1
-        self._rules = {k: _shape_rule(k, kw[k], data_rank, dec.layout) for k in self.keys if k != "loss"}
+        self._rules = {k: _shape_rule(k, kw[k], data_rank, dec.layout, dec.lead) for k in self.keys if k != "loss"}
         self._expected: dict[int, dict[str, tuple[int, ...]]] = {}
         #: the keys the metrics need, of which a batch keeps references: no D-sized tensor unless needed
         needed = {"enc_mean", "enc_logvar", "posterior", "prior_logvar", "prior", "dec_logvar", "likelihood",
-                  "loss"}
+                  "loss", *DISCRETE_DECODER_KEYS}
         if self.has_elbo:
             needed.add("elbo")
         if not self.has_elbo or (need_residual and "dec_sq_residual" not in kw):
@@ -196,7 +206,7 @@ class StageLayout:
         for key, shape in self.expected(batch).items():
             value = checked[key]
             if isinstance(value, Tensor):
-                if value.shape != shape or not value.is_floating_point():
+                if value.shape != shape or not (value.is_floating_point() or (key == "x" and self._integer_x)):
                     self._raise(key, value, shape, owner())
             elif not isinstance(value, Distribution) or _full_shape(value) != shape:
                 self._raise(key, value, shape, owner())
@@ -206,7 +216,7 @@ class StageLayout:
         if not isinstance(value, (Tensor, Distribution)):
             raise TypeError(f"{owner} expected `{key}` to be a torch.Tensor, as in the stage's first batch, but got"
                             f" {type(value).__name__}.")
-        if isinstance(value, Tensor) and not value.is_floating_point():
+        if isinstance(value, Tensor) and not value.is_floating_point() and not (key == "x" and self._integer_x):
             raise TypeError(f"{owner} expected `{key}` to be a floating-point tensor, but got dtype {value.dtype}.")
         axis = self._rules[key][0]
         rule = "" if axis is None else f" (its batch dimension {axis} matching `enc_logvar`)"
@@ -222,11 +232,14 @@ def _full_shape(value: Any) -> tuple[int, ...]:
     return tuple(value.shape)
 
 
-def _shape_rule(key: str, value: Any, data_rank: int, decoder_layout: str) -> tuple[int | None, tuple[int, ...]]:
+def _shape_rule(key: str, value: Any, data_rank: int, decoder_layout: str,
+                decoder_lead: int = 1) -> tuple[int | None, tuple[int, ...]]:
     """``(axis, shape)``: where the batch dimension sits in this key's first-batch ``shape`` (None: nowhere)."""
     shape = _full_shape(value)
-    if key in ("dec_mean", "likelihood"):  # (B, *data) or (S, B, *data)
-        axis: int | None = 0 if len(shape) == 1 + data_rank else 1
+    if key in DISCRETE_DECODER_KEYS:  # (B, *data[, C]) or (S, B, *data[, C]), as the parser read it
+        axis: int | None = decoder_lead - 1
+    elif key in ("dec_mean", "likelihood"):  # (B, *data) or (S, B, *data)
+        axis = 0 if len(shape) == 1 + data_rank else 1
     elif key == "dec_logvar":  # (B, D) or (B, 1); (S, B, D); or one value per model: () or (D,)
         axis = {"per_sample": 0, "per_z": 1}.get(decoder_layout)
     elif key in ("prior_logvar", "prior"):  # (H,); each sample's own (B, H), or a prior repeated over a plate

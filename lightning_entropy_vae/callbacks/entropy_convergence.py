@@ -42,13 +42,14 @@ class EntropyConvergence(Callback):
     the run ends first), it never stops: the run trains to its budget, and the checkpoint still returns the
     best validation epoch. Epochs whose training loss is not the beta = 1 ELBO up to a constant (beta != 1,
     KL annealing, extra terms) do not count towards the gate: the entropy sum is the limit of the beta = 1
-    ELBO only (:attr:`EntropyMonitor.objective_check`). Where that cannot be judged (the training steps return
-    no ``loss``), it says so once and does not count, unless ``require_elbo_objective=False``.
+    ELBO only (the monitor's ``entropy/train/objective_is_elbo``). Where that cannot be judged (the training
+    steps return no ``loss``), it says so once and does not count, unless ``require_elbo_objective=False``.
 
-    It needs an :class:`EntropyMonitor` that monitors ``"train"`` (and ``monitor_stage``) in the same Trainer,
-    and checks after it (it moves itself behind the monitor if placed before). With two monitors in the Trainer
-    (two ``prefix`` values), ``monitor_prefix`` names the one to read. Every rank takes the same
-    decision (``reduce_boolean_decision``); the state resumes from checkpoints (plain types).
+    Like Lightning's ``EarlyStopping`` it reads ``trainer.callback_metrics`` only: the keys an
+    :class:`EntropyMonitor` that monitors ``"train"`` (and ``monitor_stage``) publishes in the same Trainer,
+    where it must come after that monitor in ``callbacks``. With two monitors in the Trainer (two ``prefix``
+    values), ``monitor_prefix`` names the one to read. Every rank takes the same decision
+    (``reduce_boolean_decision``); the state resumes from checkpoints (plain types).
 
     Args:
         gap_tolerance: the training gap below which an epoch counts towards the gate (default 1 %).
@@ -105,11 +106,11 @@ class EntropyConvergence(Callback):
         #: the keys read, under the monitor's prefix (known at set-up)
         self.monitor_key = f"{monitor_prefix or 'entropy'}/{monitor_stage}/elbo"
         self._gap_key = f"{monitor_prefix or 'entropy'}/train/rel_gap"
+        self._objective_key = f"{monitor_prefix or 'entropy'}/train/objective_is_elbo"
         self.require_elbo_objective = bool(require_elbo_objective)
         self.check_finite = bool(check_finite)
         self.stopping_threshold = None if stopping_threshold is None else float(stopping_threshold)
         self.verbose = bool(verbose)
-        self._monitor: EntropyMonitor | None = None
         self._reset()
         key: dict[str, Any] = {"gap_tolerance": self.gap_tolerance, "gate_epochs": gate_epochs, "patience": patience,
                                "monitor_stage": monitor_stage}
@@ -144,17 +145,20 @@ class EntropyConvergence(Callback):
                 f" {sorted(needed)}, but it monitors {list(monitor.stages)}."
             )
         callbacks = list(trainer.callbacks)
-        if callbacks.index(self) < callbacks.index(monitor):  # check after the monitor has published
-            callbacks.remove(self)
-            callbacks.insert(callbacks.index(monitor) + 1, self)
-            trainer.callbacks = callbacks  # a new list: the loop calling this hook goes on over the old one
-        self._monitor = monitor
+        if callbacks.index(self) < callbacks.index(monitor):  # its epoch keys must be published when this checks
+            raise ValueError(
+                "Expected EntropyConvergence after the EntropyMonitor whose keys it reads in the Trainer's callbacks,"
+                f" but got it at position {callbacks.index(self)} and the monitor at {callbacks.index(monitor)}."
+                " Pass Trainer(callbacks=[EntropyMonitor(), EntropyConvergence()])."
+            )
         self.monitor_key = f"{monitor.prefix}/{self.monitor_stage}/elbo"
         self._gap_key = f"{monitor.prefix}/train/rel_gap"
+        self._objective_key = f"{monitor.prefix}/train/objective_is_elbo"
         self._reset()
 
     def _find_monitor(self, trainer: pl.Trainer) -> EntropyMonitor:
-        """The Trainer's EntropyMonitor with ``monitor_prefix``, or its only one."""
+        """The Trainer's EntropyMonitor with ``monitor_prefix``, or its only one: its prefix and stages are checked at
+        set-up; its values are read from ``trainer.callback_metrics`` only."""
         monitors = [cb for cb in trainer.callbacks if isinstance(cb, EntropyMonitor)]
         if not monitors:
             raise ValueError(
@@ -173,11 +177,6 @@ class EntropyConvergence(Callback):
                              f" {prefixes}) and cannot tell which to read. Name it: EntropyConvergence("
                              f"monitor_prefix={prefixes[0]!r}).")
         return monitors[0]
-
-    @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # after every callback's setup: the monitor's resets its own settings there, whatever the order
-        self._monitor.watch_objective()
 
     # ------------------------------------------------------------------------------------- epochs
     @override
@@ -229,24 +228,26 @@ class EntropyConvergence(Callback):
         total = trainer.num_training_batches
         if isinstance(total, int) and self._epoch_batches < total:  # a mid-epoch resume: not a whole epoch
             return
-        if self._monitor is not None and self._monitor.fixed_decoder_variance:
-            self._warn_once("fixed", "EntropyConvergence: the decoder variance is fixed (`dec_logvar` does not require"
-                                     " grad), so the gap between the ELBO and the entropy sum does not close (it stays"
-                                     " 0.5*(D - R/sigma^2) per point) and the gate will not open: training runs to its"
-                                     " budget. Learn the variance, or stop with EarlyStopping(monitor="
-                                     f"'{self.monitor_key}', mode='max').")
-        if (gap := trainer.callback_metrics.get(self._gap_key)) is None:
+        metrics = trainer.callback_metrics
+        if (gap := metrics.get(self._gap_key)) is None:
             return
-        objective, why = self._monitor.objective_check if self._monitor is not None else (None, "")
-        if self.require_elbo_objective and objective is not True:
+        objective = metrics.get(self._objective_key)
+        objective = float(objective) if objective is not None else math.nan
+        if self.require_elbo_objective and objective != 1.0:
             self.closed_epochs = 0
-            if objective is False:
-                self._warn_once("objective", f"EntropyConvergence: the training loss is not the beta = 1 ELBO: {why}."
-                                             " Such epochs do not count (require_elbo_objective=False counts them).")
+            if objective == 0.0:
+                base = self._objective_key[: -len("is_elbo")]
+                a, b = (float(metrics.get(base + name, math.nan)) for name in ("elbo_coef", "kl_coef"))
+                self._warn_once("objective", f"EntropyConvergence: the training loss is not the beta = 1 ELBO"
+                                             f" (`{self._objective_key}` = 0: -loss = {a:.4g} x ELBO + {b:.3g} x KL +"
+                                             " const. over the epoch's batches, expected 1 x ELBO + 0 x KL: beta != 1,"
+                                             " KL annealing, a scaled loss or extra terms). Such epochs do not count"
+                                             " (require_elbo_objective=False counts them).")
             else:
                 self._warn_once("unknown", f"EntropyConvergence cannot tell whether the training loss is the beta = 1"
-                                           f" ELBO ({why}); epochs do not count. Return the loss from the training"
-                                           " step, or pass require_elbo_objective=False.")
+                                           f" ELBO (`{self._objective_key}` is NaN: the training steps return no"
+                                           " `loss`, or too few batches to tell); epochs do not count. Return the"
+                                           " loss from the training step, or pass require_elbo_objective=False.")
             return
         gap = float(gap)
         self.closed_epochs = self.closed_epochs + 1 if math.isfinite(gap) and abs(gap) < self.gap_tolerance else 0

@@ -1,23 +1,30 @@
 r"""EntropyMonitor: live entropy-sum ELBO, its gap to the minibatch ELBO, and posterior-collapse flags.
 
-The story of a batch: read the step's output, keep references to its tensors (returned parameters as the forward
-pass saw them) (:mod:`._recorder`), at the logging cadence reduce the kept batches into the stage's metrics in one
-call each (:mod:`._stage_metrics`), log and warn (:mod:`._publisher`).
+One batch, in one direction: the batch hook reads the step's output (:mod:`._step_outputs`) and hands it to the
+stage's :class:`~._stage.StageTracker`, which keeps references to its tensors; at the logging cadence the tracker
+reduces the kept batches into its metrics and returns their values; the publishing functions (:mod:`._publish`)
+write them to the loggers and ``trainer.callback_metrics``. The monitor owns the trackers, its options
+(:class:`~._options.MonitorOptions`) and what a run carries from epoch to epoch (the gap's moving average, the
+collapse flags, what was warned about).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lightning_entropy_vae.callbacks import _loggers
-from lightning_entropy_vae.callbacks._objective import ObjectiveWatch
-from lightning_entropy_vae.callbacks._options import Extract, check_monitor_options, state_key_fields
-from lightning_entropy_vae.callbacks._publisher import Publisher
-from lightning_entropy_vae.callbacks._recorder import Stage, StageRecorder
+from lightning_entropy_vae.callbacks import _logger_extras, _loggers, _publish
+from lightning_entropy_vae.callbacks._live_params import LiveParameters
+from lightning_entropy_vae.callbacks._options import Extract, MonitorOptions
+from lightning_entropy_vae.callbacks._stage import StageTracker
+from lightning_entropy_vae.callbacks._step_outputs import owner_of, read_output
+
+#: Keys of which one in a step's output makes it a monitored output (for the test stage not named in ``stages``).
+ENCODER_KEYS = ("enc_mean", "enc_logvar", "posterior")
 
 __all__ = ["EntropyMonitor"]
 
@@ -100,40 +107,44 @@ class EntropyMonitor(Callback):
         latent_groups: str | None = None,
         prefix: str = "entropy",
     ) -> None:
-        #: the test stage monitored only where the test steps return the vocabulary (not asked for by name)
-        self._optional_test = stages is None
-        stages, tensorboard_per_latent = check_monitor_options(
-            stages=stages, prefix=prefix, collapse_criterion=collapse_criterion,
-            collapse_threshold=collapse_threshold, rel_gap_floor=rel_gap_floor, ema_decay=ema_decay,
-            max_latents_as_scalars=max_latents_as_scalars, log_bar_chart_every_n_epochs=log_bar_chart_every_n_epochs,
-            tensorboard_per_latent=tensorboard_per_latent, extract=extract, nan_strategy=nan_strategy,
-            latent_groups=latent_groups)
-        self.stages, self.prefix, self.extract, self.nan_strategy = stages, prefix, extract, nan_strategy
-        self.collapse_criterion, self.collapse_threshold = collapse_criterion, collapse_threshold
-        self.rel_gap_floor, self.ema_decay = float(rel_gap_floor), float(ema_decay)
-        self.max_latents_as_scalars, self.latent_groups = max_latents_as_scalars, latent_groups
-        self.log_histograms, self.log_bar_chart_every_n_epochs = bool(log_histograms), log_bar_chart_every_n_epochs
-        self.tensorboard_per_latent, self.warn_on_collapse = tensorboard_per_latent, bool(warn_on_collapse)
-        self._publisher = Publisher(
-            prefix=prefix, stages=stages, rel_gap_floor=self.rel_gap_floor, ema_decay=self.ema_decay,
-            max_latents_as_scalars=max_latents_as_scalars, log_histograms=self.log_histograms,
-            tensorboard_per_latent=tensorboard_per_latent, log_bar_chart_every_n_epochs=log_bar_chart_every_n_epochs,
-            latent_groups=latent_groups, warn_on_collapse=self.warn_on_collapse, collapse_criterion=collapse_criterion)
-        self._recorder = StageRecorder(extract=extract, nan_strategy=nan_strategy, criterion=collapse_criterion,
-                                       threshold=collapse_threshold, objective=True)
-        self._stages, self._train = self._recorder.stages, "train" in self.stages  # _stages: filled by first batches
-        self._objective = ObjectiveWatch()  # is the training loss the beta = 1 ELBO?
+        self._options = MonitorOptions.build(
+            stages=stages, collapse_criterion=collapse_criterion, collapse_threshold=collapse_threshold,
+            rel_gap_floor=rel_gap_floor, ema_decay=ema_decay, max_latents_as_scalars=max_latents_as_scalars,
+            log_histograms=log_histograms, tensorboard_per_latent=tensorboard_per_latent,
+            log_bar_chart_every_n_epochs=log_bar_chart_every_n_epochs, extract=extract, nan_strategy=nan_strategy,
+            warn_on_collapse=warn_on_collapse, latent_groups=latent_groups, prefix=prefix)
+        self._trackers: dict[str, StageTracker] = {}
+        self._live = LiveParameters()
+        self._lines = _logger_extras.TensorBoardLines(prefix)
+        self._callback_metrics = _loggers.CallbackMetrics()
         self._reset_run()
         # Lightning reads state_key on every hook call: build it once
-        self._state_key = self._generate_state_key(**state_key_fields(stages, self._optional_test, collapse_criterion,
-                                                                      prefix))
+        self._state_key = self._generate_state_key(**self._options.state_key_fields())
 
     def _reset_run(self) -> None:
-        """State of one fit (restored from a checkpoint by ``load_state_dict``, after ``setup``)."""
-        self._recorder.fixed_variance = None
-        self._publisher.reset_run()
+        """What one fit carries from epoch to epoch (restored from a checkpoint by ``load_state_dict``)."""
+        self._gap_ema: float | None = None
+        self._collapsed: list[bool] | None = None  # the last training epoch's flags
+        self._warned_collapse: frozenset[int] = frozenset()  # each latent is reported once per run
+        self._warned: set[str] = set()  # once-per-run warnings: empty epochs, a Bernoulli loss
+        self._fixed_variance: bool | None = None  # from a resumed run's checkpoint, else its first training batch
+        self._objective: tuple[bool | None, str] = (None, "not checked")
         self._last_global_step = -1
-        self._objective.reset_run()
+        self._write_layout = True
+
+    # ------------------------------------------------------------------------------------ read-only
+    @property
+    def options(self) -> MonitorOptions:
+        """The monitor's settings, as checked at construction (immutable)."""
+        return self._options
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return self._options.stages
+
+    @property
+    def prefix(self) -> str:
+        return self._options.prefix
 
     @property
     def state_key(self) -> str:
@@ -141,110 +152,123 @@ class EntropyMonitor(Callback):
 
     @property
     def objective_check(self) -> tuple[bool | None, str]:
-        """Is the training loss the beta = 1 ELBO? From the first training epoch (the last after
-        :meth:`watch_objective`): ``(True | False | None, why)``; ``None`` while nothing could tell."""
-        return self._objective.check
+        """Is the training loss the beta = 1 ELBO (checked each training epoch)? ``(True | False | None, why)``;
+        ``None`` while nothing could tell. Also published as ``{prefix}/train/objective_is_elbo``."""
+        return self._objective
 
     @property
     def fixed_decoder_variance(self) -> bool | None:
         """Whether this run's training steps return a fixed decoder variance (VAE-0, a plain MSE loss), whose gap to
         the entropy sum does not close; ``None`` before the first training batch."""
-        return self._recorder.fixed_variance
-
-    def watch_objective(self) -> None:
-        """Check every training epoch whether the training loss is the beta = 1 ELBO up to a constant
-        (:attr:`objective_check`; :class:`EntropyConvergence` calls this). Without it the monitor checks the first
-        training epoch of each fit only: enough to warn once about a Bernoulli (BCE) loss, at no cost later."""
-        self._objective.every_epoch = True
+        train = self._trackers.get("train")
+        return train.fixed_variance if train is not None else self._fixed_variance
 
     # ---------------------------------------------------------------------------------------- hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._recorder.clear()  # each run reads its own layouts: a reused callback may meet another model
-        self._recorder.fixed_variance = None  # decided by each run's training (a resumed fit restores it)
-        self._publisher.layout_written = False  # each run may log to another logger
+        twins = [cb for cb in trainer.callbacks if isinstance(cb, EntropyMonitor) and cb is not self
+                 and cb.prefix == self.prefix]
+        if twins:
+            raise ValueError(
+                f"Expected each EntropyMonitor in the Trainer to have its own `prefix`, but got {len(twins) + 1} with"
+                f" prefix={self.prefix!r}: their keys would overwrite each other. Pass another prefix to the second,"
+                " e.g. EntropyMonitor(prefix='entropy_ema')."
+            )
+        self._trackers = {}  # each run reads its own layouts: a reused callback may meet another model
+        self._fixed_variance = None  # decided by each run's training (a resumed fit restores it after set-up)
+        self._write_layout = True  # each run may log to another logger
         if stage == "fit":
-            self._objective.every_epoch = False  # EntropyConvergence asks again when the fit starts
             self._reset_run()
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._publisher.lines.close()  # TensorBoard's line runs
+        self._lines.close()  # TensorBoard's line runs
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._start_batch(record=False)  # a Capture drops what the failed step's forward pass left
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._recorder.live.attach(pl_module)
-        self._publisher.layout_written = False  # once per fit: a resumed run may log to a new directory
+        self._live.attach(pl_module)
+        self._write_layout = True  # once per fit: a resumed run may log to a new directory
         # a step log needs an optimizer step since the last batch (the first batch of an accumulation window has none)
         self._last_global_step = trainer.global_step
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._recorder.skipped_none["train"] = 0
-        if "train" in self._stages:
-            self._stages["train"].metrics.reset_epoch(carry_window=True, carry_objective=self._objective.pool())
+        if "train" in self._trackers:
+            self._trackers["train"].start_epoch()
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        self._recorder.start_batch(record=self._train)  # a Capture records this step's forward pass, or nothing
-        if self._train:
-            self._recorder.live.start_batch()
-            # Lightning divides the returned loss by this; a GradientAccumulationScheduler sets it per epoch
-            self._recorder.loss_scale = trainer.accumulate_grad_batches
+        train = "train" in self.stages
+        self._start_batch(record=train)  # a Capture records this step's forward pass, or nothing
+        if train:
+            self._live.start_batch()
 
     @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
-        if self._train:
-            self._recorder.live.before_optimizer_step()
+        if "train" in self.stages:
+            self._live.before_optimizer_step()
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if not self._train:
+        if "train" not in self.stages:
             return
-        self._recorder.keep("on_train_batch_end", "train", pl_module, outputs, batch)
+        # Lightning divides the returned loss by this; a GradientAccumulationScheduler sets it per epoch
+        loss_scale = trainer.accumulate_grad_batches
+        self._keep("on_train_batch_end", "train", pl_module, outputs, batch, loss_scale)
         # Lightning's cadence for its own step metrics: batches that stepped (one per batch, however many optimizers
         # stepped), and under automatic optimization only a batch that ends an accumulation window
         stepped = trainer.global_step != self._last_global_step or not pl_module.automatic_optimization
         self._last_global_step = trainer.global_step
         every = trainer.log_every_n_steps
+        train = self._trackers.get("train")
         # the step keys go to loggers only: without one, the kept batches wait for the epoch end (or a full
         # stash), unless nan_strategy="error" asks to fail within log_every_n_steps of a bad batch
-        if (stepped and every and (_loggers.logger_step(trainer) + 1) % every == 0
-                and (trainer.loggers or self.nan_strategy == "error") and "train" in self._stages):
-            self._log_step(trainer, pl_module, self._stages["train"])
+        if (stepped and every and (_loggers.logger_step(trainer) + 1) % every == 0 and train is not None
+                and train.layout is not None and (trainer.loggers or self._options.nan_strategy == "error")):
+            self._log_step(trainer, pl_module, train, loss_scale)
+
+    def _log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, train: StageTracker,
+                  loss_scale: float) -> None:
+        """A logging step: reduce the kept training batches and publish the window's step keys."""
+        train.reduce(lambda: owner_of("on_train_batch_end", pl_module), loss_scale)
+        self._gap_ema = _publish.step(self._options, trainer, self._lines, train.window(), train.layout.data_dim,
+                                      self._gap_ema)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        current = self._stages.get("train")
-        if current is None:
-            self._no_output("train", "on_train_epoch_end", trainer, pl_module)
-            return
-        stats = self._log_epoch("train", "on_train_epoch_end", current, trainer, pl_module)
-        self._publisher.warn_on_new_collapse(trainer, stats["collapsed"], current.layout.latent_shape)
-        if self._recorder.objective and current.metrics.track_objective:
-            self._objective.epoch_end(current.metrics, current.layout.kept)
+        collapsed = self._end_epoch("train", "on_train_epoch_end", trainer, pl_module)
+        train = self._trackers.get("train")
+        if collapsed is not None:
+            self._warned_collapse = _publish.collapse_warning(self._options, trainer.current_epoch, self._collapsed,
+                                                              collapsed, self._warned_collapse,
+                                                              train.layout.latent_shape)
+            self._collapsed = collapsed
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._recorder.start_held_out_epoch("val")
+        self._start_held_out_epoch("val")
 
     @override
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._recorder.start_held_out_epoch("test")
+        self._start_held_out_epoch("test")
 
     @override
     def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                                   batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._recorder.start_batch(record="val" in self.stages and not trainer.sanity_checking)
+        self._start_batch(record="val" in self.stages and not trainer.sanity_checking)
 
     @override
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         if "val" in self.stages and not trainer.sanity_checking:
             stage = f"val_{dataloader_idx}" if dataloader_idx else "val"
-            self._recorder.keep("on_validation_batch_end", stage, pl_module, outputs, batch)
+            self._keep("on_validation_batch_end", stage, pl_module, outputs, batch)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -254,46 +278,102 @@ class EntropyMonitor(Callback):
     @override
     def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                             batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._recorder.start_batch(record="test" in self.stages)
+        self._start_batch(record="test" in self.stages)
 
     @override
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
         if "test" in self.stages:
             stage = f"test_{dataloader_idx}" if dataloader_idx else "test"
-            self._recorder.keep("on_test_batch_end", stage, pl_module, outputs, batch, optional=self._optional_test)
+            self._keep("on_test_batch_end", stage, pl_module, outputs, batch)
 
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._end_held_out_epoch("test", "on_test_epoch_end", trainer, pl_module)
 
+    # --------------------------------------------------------------------------------- batch to tracker
+    def _start_batch(self, record: bool) -> None:
+        """A batch starts: an ``extract`` that records forward passes (a :class:`~lightning_entropy_vae.Capture`)
+        drops what it holds and records this batch's forward pass only if ``record`` (its stage is monitored)."""
+        start = getattr(self._options.extract, "start_batch", None)
+        if start is not None:
+            start(record)
+
+    def _keep(self, hook: str, stage: str, pl_module: Any, outputs: Any, batch: Any, loss_scale: float = 1.0) -> None:
+        """Read a step's output and hand it to its stage's tracker (references only, no device work)."""
+        extract = self._options.extract
+        values = extract(pl_module, outputs, batch) if extract is not None else outputs
+        tracker = self._trackers.get(stage)
+        if tracker is None:
+            if (stage.startswith("test") and self._options.optional_test
+                    and not (isinstance(values, Mapping) and any(values.get(k) is not None for k in ENCODER_KEYS))):
+                return  # the default's test stage starts only from an output holding encoder statistics
+            tracker = self._trackers[stage] = StageTracker(
+                stage, criterion=self._options.collapse_criterion, threshold=self._options.collapse_threshold,
+                nan_strategy=self._options.nan_strategy, live=self._live if stage == "train" else None,
+                fixed_variance=self.fixed_decoder_variance, objective=stage == "train")
+        values = read_output(values, hook, stage, pl_module)
+        if values is None:  # Lightning's "skip this batch"
+            tracker.skip()
+        else:
+            tracker.keep(values, lambda: owner_of(hook, pl_module), loss_scale)
+
+    # ------------------------------------------------------------------------------------- epoch ends
+    def _start_held_out_epoch(self, kind: str) -> None:
+        """A validation (``kind="val"``) or test epoch starts: its stages (``val``, ``val_1``, ...) start empty."""
+        for stage, tracker in self._trackers.items():
+            if stage.split("_")[0] == kind:
+                tracker.start_epoch()
+
     def _end_held_out_epoch(self, kind: str, hook: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if kind in self.stages and kind not in self._stages:
-            self._no_output(kind, hook, trainer, pl_module)
-        for stage in sorted(s for s in self._stages if s.split("_")[0] == kind):
-            self._log_epoch(stage, hook, self._stages[stage], trainer, pl_module)
+        for stage in sorted(s for s in self._trackers if s.split("_")[0] == kind):
+            self._end_epoch(stage, hook, trainer, pl_module)
 
-    def _no_output(self, stage: str, hook: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._publisher.no_output(stage, hook, trainer, pl_module, self._recorder.skipped_none.get(stage, 0))
-
-    # ---------------------------------------------------------------------------------------- logs
-    def _log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, current: Stage) -> None:
-        self._recorder.reduce(current, "on_train_batch_end", pl_module)
-        self._publisher.step(trainer, current)
-
-    def _log_epoch(self, stage: str, hook: str, current: Stage, trainer: pl.Trainer,
-                   pl_module: pl.LightningModule) -> dict[str, Any]:
-        self._recorder.reduce(current, hook, pl_module)
-        return self._publisher.epoch(stage, current, trainer, pl_module, self._recorder.skipped_none.get(stage, 0))
+    def _end_epoch(self, stage: str, hook: str, trainer: pl.Trainer, pl_module: pl.LightningModule
+                   ) -> list[bool] | None:
+        """Reduce the stage's kept batches, read its epoch over every process and publish it; return the collapse
+        flags (``None``: nothing kept)."""
+        tracker = self._trackers.get(stage)
+        if tracker is None:
+            return None
+        if tracker.layout is not None:
+            tracker.reduce(lambda: owner_of(hook, pl_module), trainer.accumulate_grad_batches)
+        result = tracker.result(trainer.strategy)  # collectives: every rank calls this here
+        if result.objective is not None:
+            self._objective = (result.objective.is_elbo, result.objective.why)
+            if result.objective.bernoulli is not None and "bernoulli" not in self._warned:
+                self._warned.add("bernoulli")
+                _publish.bernoulli_warning(result.objective.bernoulli)
+        if result.empty_ranks == result.world_size:  # on every process, every step of the epoch returned None
+            if stage != "train":  # validation and test steps return nothing: an error
+                read_output(0, hook, stage, pl_module, got=f"None from all {int(result.skipped)} batches of the epoch")
+            if f"none/{stage}" not in self._warned:
+                self._warned.add(f"none/{stage}")
+                _publish.all_skipped_warning(trainer.current_epoch, int(result.skipped))
+            return None
+        if not result.data_dim:  # this process kept nothing; the others publish their own values
+            return None
+        collapsed = _publish.epoch(self._options, trainer, pl_module, result, self._lines, self._callback_metrics,
+                                   write_layout=self._write_layout)
+        self._write_layout = False
+        if collapsed is None and f"empty/{stage}" not in self._warned:
+            self._warned.add(f"empty/{stage}")
+            _publish.empty_epoch_warning(stage, trainer.current_epoch, int(result.skipped))
+        return collapsed
 
     # -------------------------------------------------------------------------------------- resume
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {**self._publisher.state_dict(), "fixed_variance": self._recorder.fixed_variance,
+        """What a resumed run continues from (plain types)."""
+        return {"gap_ema": self._gap_ema, "collapsed": self._collapsed,
+                "warned_collapse": sorted(self._warned_collapse), "fixed_variance": self.fixed_decoder_variance,
                 "last_global_step": self._last_global_step}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._publisher.load_state_dict(state_dict)
-        self._recorder.fixed_variance = state_dict.get("fixed_variance")
+        ema = state_dict.get("gap_ema")
+        self._gap_ema = None if ema is None else float(ema)
+        self._collapsed = state_dict.get("collapsed")
+        self._warned_collapse = frozenset(state_dict.get("warned_collapse", []))
+        self._fixed_variance = state_dict.get("fixed_variance")
         self._last_global_step = int(state_dict.get("last_global_step", -1))

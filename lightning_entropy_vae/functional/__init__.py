@@ -1,13 +1,19 @@
-"""Pure-torch functions for the three-entropies ELBO of Gaussian VAEs (no Lightning import).
+"""Pure-torch functions for the three-entropies ELBO of VAEs (no Lightning import).
 
-Every function takes the package's vocabulary as keyword-only arguments (``enc_mean``, ``enc_logvar``,
-``dec_mean``, ``dec_logvar``, ``prior_logvar``, ``x``, ``elbo``, ``posterior``, ``prior``,
-``likelihood``). Vocabulary names a function does not need are accepted and ignored, so a dict of
-the vocabulary (a step's output, ``loss`` included) feeds them all; any other keyword, such as a
-misspelt ``reductoin`` or ``prior_log_var``, raises ``TypeError``::
+The encoder and the prior are Gaussian; the decoder is Gaussian (``dec_mean``/``dec_logvar``, Damm et al., AISTATS
+2023), Bernoulli (``dec_logits``, or its probabilities ``dec_probs``) or categorical (``dec_class_logits``) (Warnken
+et al., arXiv 2501.09022), one per step. Every function takes the package's vocabulary as keyword-only arguments
+(``enc_mean``, ``enc_logvar``, ``dec_mean``, ``dec_logvar``, ``dec_logits``, ``dec_class_logits``, ``dec_probs``,
+``prior_logvar``, ``x``, ``elbo``, ``posterior``, ``prior``, ``likelihood``). Vocabulary names a function does not
+need are accepted and ignored, so a dict of the vocabulary (a step's output, ``loss`` included) feeds them all; any
+other keyword, such as a misspelt ``reductoin`` or ``prior_log_var``, raises ``TypeError``::
 
     out = model.step(x)                      # a dict of the vocabulary
-    F.entropy_sum(**out), F.gaussian_elbo(**out)
+    F.entropy_sum(**out), F.elbo(**out)      # any decoder; F.gaussian_elbo(**out) for a Gaussian one
+
+The entropies and :func:`elbo` read the decoder from the inputs; :func:`gaussian_elbo`, :func:`bernoulli_elbo` and
+:func:`categorical_elbo` take one kind and name the right function for another; the stationary variance and the
+profiled entropies are defined for Gaussian decoders only.
 
 All values are nats per data point, computed in float32 or wider. Each quantity is implemented once:
 ``_<name>_update`` gives its per-sample sufficient statistic, ``_<name>_compute`` the value from their
@@ -24,7 +30,14 @@ from lightning_entropy_vae.functional.collapse import (
     latent_mean_variance,
     posterior_collapse,
 )
-from lightning_entropy_vae.functional.elbo import gaussian_elbo, gaussian_kl, gaussian_log_likelihood, relative_gap
+from lightning_entropy_vae.functional.discrete import bernoulli_elbo, categorical_elbo
+from lightning_entropy_vae.functional.elbo import (
+    elbo,
+    gaussian_elbo,
+    gaussian_kl,
+    gaussian_log_likelihood,
+    relative_gap,
+)
 from lightning_entropy_vae.functional.entropy import (
     decoder_entropy,
     encoder_entropy,
@@ -54,10 +67,13 @@ __all__ = [
     "MSE_RECONSTRUCTIONS",
     "VOCABULARY",
     "MSEConvention",
+    "bernoulli_elbo",
     "bernoulli_log_likelihood",
     "bic",
+    "categorical_elbo",
     "collapsed_latents",
     "decoder_entropy",
+    "elbo",
     "encoder_entropy",
     "entropy_sum",
     "fixed_decoder_variance",

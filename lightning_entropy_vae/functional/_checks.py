@@ -33,7 +33,12 @@ VOCABULARY = (
     "likelihood",
     "data_dim",
     "dec_sq_residual",
+    "dec_logits",
+    "dec_class_logits",
+    "dec_probs",
 )
+#: The decoder keys of the vocabulary besides the Gaussian ``dec_mean``/``dec_logvar``: one decoder per step.
+DISCRETE_DECODER_KEYS = ("dec_logits", "dec_class_logits", "dec_probs")
 #: What a step may return: the vocabulary and the loss.
 STEP_KEYS = frozenset((*VOCABULARY, "loss"))
 
@@ -53,6 +58,8 @@ ALIASES: dict[str, str | None] = {
     "recon_x": "dec_mean", "x_hat": "dec_mean", "recon": "dec_mean", "reconstruction": "dec_mean",
     "x_recon": "dec_mean", "sample": "dec_mean",
     "latent_dist": "posterior", "q_z": "posterior", "qz": "posterior", "p_z": "prior", "pz": "prior",
+    "logits": "dec_logits", "x_logits": "dec_logits", "recon_logits": "dec_logits",
+    "class_logits": "dec_class_logits", "probs": "dec_probs", "x_probs": "dec_probs",
     "p_x": "likelihood", "px": "likelihood", "inputs": "x", "data": "x",
     "z": None, "eps": None, "recon_loss": None, "reg_loss": None, "kld": None, "kl": None,
 }

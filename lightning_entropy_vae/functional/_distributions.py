@@ -1,4 +1,4 @@
-"""Gaussian ``torch.distributions`` objects: which are accepted, and their shapes (private; used by :mod:`._inputs`).
+"""``torch.distributions`` objects: which are accepted, and their shapes (private; used by :mod:`._inputs`).
 
 Metadata only: type checks, shapes, and a sum over trailing dimensions of a value a distribution returned.
 """
@@ -9,16 +9,32 @@ from typing import Any
 
 from torch import Tensor
 from torch.distributions import (
+    Bernoulli,
+    Binomial,
+    Categorical,
+    ContinuousBernoulli,
     Distribution,
     Independent,
+    LogNormal,
     LowRankMultivariateNormal,
+    Multinomial,
     MultivariateNormal,
+    NegativeBinomial,
     Normal,
+    OneHotCategorical,
+    Poisson,
 )
 
 from lightning_entropy_vae.functional._checks import shape_of as _shape
 
 _GAUSSIANS = (Normal, MultivariateNormal, LowRankMultivariateNormal)
+#: Likelihoods of the exponential family with a constant base measure besides the Gaussians, by decoder kind.
+_DISCRETE = ((Bernoulli, "bernoulli"), (Categorical, "categorical"), (OneHotCategorical, "categorical"),
+             (ContinuousBernoulli, "continuous_bernoulli"))
+#: Exponential families whose base measure depends on x: E[log p(x|z)] is not minus an entropy for them.
+_NONCONSTANT_BASE_MEASURE = (Poisson, Binomial, NegativeBinomial, Multinomial, LogNormal)
+_LIKELIHOODS = ("Normal, MultivariateNormal, LowRankMultivariateNormal, Bernoulli, Categorical, OneHotCategorical,"
+                " ContinuousBernoulli, or Independent of one of them")
 
 
 def check_gaussian(name: str, dist: Any, role: str) -> Distribution:
@@ -34,6 +50,30 @@ def check_gaussian(name: str, dist: Any, role: str) -> Distribution:
             f" covers Gaussian {role}s only."
         )
     return dist
+
+
+def likelihood_kind(dist: Any) -> str:
+    """The decoder kind of a ``likelihood``: ``"gaussian"``, ``"bernoulli"``, ``"categorical"`` or
+    ``"continuous_bernoulli"``; a ``TypeError`` for a distribution the entropy-sum result does not cover."""
+    base = dist.base_dist if isinstance(dist, Independent) else dist
+    if not isinstance(dist, Distribution) or isinstance(base, _GAUSSIANS):
+        check_gaussian("likelihood", dist, "decoder")  # the Gaussian checks and their messages
+        return "gaussian"
+    for family, kind in _DISCRETE:
+        if isinstance(base, family):
+            return kind
+    name = type(base).__name__
+    if isinstance(base, _NONCONSTANT_BASE_MEASURE):
+        raise TypeError(
+            f"Expected a `likelihood` with a constant base measure ({_LIKELIHOODS}), but got {name}. The"
+            f" entropy-sum result does not hold for a {name} likelihood: its base measure depends on x, so the"
+            " expected log-likelihood is not minus an expected entropy at stationary points (Warnken et al.,"
+            " arXiv 2501.09022, replace it by pseudo-entropies)."
+        )
+    raise TypeError(
+        f"Expected a `likelihood` the entropy-sum result covers ({_LIKELIHOODS}), but got {name}, which is not"
+        " supported."
+    )
 
 
 def full_shape(dist: Distribution) -> tuple[int, ...]:

@@ -13,11 +13,11 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent
 
-from lightning_entropy_vae.functional._checks import as_float_tensor, missing_inputs_error
+from lightning_entropy_vae.functional._checks import DISCRETE_DECODER_KEYS, as_float_tensor, missing_inputs_error
 from lightning_entropy_vae.functional._checks import shape_of as _shape
-from lightning_entropy_vae.functional._distributions import check_gaussian, is_diagonal, sum_to
+from lightning_entropy_vae.functional._distributions import check_gaussian, is_diagonal, likelihood_kind, sum_to
 from lightning_entropy_vae.functional._distributions import full_shape as _dist_full_shape
 from lightning_entropy_vae.functional._duck import as_logvar, gaussian_moments
 
@@ -147,9 +147,15 @@ class Data(NamedTuple):
     data_shape: tuple[int, ...] | None
 
 
-def data(x: Any) -> Data:
+def data(x: Any, *, classes: bool = False) -> Data:
+    """Flatten the data to ``(B, D)``. ``classes``: a categorical decoder's data, where an integer ``x`` holds class
+    indices ``(B, *data)`` (kept as it is, ``(B,)`` too) and a floating ``x`` one-hot or probability vectors."""
     if x is None:
         return Data(None, None, None, None)
+    if classes and isinstance(x, Tensor) and not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool:
+        if x.dim() < 1:
+            raise ValueError(f"Expected `x` of class indices of shape (B, *data), but got {_shape(x)}.")
+        return Data(x.reshape(x.shape[0], -1), x, x.shape[0], tuple(x.shape[1:]))
     t = as_float_tensor("x", x)
     shape = t.shape
     if len(shape) < 2:
@@ -186,6 +192,48 @@ class Decoder(NamedTuple):
     data_dim: int
     dist: Distribution | None
     lead: int = 1  # leading dims of the distribution's shape before the data: 1 (B) or 2 (S, B)
+    # a Bernoulli or categorical decoder's parameters: logits (B, D) or (S, B, D) (layout "bernoulli"), probabilities
+    # (B, D) or (S, B, D) ("bernoulli_probs"), class logits (B, D, C) or (S, B, D, C) ("categorical")
+    params: Tensor | None = None
+    kind: str = "gaussian"  # "gaussian" | "bernoulli" | "categorical" | "continuous_bernoulli"
+
+
+#: How each decoder kind is named in messages, with the inputs that give it and the ELBO function for it.
+KIND_NAMES = {
+    "gaussian": ("Gaussian", "`dec_mean`/`dec_logvar` or a Gaussian `likelihood`", "gaussian_elbo"),
+    "bernoulli": ("Bernoulli", "`dec_logits`, `dec_probs` or a Bernoulli `likelihood`", "bernoulli_elbo"),
+    "categorical": ("categorical", "`dec_class_logits` or a Categorical `likelihood`", "categorical_elbo"),
+    "continuous_bernoulli": ("continuous Bernoulli", "a ContinuousBernoulli `likelihood`", "elbo"),
+}
+
+
+def is_categorical(dec_class_logits: Any = None, likelihood: Any = None) -> bool:
+    """Whether the inputs name a categorical decoder (so that ``x`` may hold integer class indices)."""
+    if dec_class_logits is not None:
+        return True
+    if not isinstance(likelihood, Distribution):
+        return False
+    try:
+        return likelihood_kind(likelihood) == "categorical"
+    except TypeError:  # an unsupported likelihood: the decoder raises its error
+        return False
+
+
+def require_gaussian(owner: str, quantity: str, vocabulary: Mapping[str, Any]) -> None:
+    """A ``ValueError`` when the step's decoder (among ``vocabulary``) is a Bernoulli, categorical or other
+    non-Gaussian one, for a quantity defined for Gaussian decoders only."""
+    given = [k for k in DISCRETE_DECODER_KEYS if vocabulary.get(k) is not None]
+    likelihood = vocabulary.get("likelihood")
+    if isinstance(likelihood, Distribution) and likelihood_kind(likelihood) != "gaussian":
+        base = likelihood.base_dist if isinstance(likelihood, Independent) else likelihood
+        given.append(f"a {type(base).__name__} `likelihood`")
+    if given:
+        raise ValueError(
+            f"{owner} is defined for Gaussian decoders only ({quantity}), but got a non-Gaussian decoder: "
+            + ", ".join(f"`{g}`" if g in DISCRETE_DECODER_KEYS else g for g in given) + "."
+            " The entropy sum of a Bernoulli or categorical decoder needs no decoder variance: use entropy_sum()"
+            " and elbo()."
+        )
 
 
 def decoder(
@@ -198,20 +246,46 @@ def decoder(
     need_mean: bool = False,
     data_dim: int | None = None,
     given: Mapping[str, Any] | None = None,
+    dec_logits: Any = None,
+    dec_class_logits: Any = None,
+    dec_probs: Any = None,
 ) -> Decoder:
-    """Resolve the decoder from tensors or a ``likelihood`` distribution.
+    """Resolve the decoder from tensors or a ``likelihood`` distribution: Gaussian (``dec_mean``/``dec_logvar``),
+    Bernoulli (``dec_logits``, ``dec_probs``), categorical (``dec_class_logits``), or a ``likelihood``.
 
     ``dec_logvar`` may also be ``(B, 1)`` or ``(S, B, 1)``: one variance per sample, shared by the D
     dimensions. ``data_dim`` gives D when neither ``x`` nor ``dec_mean`` is passed.
     """
     d = x if x is not None else Data(None, None, None, None)
     moments = None if likelihood is None else gaussian_moments("likelihood", likelihood)
+    kind = "gaussian" if likelihood is None or moments is not None else likelihood_kind(likelihood)
+    discrete = {k: v for k, v in (("dec_logits", dec_logits), ("dec_class_logits", dec_class_logits),
+                                  ("dec_probs", dec_probs)) if v is not None}
+    if discrete or kind != "gaussian":
+        named = [k for k, v in (("dec_mean", dec_mean), ("dec_logvar", dec_logvar)) if v is not None]
+        named += list(discrete) + (["likelihood"] if likelihood is not None else [])
+        if len(named) > 1:
+            raise ValueError(
+                "Expected one decoder: `dec_mean`/`dec_logvar` (Gaussian), `dec_logits` or `dec_probs` (Bernoulli),"
+                " `dec_class_logits` (categorical) or a `likelihood`, but got "
+                + ", ".join(f"`{k}`" for k in named) + "."
+            )
+        if kind in ("bernoulli", "categorical"):
+            base = likelihood.base_dist if isinstance(likelihood, Independent) else likelihood
+            name, params = "likelihood.logits", base.logits
+            return _discrete_decoder(kind, "bernoulli" if kind == "bernoulli" else "categorical", name, params, d,
+                                     likelihood)
+        if discrete:
+            ((name, params),) = discrete.items()
+            kind = "categorical" if name == "dec_class_logits" else "bernoulli"
+            layout = {"dec_logits": "bernoulli", "dec_probs": "bernoulli_probs"}.get(name, "categorical")
+            return _discrete_decoder(kind, layout, name, params, d, None)
     if moments is not None:  # a duck-typed Gaussian likelihood: its mean and log-variance, as tensors
         if dec_mean is not None or dec_logvar is not None:
             raise ValueError("Expected either a `likelihood` or `dec_mean`/`dec_logvar`, but got both.")
         (dec_mean, dec_logvar), likelihood = moments, None
     if likelihood is not None:
-        dist = check_gaussian("likelihood", likelihood, "decoder")
+        dist = check_gaussian("likelihood", likelihood, "decoder") if kind == "gaussian" else likelihood
         full = _dist_full_shape(dist)
         if d.data_shape is not None:
             k = len(d.data_shape)
@@ -231,7 +305,7 @@ def decoder(
             lead = len(full) - 1
         batch = full[lead - 1]
         data_dim = math.prod(full[lead:])
-        return Decoder(None, None, "dist", batch, data_dim, dist, lead)
+        return Decoder(None, None, "dist", batch, data_dim, dist, lead, kind=kind)
 
     if dec_logvar is None:
         raise missing_inputs_error(owner, "`dec_logvar` (or a `likelihood` distribution)", given)
@@ -289,3 +363,42 @@ def decoder(
             f"Expected `dec_logvar` of shape (B, D) = {(batch, data_dim)}, (B, 1) or (S, B, D), but got {lshape}."
         )
     return Decoder(mean, logvar, layout, batch, data_dim, None)
+
+
+def _discrete_decoder(kind: str, layout: str, name: str, params: Any, d: Data, dist: Distribution | None) -> Decoder:
+    """A Bernoulli decoder's logits or probabilities ``(B, *data)`` or ``(S, B, *data)`` flattened to ``(B, D)`` or
+    ``(S, B, D)``; a categorical decoder's class logits ``(B, *data, C)`` or ``(S, B, *data, C)`` to ``(B, D, C)`` or
+    ``(S, B, D, C)``. Without ``x`` the leading dimension is B (z-samples S need ``x`` to be told apart)."""
+    t = as_float_tensor(name, params)
+    shape = _shape(t)
+    if kind == "bernoulli":
+        if d.data_shape is not None:
+            flat = flatten_decoder(name, t, d)
+        elif t.dim() < 2:
+            raise ValueError(f"Expected `{name}` of shape (B, *data), one per data dimension, but got {shape}.")
+        else:
+            flat = t.reshape(shape[0], -1)
+        return Decoder(None, None, layout, flat.shape[-2], flat.shape[-1], dist, flat.dim() - 1, flat, kind)
+    if t.dim() < 2:
+        raise ValueError(f"Expected `{name}` of shape (B, *data, C), class logits over the last dimension, but got"
+                         f" {shape}.")
+    classes = shape[-1]
+    if d.raw is None:
+        lead = 1
+    else:
+        index = not d.raw.is_floating_point()
+        per_sample = _shape(d.raw) if index else _shape(d.raw)[:-1]
+        k = len(per_sample)
+        if shape[:-1] == per_sample and (index or d.raw.shape[-1] == classes):
+            lead = 1
+        elif len(shape) == k + 2 and shape[1:-1] == per_sample and (index or d.raw.shape[-1] == classes):
+            lead = 2
+        else:
+            expected = "(" + ", ".join(map(str, per_sample)) + ", C)" if index else str(_shape(d.raw))
+            raise ValueError(
+                f"Expected `{name}` of shape (B, *data, C) = {expected} or"
+                f" (S, B, *data, C) matching `x` {_shape(d.raw)} (class indices (B, *data) of an integer dtype, or"
+                f" one-hot or probability vectors (B, *data, C)), but got {shape}."
+            )
+    flat = t.reshape(*shape[:lead], -1, classes)
+    return Decoder(None, None, "categorical", flat.shape[-3], flat.shape[-2], dist, lead, flat, kind)

@@ -1,9 +1,12 @@
-r"""The sampled Gaussian ELBO from the same pieces: reconstruction log-likelihood minus KL; its gap to the sum.
+r"""The sampled ELBO from the same pieces: reconstruction log-likelihood minus KL; its gap to the sum.
 
 .. math::
 
     \mathcal{F}(x) = \frac1S\sum_{s}\log\mathcal{N}\!\left(x;\,\mu(z_s),\,\operatorname{diag}\sigma^2(z_s)\right)
     - \mathrm{KL}\!\left(q(z|x)\,\|\,p(z)\right),\qquad z_s \sim q(z|x)
+
+for a Gaussian decoder; :func:`elbo` takes any decoder the package knows (the Bernoulli and categorical ones of
+:mod:`.discrete` too) and :func:`gaussian_elbo` refuses a non-Gaussian one.
 
 Each quantity has an ``_update`` returning its per-sample values (its sufficient statistic: the mean
 over points is their sum over the count) and the public function reduces them.
@@ -17,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.distributions import MultivariateNormal, kl_divergence
 
+from lightning_entropy_vae.functional import _discrete
 from lightning_entropy_vae.functional import _inputs as _in
 from lightning_entropy_vae.functional._checks import (
     LOG_2PI,
@@ -27,11 +31,16 @@ from lightning_entropy_vae.functional._checks import (
 )
 from lightning_entropy_vae.functional.entropy import Reduction, _check_reduction, _per_point
 
-__all__ = ["gaussian_elbo", "gaussian_kl", "gaussian_log_likelihood", "relative_gap"]
+__all__ = ["elbo", "gaussian_elbo", "gaussian_kl", "gaussian_log_likelihood", "relative_gap"]
 
 
 def _log_likelihood_update(dec: _in.Decoder, d: _in.Data) -> Tensor:
-    """Per-sample Gaussian log-likelihood of x (B,), averaged over the S z-samples."""
+    """Per-sample log-likelihood of x (B,), averaged over the S z-samples."""
+    if dec.params is not None:  # Bernoulli or categorical
+        x = d.x
+        if dec.layout == "categorical" and d.raw.is_floating_point():  # one-hot or probability vectors
+            x = d.raw.reshape(d.batch_size, -1, d.raw.shape[-1])
+        return _discrete.log_likelihood(dec.layout, dec.params, dec.lead, x)
     if dec.layout == "dist":
         target = d.raw if dec.lead == 1 else d.raw.unsqueeze(0)
         ll = as_float_tensor("likelihood.log_prob(x)", dec.dist.log_prob(target))
@@ -98,9 +107,50 @@ def _kl_per_sample_update(enc: _in.Encoder, p: _in.Prior) -> Tensor:
     return kl_divergence(_as_mvn(enc.mean, enc.logvar, enc.full), _as_mvn(prior_mean, prior_logvar, p.dist))
 
 
-def _gaussian_elbo_update(enc: _in.Encoder, p: _in.Prior, dec: _in.Decoder, d: _in.Data) -> Tensor:
-    """Per-sample ELBO (B,): log-likelihood minus KL."""
+def _elbo_update(enc: _in.Encoder, p: _in.Prior, dec: _in.Decoder, d: _in.Data) -> Tensor:
+    """Per-sample ELBO (B,) of any decoder: log-likelihood minus KL."""
     return _log_likelihood_update(dec, d) - _kl_per_sample_update(enc, p)
+
+
+def _require_kind(owner: str, dec: _in.Decoder, kinds: tuple[str, ...]) -> None:
+    """A ``ValueError`` naming the function to call when ``owner`` computes the ELBO of other decoder kinds."""
+    if dec.kind in kinds:
+        return
+    wanted = " or ".join(_in.KIND_NAMES[k][0] for k in kinds)
+    name, inputs, function = _in.KIND_NAMES[dec.kind]
+    call = "elbo()" if function == "elbo" else f"{function}() for it, or elbo()"
+    raise ValueError(
+        f"{owner} computes the ELBO of a {wanted} decoder, but got a {name} decoder ({inputs}). Call {call}, which"
+        " reads the decoder from the inputs."
+    )
+
+
+def _gaussian_elbo_update(enc: _in.Encoder, p: _in.Prior, dec: _in.Decoder, d: _in.Data) -> Tensor:
+    """Per-sample Gaussian ELBO (B,): log-likelihood minus KL; a ``ValueError`` for another decoder."""
+    _require_kind("gaussian_elbo()", dec, ("gaussian",))
+    return _elbo_update(enc, p, dec, d)
+
+
+def _elbo_inputs(owner: str, x: Any, enc_mean: Any, enc_logvar: Any, prior_logvar: Any, posterior: Any, prior: Any,
+                 likelihood: Any, decoder: dict[str, Any], needed: str | None = None,
+                 ) -> tuple[_in.Encoder, _in.Prior, _in.Decoder, _in.Data]:
+    """The checked inputs of an ELBO: encoder, prior, decoder (from the ``decoder`` keywords) and data.
+
+    ``needed``: the decoder inputs to name when none is given (else the Gaussian decoder's message)."""
+    d = _in.data(x, classes=_in.is_categorical(decoder.get("dec_class_logits"), likelihood))
+    if d.x is None and likelihood is None:
+        raise missing_inputs_error(owner, "`x`")
+    if d.x is None:
+        raise missing_inputs_error(owner, "`x` (the data the `likelihood` scores)")
+    enc = _in.encoder(enc_mean, enc_logvar, posterior, owner=owner)
+    if enc.mean is None:
+        raise missing_inputs_error(owner, "`enc_mean` and `enc_logvar` (or a `posterior`)")
+    p = _in.prior(prior_logvar, prior, latent_dim=enc.logvar.shape[-1], batch=enc.logvar.shape[0])
+    if needed is not None and likelihood is None and all(v is None for v in decoder.values()):
+        raise missing_inputs_error(owner, needed)
+    dec = _in.decoder(likelihood=likelihood, x=d, owner=owner, need_mean=True, **decoder)
+    check_batch(owner, encoder=enc.logvar.shape[0], decoder=dec.batch_size, x=d.batch_size)
+    return enc, p, dec, d
 
 
 def _reduce(per_sample: Tensor, reduction: Reduction) -> Tensor:
@@ -128,6 +178,9 @@ def gaussian_log_likelihood(
         likelihood: instead of the two tensors, a Gaussian ``torch.distributions`` object.
         reduction: ``"mean"`` (nats per data point), ``"sum"`` or ``"none"`` (shape ``(B,)``).
 
+    Raises:
+        ValueError: a Bernoulli or categorical decoder among the inputs (use :func:`elbo` for its ELBO).
+
     Example:
         >>> gaussian_log_likelihood(x=torch.zeros(2, 3), dec_mean=torch.zeros(2, 3), dec_logvar=torch.tensor(0.0))
         tensor(-2.7568)
@@ -135,6 +188,8 @@ def gaussian_log_likelihood(
     check_keywords("gaussian_log_likelihood()", vocabulary, ("x", "dec_mean", "dec_logvar", "likelihood",
                                                              "reduction"))
     _check_reduction(reduction)
+    _in.require_gaussian("gaussian_log_likelihood()", "the log-density of N(dec_mean, exp(dec_logvar))",
+                         {**vocabulary, "likelihood": likelihood})
     d = _in.data(x)
     if d.x is None:
         raise missing_inputs_error("gaussian_log_likelihood()", "`x`")
@@ -199,6 +254,11 @@ def gaussian_elbo(
     ``dec_mean`` holds :math:`\mu(z)` for the z the step drew (S = 1 for shape ``(B, D)``).
     Use it when your module does not return its own per-sample ``elbo``.
 
+    Raises:
+        ValueError: a Bernoulli or categorical decoder (``dec_logits``, ``dec_probs``, ``dec_class_logits`` or
+            such a ``likelihood``): its message names :func:`~.discrete.bernoulli_elbo`,
+            :func:`~.discrete.categorical_elbo` or :func:`elbo`.
+
     Example:
         >>> x = torch.zeros(2, 3)
         >>> gaussian_elbo(x=x, enc_mean=torch.zeros(2, 1), enc_logvar=torch.zeros(2, 1), dec_mean=torch.zeros(2, 3),
@@ -208,18 +268,69 @@ def gaussian_elbo(
     check_keywords("gaussian_elbo()", vocabulary, ("x", "enc_mean", "enc_logvar", "dec_mean", "dec_logvar",
                                                    "prior_logvar", "posterior", "prior", "likelihood", "reduction"))
     _check_reduction(reduction)
-    d = _in.data(x)
-    if d.x is None and likelihood is None:
-        raise missing_inputs_error("gaussian_elbo()", "`x`")
-    if d.x is None:
-        raise missing_inputs_error("gaussian_elbo()", "`x` (the data the `likelihood` scores)")
-    enc = _in.encoder(enc_mean, enc_logvar, posterior, owner="gaussian_elbo()")
-    if enc.mean is None:
-        raise missing_inputs_error("gaussian_elbo()", "`enc_mean` and `enc_logvar` (or a `posterior`)")
-    p = _in.prior(prior_logvar, prior, latent_dim=enc.logvar.shape[-1], batch=enc.logvar.shape[0])
-    dec = _in.decoder(dec_mean, dec_logvar, likelihood, d, owner="gaussian_elbo()", need_mean=True)
-    check_batch("gaussian_elbo()", encoder=enc.logvar.shape[0], decoder=dec.batch_size, x=d.batch_size)
+    decoder = {"dec_mean": dec_mean, "dec_logvar": dec_logvar,
+               **{k: vocabulary.get(k) for k in ("dec_logits", "dec_class_logits", "dec_probs")}}
+    enc, p, dec, d = _elbo_inputs("gaussian_elbo()", x, enc_mean, enc_logvar, prior_logvar, posterior, prior,
+                                  likelihood, decoder)
     return _reduce(_gaussian_elbo_update(enc, p, dec, d), reduction)
+
+
+def elbo(
+    *,
+    x: Tensor | None = None,
+    enc_mean: Tensor | None = None,
+    enc_logvar: Tensor | None = None,
+    dec_mean: Tensor | None = None,
+    dec_logvar: Tensor | None = None,
+    dec_logits: Tensor | None = None,
+    dec_class_logits: Tensor | None = None,
+    dec_probs: Tensor | None = None,
+    prior_logvar: Tensor | None = None,
+    posterior: Any = None,
+    prior: Any = None,
+    likelihood: Any = None,
+    reduction: Reduction = "mean",
+    **vocabulary: Any,
+) -> Tensor:
+    r"""Sampled ELBO of a minibatch for the decoder the inputs give: Gaussian, Bernoulli or categorical.
+
+    .. math::
+
+        \mathcal{F}(x_n) = \frac1S\sum_s \log p(x_n|z_{n,s}) - \mathrm{KL}(q(z|x_n)\,\|\,p(z))
+
+    The decoder is the one given: ``dec_mean``/``dec_logvar`` (as :func:`gaussian_elbo`), ``dec_logits`` or
+    ``dec_probs`` (as :func:`~.discrete.bernoulli_elbo`), ``dec_class_logits`` (as
+    :func:`~.discrete.categorical_elbo`), or a ``likelihood`` (Gaussian, ``Bernoulli``, ``Categorical``,
+    ``OneHotCategorical``, ``ContinuousBernoulli``), so ``elbo(**out)`` works for the step output of any of them.
+
+    Args:
+        x: data ``(B, *data)``; class indices (integer) or one-hot vectors ``(B, *data, C)`` for a categorical decoder.
+        enc_mean, enc_logvar: encoder means and log-variances ``(B, H)`` (or a Gaussian ``posterior``).
+        dec_mean, dec_logvar, dec_logits, dec_class_logits, dec_probs, likelihood: one decoder.
+        prior_logvar, prior: the prior (default N(0, I)).
+        reduction: ``"mean"`` (nats per data point), ``"sum"`` or ``"none"`` (shape ``(B,)``).
+
+    Raises:
+        ValueError: no decoder, two decoders, or shapes that disagree.
+        TypeError: an unsupported ``likelihood``.
+
+    Example:
+        >>> x, mean, logvar = torch.zeros(2, 3), torch.zeros(2, 1), torch.zeros(2, 1)
+        >>> elbo(x=x, enc_mean=mean, enc_logvar=logvar, dec_mean=torch.zeros(2, 3), dec_logvar=torch.tensor(0.0))
+        tensor(-2.7568)
+        >>> elbo(x=x, enc_mean=mean, enc_logvar=logvar, dec_logits=torch.zeros(2, 3))  # 3 fair coins: -3 log 2
+        tensor(-2.0794)
+    """
+    check_keywords("elbo()", vocabulary, ("x", "enc_mean", "enc_logvar", "dec_mean", "dec_logvar", "dec_logits",
+                                          "dec_class_logits", "dec_probs", "prior_logvar", "posterior", "prior",
+                                          "likelihood", "reduction"))
+    _check_reduction(reduction)
+    decoder = {"dec_mean": dec_mean, "dec_logvar": dec_logvar, "dec_logits": dec_logits,
+               "dec_class_logits": dec_class_logits, "dec_probs": dec_probs}
+    enc, p, dec, d = _elbo_inputs("elbo()", x, enc_mean, enc_logvar, prior_logvar, posterior, prior, likelihood,
+                                  decoder, "a decoder (`dec_mean` and `dec_logvar`, `dec_logits`, `dec_probs`,"
+                                  " `dec_class_logits` or a `likelihood`)")
+    return _reduce(_elbo_update(enc, p, dec, d), reduction)
 
 
 def relative_gap(elbo: Any, entropy_sum: Any, *, data_dim: int, floor: float = 0.1) -> Any:

@@ -1,4 +1,4 @@
-r"""The three entropies of a Gaussian VAE and their sum (Damm et al., AISTATS 2023).
+r"""The three entropies of a VAE and their sum (Damm et al., AISTATS 2023; Warnken et al., arXiv 2501.09022).
 
 All values are **nats per data point**: a mean over the batch (and over the decoder's z samples),
 a sum over latent dimensions H and data dimensions D.
@@ -9,10 +9,16 @@ a sum over latent dimensions H and data dimensions D.
     - \underbrace{\mathcal{H}[p(z)]}_{\text{prior}}
     - \underbrace{\tfrac1N\sum_n \mathbb{E}_{q(z|x_n)}\mathcal{H}[p(x|z)]}_{\text{decoder}}
 
+The encoder and prior are Gaussian; the decoder is Gaussian, Bernoulli, categorical or continuous Bernoulli (the
+exponential families with a constant base measure, for which the ELBO equals the sum at stationary points when the
+natural parameters are linear in the decoder's last layer).
+
 Every entropy here is one formula, :func:`~.gaussian._entropy_from_logdet`: the entropy of ``count`` Gaussians of
 dimension ``dim`` whose covariances' log-determinants sum to ``logdet``. Each quantity has an ``_update``
 that returns its per-sample sufficient statistic (a log-determinant) and a ``_compute`` that turns
-their sum over ``count`` points into nats; the metrics call the same two.
+their sum over ``count`` points into nats; the metrics call the same two. A non-Gaussian decoder's statistic is the
+log-determinant of the Gaussians with the same entropy (:func:`~.gaussian._logdet_from_entropy`), so its ``_compute``
+is the same.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from lightning_entropy_vae.functional import _discrete
 from lightning_entropy_vae.functional import _inputs as _in
 from lightning_entropy_vae.functional._checks import as_float_tensor, check_batch, check_keywords
 from lightning_entropy_vae.functional.gaussian import _entropy_from_logdet, _logdet_from_entropy, gaussian_entropy
@@ -179,8 +186,12 @@ def prior_entropy(
 def _decoder_entropy_update(dec: _in.Decoder, per_sample: bool = False) -> Tensor:
     r"""Log-determinant of the decoder covariance, averaged over the S z-samples: summed over the batch
     (``()``), or per sample (``()`` when one variance holds for every point: ``dec_logvar`` ``()`` or
-    ``(D,)``; else ``(B,)``)."""
+    ``(D,)``; else ``(B,)``). A Bernoulli, categorical or continuous Bernoulli decoder's: that of the Gaussians with
+    its entropy."""
     d, lv = dec.data_dim, dec.logvar
+    if dec.params is not None:  # Bernoulli or categorical
+        logdet = _logdet_from_entropy(_discrete.entropy(dec.layout, dec.params, dec.lead), d)
+        return logdet if per_sample else logdet.sum()
     if dec.layout == "scalar":
         return lv * (d if per_sample else d * dec.batch_size)
     if dec.layout == "per_dim":
@@ -205,6 +216,9 @@ def decoder_entropy(
     dec_mean: Tensor | None = None,
     x: Tensor | None = None,
     likelihood: Any = None,
+    dec_logits: Tensor | None = None,
+    dec_class_logits: Tensor | None = None,
+    dec_probs: Tensor | None = None,
     reduction: Reduction = "mean",
     **vocabulary: Any,
 ) -> Tensor:
@@ -216,22 +230,40 @@ def decoder_entropy(
 
     For a scalar :math:`\sigma^2` (VAE-1/2) this is :math:`\tfrac D2\log(2\pi e\sigma^2)`; for a
     latent-dependent variance (VAE-3) the expectation over :math:`q` uses the S samples the step drew.
+    A Bernoulli decoder with logits :math:`\eta` has :math:`\sum_d \operatorname{softplus}(\eta_d) -
+    \sigma(\eta_d)\eta_d`, a categorical one :math:`\sum_d \operatorname{logsumexp}(\eta_d) -
+    \sum_c \operatorname{softmax}(\eta_d)_c\,\eta_{dc}` (D: the number of observed variables).
+    Pass one decoder: the Gaussian tensors, ``dec_logits``, ``dec_class_logits``, ``dec_probs`` or a ``likelihood``.
 
     Args:
         dec_logvar: decoder log-variances of shape ``()``, ``(D,)``, ``(B, D)``, ``(B, 1)`` or ``(S, B, D)``.
         dec_mean: decoder means ``(B, D)`` or ``(S, B, D)``; gives B and D for a constant variance.
         x: the data ``(B, D)`` (or ``(B, C, H, W)``, flattened); gives B and D when ``dec_mean`` is absent.
-        likelihood: instead, a Gaussian ``torch.distributions`` object with batch and event shape
-            ``(B, D)`` or ``(S, B, D)``.
+        likelihood: instead, a ``torch.distributions`` object with batch and event shape ``(B, *data)`` or
+            ``(S, B, *data)``: Gaussian, ``Bernoulli``, ``Categorical``, ``OneHotCategorical`` or
+            ``ContinuousBernoulli`` (or ``Independent`` of one).
+        dec_logits: a Bernoulli decoder's logits, the shape of ``x`` ``(B, *data)`` (or ``(S, B, *data)``).
+        dec_class_logits: a categorical decoder's class logits ``(B, *data, C)`` (or ``(S, B, *data, C)``).
+        dec_probs: a Bernoulli decoder's probabilities ``(B, *data)``; logs clamped at -100.
         reduction: ``"mean"`` (nats per data point), ``"sum"`` or ``"none"`` (shape ``(B,)``).
+
+    Raises:
+        ValueError: two decoders, or shapes that disagree.
+        TypeError: an unsupported ``likelihood``.
 
     Example:
         >>> decoder_entropy(dec_logvar=torch.tensor(0.0), x=torch.zeros(4, 3))  # sigma^2 = 1, D = 3
         tensor(4.2568)
+        >>> decoder_entropy(dec_logits=torch.zeros(4, 3))  # 3 fair coins: 3 log 2
+        tensor(2.0794)
+        >>> decoder_entropy(dec_class_logits=torch.zeros(4, 2, 5))  # 2 uniform 5-way variables: 2 log 5
+        tensor(3.2189)
     """
     check_keywords("decoder_entropy()", vocabulary, ("dec_logvar", "dec_mean", "x", "likelihood", "reduction"))
     _check_reduction(reduction)
-    dec = _in.decoder(dec_mean, dec_logvar, likelihood, _in.data(x), owner="decoder_entropy()")
+    d = _in.data(x, classes=_in.is_categorical(dec_class_logits, likelihood))
+    dec = _in.decoder(dec_mean, dec_logvar, likelihood, d, owner="decoder_entropy()", dec_logits=dec_logits,
+                      dec_class_logits=dec_class_logits, dec_probs=dec_probs)
     logdet, count = _points(_decoder_entropy_update(dec, _per_sample(reduction)), dec.batch_size, reduction)
     return _decoder_entropy_compute(logdet, count, dec.data_dim, reduction)
 
@@ -252,6 +284,9 @@ def entropy_sum(
     posterior: Any = None,
     prior: Any = None,
     likelihood: Any = None,
+    dec_logits: Tensor | None = None,
+    dec_class_logits: Tensor | None = None,
+    dec_probs: Tensor | None = None,
     reduction: Reduction = "mean",
     **vocabulary: Any,
 ) -> Tensor:
@@ -265,27 +300,39 @@ def entropy_sum(
     At every stationary point of a Gaussian VAE's ELBO (with learned decoder variance) this equals
     the ELBO. It is sample-free for VAE-1/2 and smooth in the parameters. For VAE-1 the encoder and
     prior constants cancel: :math:`\frac1B\sum_n\sum_h \tfrac12\log\tau_h^2 - \tfrac D2\log(2\pi e\sigma^2)`.
+    The same holds for Bernoulli and categorical decoders whose logits are linear in the decoder's last layer
+    (Warnken et al., arXiv 2501.09022), with their entropies (:func:`decoder_entropy`).
 
     Args:
         enc_logvar: ``(B, H)``. dec_logvar: ``()``, ``(D,)``, ``(B, D)``, ``(B, 1)`` or ``(S, B, D)``.
         prior_logvar: ``(H,)`` or ``(B, H)``, optional (default: standard normal prior).
         dec_mean, x: give B and D for a constant decoder variance.
-        posterior, prior, likelihood: Gaussian ``torch.distributions`` objects instead of tensors.
+        posterior, prior: Gaussian ``torch.distributions`` objects instead of tensors.
+        likelihood: a Gaussian, ``Bernoulli``, ``Categorical``, ``OneHotCategorical`` or ``ContinuousBernoulli``
+            ``torch.distributions`` object instead of the decoder tensors.
+        dec_logits, dec_class_logits, dec_probs: a Bernoulli or categorical decoder (:func:`decoder_entropy`).
         reduction: ``"mean"`` (nats per data point), ``"sum"`` or ``"none"`` (shape ``(B,)``).
+
+    Raises:
+        ValueError: two decoders, or batch sizes or shapes that disagree.
+        TypeError: an unsupported distribution.
 
     Example:
         >>> enc_logvar = torch.full((8, 2), -2.0)
         >>> entropy_sum(enc_logvar=enc_logvar, dec_logvar=torch.tensor(-1.0), x=torch.zeros(8, 5))
         tensor(-6.5947)
+        >>> entropy_sum(enc_logvar=enc_logvar, dec_logits=torch.zeros(8, 5))  # -2 - 5 log 2
+        tensor(-5.4657)
     """
     check_keywords("entropy_sum()", vocabulary, ("enc_logvar", "dec_logvar", "prior_logvar", "dec_mean", "x",
                                                  "posterior", "prior", "likelihood", "reduction"))
     _check_reduction(reduction)
-    d = _in.data(x)
+    d = _in.data(x, classes=_in.is_categorical(dec_class_logits, likelihood))
     enc = _in.encoder(None, enc_logvar, posterior, owner="entropy_sum()")
     batch, latent_dim = enc.logvar.shape
     p = _in.prior(prior_logvar, prior, latent_dim=latent_dim, batch=batch)
-    dec = _in.decoder(dec_mean, dec_logvar, likelihood, d, owner="entropy_sum()")
+    dec = _in.decoder(dec_mean, dec_logvar, likelihood, d, owner="entropy_sum()", dec_logits=dec_logits,
+                      dec_class_logits=dec_class_logits, dec_probs=dec_probs)
     check_batch("entropy_sum()", encoder=batch, decoder=dec.batch_size, x=d.batch_size)
     per_sample = _per_sample(reduction)
     terms = []

@@ -31,10 +31,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from lightning_entropy_vae.functional._discrete import bernoulli_cross
+
 __all__ = ["MSE_RECONSTRUCTIONS", "MSEConvention", "bernoulli_log_likelihood", "mse_convention"]
 
 #: Squared-error conventions and the weight :math:`w_r` of :math:`\lVert x - \hat x\rVert^2` in each (D: data dim).
 MSE_RECONSTRUCTIONS = ("sum", "half_sum", "mean")
+#: Names of cross-entropy losses, which train Bernoulli or categorical decoders (no decoder variance).
+_CROSS_ENTROPIES = ("bce", "binary_cross_entropy", "bernoulli", "cross_entropy", "categorical")
 
 
 class MSEConvention(NamedTuple):
@@ -70,7 +74,8 @@ def mse_convention(reconstruction: str = "sum", *, data_dim: int, latent_dim: in
         ``ELBO = -loss / scale - offset``.
 
     Raises:
-        ValueError: an unknown convention, a non-positive size or weight, ``kl="mean"`` without ``latent_dim``.
+        ValueError: an unknown convention (a cross-entropy loss: a Bernoulli or categorical decoder, which has no
+            decoder variance), a non-positive size or weight, ``kl="mean"`` without ``latent_dim``.
 
     Example:
         >>> from lightning_entropy_vae.functional import mse_convention
@@ -80,6 +85,13 @@ def mse_convention(reconstruction: str = "sum", *, data_dim: int, latent_dim: in
         >>> bolts.dec_var, bolts.scale  # sigma^2 = D / (20 H), loss = -ELBO / (10 H) + const.
         (2.45, 0.00625)
     """
+    if reconstruction in _CROSS_ENTROPIES:
+        raise ValueError(
+            f"Expected a squared-error `reconstruction` {MSE_RECONSTRUCTIONS}, but got {reconstruction!r}: the decoder"
+            " variance of mse_convention() is defined for Gaussian decoders only. A cross-entropy loss trains a"
+            " Bernoulli or categorical decoder: return `dec_logits` or `dec_probs` (or `dec_class_logits`) and use"
+            " bernoulli_elbo() (or categorical_elbo()) for its ELBO."
+        )
     if reconstruction not in MSE_RECONSTRUCTIONS:
         raise ValueError(f"Expected `reconstruction` to be one of {MSE_RECONSTRUCTIONS}, but got {reconstruction!r}.")
     if kl not in ("sum", "mean"):
@@ -120,7 +132,7 @@ def bernoulli_log_likelihood(*, x: Tensor, probs: Tensor, eps: float = 1e-6) -> 
     """
     dtype = torch.promote_types(torch.promote_types(x.dtype, probs.dtype), torch.float32)
     x, p = x.to(dtype), probs.to(dtype).clamp(eps, 1.0 - eps)
-    return (x * p.log() + (1.0 - x) * torch.log1p(-p)).reshape(x.shape[0], -1).sum(-1)
+    return bernoulli_cross(x, 1.0 - x, p.log(), torch.log1p(-p)).reshape(x.shape[0], -1).sum(-1)
 
 
 def _positive_int(name: str, value: object) -> None:

@@ -85,11 +85,16 @@ def optimal_decoder_variance(*, x: Tensor | None = None, dec_mean: Tensor | None
     Args:
         x: data ``(B, D)``. dec_mean: decoder means ``(B, D)`` or ``(S, B, D)`` for the drawn z.
 
+    Raises:
+        ValueError: a Bernoulli or categorical decoder among the inputs (``dec_logits``, ``dec_class_logits``,
+            ``dec_probs`` or such a ``likelihood``): this is defined for Gaussian decoders only.
+
     Example:
         >>> optimal_decoder_variance(x=torch.ones(4, 2), dec_mean=torch.zeros(4, 2))
         tensor(1.)
     """
     check_keywords("optimal_decoder_variance()", vocabulary, ("x", "dec_mean"))
+    _in.require_gaussian("optimal_decoder_variance()", "the mean squared residual of a Gaussian decoder", vocabulary)
     d, mean = _residual_inputs(x, dec_mean, "optimal_decoder_variance()")
     return _squared_residual_update(d, mean).sum() / d.x.numel()
 
@@ -113,11 +118,16 @@ def profiled_decoder_entropy(*, x: Tensor | None = None, dec_mean: Tensor | None
                              **vocabulary: Any) -> Tensor:
     r"""Decoder entropy at the stationary variance: :math:`\tfrac D2 \log(2\pi e\,\sigma^{2*})`.
 
+    Raises:
+        ValueError: a Bernoulli or categorical decoder among the inputs (``dec_logits``, ``dec_class_logits``,
+            ``dec_probs`` or such a ``likelihood``): this is defined for Gaussian decoders only.
+
     Example:
         >>> profiled_decoder_entropy(x=torch.ones(4, 2), dec_mean=torch.zeros(4, 2))  # sigma^2* = 1, D = 2
         tensor(2.8379)
     """
     check_keywords("profiled_decoder_entropy()", vocabulary, ("x", "dec_mean"))
+    _in.require_gaussian("profiled_decoder_entropy()", "the Gaussian entropy at the stationary variance", vocabulary)
     d, mean = _residual_inputs(x, dec_mean, "profiled_decoder_entropy()")
     batch, data_dim = d.x.shape
     return _profiled_decoder_entropy_compute(_squared_residual_update(d, mean).sum(), batch, data_dim)
@@ -139,12 +149,17 @@ def profiled_entropy_sum(
 
         \tfrac1B\sum_n \mathcal{H}[q(z|x_n)] - \mathcal{H}[p(z)] - \tfrac D2\log(2\pi e\,\sigma^{2*})
 
+    Raises:
+        ValueError: a Bernoulli or categorical decoder among the inputs (``dec_logits``, ``dec_class_logits``,
+            ``dec_probs`` or such a ``likelihood``): this is defined for Gaussian decoders only.
+
     Example:
         >>> profiled_entropy_sum(x=torch.ones(4, 2), dec_mean=torch.zeros(4, 2), enc_logvar=torch.zeros(4, 1))
         tensor(-2.8379)
     """
     check_keywords("profiled_entropy_sum()", vocabulary, ("x", "dec_mean", "enc_logvar", "prior_logvar",
                                                           "posterior", "prior"))
+    _in.require_gaussian("profiled_entropy_sum()", "the Gaussian entropy at the stationary variance", vocabulary)
     enc = _in.encoder(None, enc_logvar, posterior, owner="profiled_entropy_sum()")
     batch, latent_dim = enc.logvar.shape
     p = _in.prior(prior_logvar, prior, latent_dim=latent_dim, batch=batch)

@@ -1,0 +1,156 @@
+"""From a stage's result to logged keys and warnings: functions of (values, options, trainer) (private).
+
+The keys go straight to every logger, at the step Lightning logs its own metrics of the same batch or epoch
+(:mod:`._loggers`); the epoch keys also go into ``trainer.callback_metrics``, where ``EarlyStopping``,
+``ModelCheckpoint`` and :class:`~lightning_entropy_vae.EntropyConvergence` read them. TensorBoard and W&B also get
+what only they can show (:mod:`._logger_extras`). Each function returns what the monitor keeps for later
+(the gap's moving average, the collapse flags, the latents warned about); none keeps state of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from lightning_utilities.core.rank_zero import rank_zero_warn
+
+from lightning_entropy_vae.callbacks import _groups, _logger_extras, _loggers
+from lightning_entropy_vae.callbacks._options import MonitorOptions
+from lightning_entropy_vae.callbacks._stage import StageResult
+from lightning_entropy_vae.functional import relative_gap
+
+#: Keys of the objective check (training): 1/0/NaN for yes/no/cannot tell, and the fit's two coefficients.
+OBJECTIVE_KEYS = ("objective_is_elbo", "objective_elbo_coef", "objective_kl_coef")
+
+
+def step(options: MonitorOptions, trainer: Any, lines: _logger_extras.TensorBoardLines, window: tuple[float, float],
+         data_dim: int, gap_ema: float | None) -> float | None:
+    """Write the training step keys of the window since the last step log; return the gap's new moving average."""
+    entropy_sum, elbo = window
+    gap = elbo - entropy_sum
+    if gap_ema is None or not math.isfinite(gap_ema):
+        ema = gap
+    elif math.isfinite(gap):
+        ema = options.ema_decay * gap_ema + (1.0 - options.ema_decay) * gap
+    else:  # a window whose batches were all skipped (NaN gap) leaves the average as it was
+        ema = gap_ema
+    values = {"sum": entropy_sum, "elbo": elbo, "gap": gap,
+              "rel_gap": relative_gap(elbo, entropy_sum, data_dim=data_dim, floor=options.rel_gap_floor),
+              "gap_ema": ema}
+    at = _loggers.logger_step(trainer)  # the step Lightning uses for this batch's own step metrics
+    keys = {options.key("train_step", k): v for k, v in values.items()}
+    _loggers.log_to_loggers(trainer, keys, at)
+    if trainer.is_global_zero:
+        lines.write(trainer.loggers, _logger_extras.line_values("train_step", keys, options.prefix), at, flush=False)
+    return ema
+
+
+def epoch(options: MonitorOptions, trainer: Any, pl_module: Any, result: StageResult,
+          lines: _logger_extras.TensorBoardLines, callback_metrics: _loggers.CallbackMetrics,
+          write_layout: bool) -> list[bool] | None:
+    """Write a stage's epoch keys; return its collapse flags (``None`` where no point was kept: unknown).
+
+    ``write_layout``: also write TensorBoard's custom-scalars layout (once per fit and logger).
+    """
+    stage, prefix = result.stage, options.prefix
+    per_latent = bool(trainer.loggers) and bool(result.collapse) and \
+        result.collapse["latent_entropy"].shape[0] <= options.max_latents_as_scalars
+    tensors, floats = _loggers.epoch_metrics(stage, result.sums, result.elbo, result.collapse, result.skipped,
+                                             data_dim=result.data_dim, floor=options.rel_gap_floor,
+                                             per_latent=per_latent, prefix=prefix)
+    if result.objective is not None:
+        verdict = result.objective
+        flag = math.nan if verdict.is_elbo is None else float(verdict.is_elbo)
+        for name, value in zip(OBJECTIVE_KEYS, (flag, verdict.elbo_coef, verdict.kl_coef)):
+            floats[options.key(stage, name)] = value
+            tensors[options.key(stage, name)] = torch.tensor(value, dtype=torch.float32)
+    if options.latent_groups is not None and trainer.loggers and result.collapse:
+        floats.update(_groups.group_keys(stage, result.collapse, result.latent_shape, prefix=prefix))
+    callback_metrics.publish(trainer, pl_module, tensors)
+    # the step of Lightning's own epoch metrics: a training epoch's sit on the row of its last batch
+    at = _loggers.logger_step(trainer, train_epoch_end=stage == "train")
+    skips = (_logger_extras.tensorboard_skips(stage, result.collapse["latent_entropy"].shape[0],
+                                              options.tensorboard_per_latent, prefix) if per_latent else set())
+    _loggers.log_to_loggers(trainer, floats, at, skips)
+    nothing = math.isnan(floats[options.key(stage, "active_latents")])  # no point kept: flags unknown
+    if trainer.is_global_zero and trainer.loggers:
+        _write_extras(options, trainer, result, lines, per_latent, floats, at, write_layout, nothing)
+    if result.empty_ranks:
+        empty_ranks_warning(stage, trainer.current_epoch, result.empty_ranks, result.world_size)
+    return None if nothing else result.collapse["collapsed"].tolist()
+
+
+def _write_extras(options: MonitorOptions, trainer: Any, result: StageResult, lines: _logger_extras.TensorBoardLines,
+                  per_latent: bool, floats: dict[str, float], at: int, write_layout: bool, nothing: bool) -> None:
+    if write_layout:
+        stages = ["train"] * ("train" in options.stages) + ["val"] * ("val" in options.stages)
+        _logger_extras.write_layouts(trainer.loggers, stages, options.tensorboard_per_latent if per_latent else (),
+                                     prefix=options.prefix)
+    lines.write(trainer.loggers, _logger_extras.line_values(result.stage, floats, options.prefix), at, flush=True)
+    if nothing:  # no per-latent values to draw: a histogram of NaN fails in TensorBoard and W&B
+        return
+    every = options.log_bar_chart_every_n_epochs
+    figure = None
+    if every and trainer.current_epoch % every == 0:
+        import matplotlib.pyplot as plt  # checked at construction (MonitorOptions.build)
+
+        from lightning_entropy_vae.metrics import PosteriorCollapse
+
+        figure, _ = PosteriorCollapse(result.collapse["latent_entropy"].shape[0]).plot(result.collapse)
+        plt.close(figure)
+    if options.log_histograms or figure is not None or per_latent:
+        _logger_extras.write_latent_figures(trainer.loggers, result.stage, result.collapse, at,
+                                            histogram=options.log_histograms, figure=figure, table=per_latent,
+                                            prefix=options.prefix)
+
+
+def collapse_warning(options: MonitorOptions, epoch_index: int, previous: list[bool] | None,
+                     collapsed: list[bool] | None, warned: frozenset[int],
+                     latent_shape: tuple[int, ...] = ()) -> frozenset[int]:
+    """Warn once per latent that collapses during training (compared with the last training epoch); return the
+    latents warned about so far."""
+    if not options.warn_on_collapse or previous is None or collapsed is None or len(previous) != len(collapsed):
+        return warned
+    new = [h for h, (was, now) in enumerate(zip(previous, collapsed)) if now and not was and h not in warned]
+    if new:
+        rank_zero_warn(
+            f"EntropyMonitor: {_groups.named_latents(new, latent_shape)} collapsed during epoch {epoch_index}"
+            f" (criterion {options.collapse_criterion!r}): their posterior now matches the prior and they carry no"
+            " information."
+        )
+    return warned | frozenset(new)
+
+
+def empty_epoch_warning(stage: str, epoch_index: int, skipped: int) -> None:
+    """No batch of the epoch was kept: its values and flags are NaN."""
+    rank_zero_warn(
+        f"EntropyMonitor: no batch of the `{stage}` epoch {epoch_index} was kept ({skipped} skipped: NaN/Inf"
+        " values, or a step that returned None), so its values, active latents and collapse flags are NaN."
+    )
+
+
+def empty_ranks_warning(stage: str, epoch_index: int, empty: int, world_size: int) -> None:
+    """Some processes, not all, kept no batch of the epoch: the values are not reduced over processes."""
+    rank_zero_warn(
+        f"EntropyMonitor: {empty} of {world_size} processes kept no batch of the `{stage}` epoch {epoch_index}"
+        " (every step returned None), so the epoch's values are each process's own, not reduced over processes"
+        " (rank 0's are logged)."
+    )
+
+
+def all_skipped_warning(epoch_index: int, skipped: int) -> None:
+    """Every training step of the epoch returned None (Lightning's "skip this batch")."""
+    rank_zero_warn(f"EntropyMonitor: every `training_step` of epoch {epoch_index} returned None ({skipped} batches"
+                   " skipped); there is nothing to monitor.")
+
+
+def bernoulli_warning(why: str) -> None:
+    """The training loss fits a Bernoulli (BCE) ELBO of ``dec_mean``, not the Gaussian one the monitor computes."""
+    rank_zero_warn(
+        "EntropyMonitor: the training loss is a Bernoulli (BCE) ELBO of the returned `dec_mean`, not a Gaussian one"
+        f" ({why}). The logged ELBO, entropy sum and gap are those of a Gaussian decoder N(dec_mean,"
+        " exp(dec_logvar)), which this model does not have: they say nothing about its convergence. Return the"
+        " decoder's logits as `dec_logits` (or its probabilities as `dec_probs`) instead of `dec_mean`/`dec_logvar`:"
+        " the monitor then computes the Bernoulli decoder's entropy sum."
+    )
