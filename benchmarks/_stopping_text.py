@@ -33,7 +33,7 @@ def section(tables: dict, verdicts: dict, per_group: list[str], picks: dict[str,
     free_all = get(free.rule.name, free.restore) if free else None
     free_held = get(free.rule.name, free.restore, "held-out seeds") if free else None
     lines = [
-        "## Stopping benchmark (issue 9)",
+        "## Stopping benchmark",
         "",
         "Written by `python benchmarks/stopping.py` (phase 1 trains and saves the runs, about an hour on one"
         " CPU thread; phase 2 replays the rules in seconds). VAE-1 on 5 data sets (pPCA D = 20 k = 4, PCA-ring,"

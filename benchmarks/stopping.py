@@ -1,4 +1,4 @@
-"""The stopping benchmark (issue 9): which rule should stop a Gaussian VAE's training?
+"""The stopping benchmark: which rule should stop a Gaussian VAE's training?
 
 Phase 1 (slow, resumable) trains VAE-1 runs, 5 data sets x 2 learning rates x 5 seeds, in a plain
 PyTorch loop and saves per epoch what ``EntropyMonitor`` publishes (train and val ``sum``, ``elbo``,
