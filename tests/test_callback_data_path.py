@@ -114,7 +114,7 @@ def test_each_logging_step_runs_the_same_ops_whatever_the_number_of_batches_it_r
         assert len(logging) == 12 // every
         counts[every] = logging[1:]  # the first logging step also builds the window's cached constants
     assert len(set(counts[2] + counts[6])) == 1, counts  # fused: 2 or 6 batches, the same ops
-    assert counts[2][0] <= 90, counts[2][0]
+    assert counts[2][0] <= 100, counts[2][0]  # stack, probe, one host read, three metric updates, the window
 
 
 
