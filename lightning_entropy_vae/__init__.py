@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_entropy_vae.capture import Capture, capture
 from lightning_entropy_vae.metrics import (
+    ELBO,
     DecoderEntropy,
     EncoderEntropy,
     EntropySumELBO,
@@ -34,6 +35,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'lightning_entropy_vae' has no attribute {name!r}")
 
 __all__ = [
+    "ELBO",
     "Capture",
     "DecoderEntropy",
     "EncoderEntropy",

@@ -3,6 +3,7 @@
 import math
 import pickle
 import re
+import sys
 import warnings
 
 import matplotlib
@@ -11,6 +12,7 @@ import torch
 from torchmetrics import MetricCollection
 
 import lightning_entropy_vae.functional as F
+from lightning_entropy_vae.functional._checks import VOCABULARY
 from lightning_entropy_vae.metrics import (
     DecoderEntropy,
     EncoderEntropy,
@@ -172,7 +174,7 @@ def test_reset():
     expected = _functional(_concat(second))
     for name, metric in metrics.items():
         _assert_equal(metric.compute(), expected[name])
-        assert getattr(metric, f"{metric._prefix}_totals").dtype == F64  # set_dtype survives reset
+        assert all(state.dtype == F64 for state in metric.metric_state.values())  # set_dtype survives reset
 
 
 def test_pickling():
@@ -188,12 +190,19 @@ def test_pickling():
         _assert_equal(restored.compute(), _functional(_concat(batches))[name])
 
 
-def test_update_takes_a_mapping_a_vaeoutput_or_keywords_and_ignores_extra_keys():
+def _unused_vocabulary(metric, out):
+    """Every name of the vocabulary that ``metric`` does not read and ``out`` lacks, with a value it cannot use."""
+    return {k: torch.full((7,), float("nan")) for k in VOCABULARY if k not in metric._inputs and k not in out}
+
+
+def test_update_takes_a_mapping_a_vaeoutput_or_keywords_and_ignores_unused_vocabulary():
     out = _batches(seed=6)[0]
     expected = _functional(out)
-    extra = {**out, "loss": torch.tensor(1.0), "logits": torch.zeros(2), "step": 3, "note": "ignored"}
     typed = VAEOutput(loss=torch.tensor(1.0), **out)
     for name in expected:
+        unused = _unused_vocabulary(_metrics()[name], out)
+        assert {"dec_sq_residual", "data_dim"} & set(unused) or name in ("sum", "decoder"), name
+        extra = {**out, "loss": torch.tensor(1.0), **unused}  # a NaN in a key the metric read would show
         for inputs in (out, extra, typed):
             positional, keywords, called = _metrics()[name], _metrics()[name], _metrics()[name]
             positional.update(inputs)
@@ -201,11 +210,57 @@ def test_update_takes_a_mapping_a_vaeoutput_or_keywords_and_ignores_extra_keys()
             _assert_equal(called(inputs), expected[name])
             for metric in (positional, keywords, called):
                 _assert_equal(metric.compute(), expected[name])
+                assert metric.num_skipped_batches == 0
     # keywords override the mapping
     metric = EncoderEntropy()
     metric.set_dtype(F64)
     metric.update(out, enc_logvar=out["enc_logvar"] + 1.0)
     _assert_equal(metric.compute(), F.encoder_entropy(enc_logvar=out["enc_logvar"] + 1.0))
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"prior_log_var": "keyword"}, "got unexpected keyword argument(s) `prior_log_var` (did you mean"
+                                       " `prior_logvar`?)."),
+        ({"prior_log_var": "mapping"}, "got unexpected keyword argument(s) `prior_log_var` (did you mean"
+                                       " `prior_logvar`?)."),
+        ({"mu": "mapping"}, "got unexpected keyword argument(s) `mu` (did you mean `enc_mean`?)."),
+        ({"logvar": "keyword", "z": "keyword"}, "got unexpected keyword argument(s) `logvar` (did you mean"
+                                                " `enc_logvar`?), `z` (not needed)."),
+        ({"step": "mapping"}, "got unexpected keyword argument(s) `step`."),
+    ],
+)
+def test_unknown_keys_are_a_type_error_with_the_closest_name(inputs, message):
+    """A misspelt key raises as the functional API does (which raises the same for ``prior_log_var``)."""
+    out = _batches(seed=6)[0]
+    value = torch.zeros(H, dtype=F64)
+    keywords = {k: value for k, where in inputs.items() if where == "keyword"}
+    mapping = {**out, **{k: value for k, where in inputs.items() if where == "mapping"}}
+    with pytest.raises(TypeError, match="^entropy_sum\\(\\) " + re.escape(message)):
+        F.entropy_sum(**mapping, **keywords)
+    for metric in _metrics().values():
+        owner = f"{type(metric).__name__}.update()"
+        before = {k: v.clone() for k, v in metric.metric_state.items()}
+        with pytest.raises(TypeError, match="^" + re.escape(f"{owner} {message} Expected ") + ".* or names of the"
+                                            " vocabulary.$"):
+            metric.update(mapping, **keywords)
+        with pytest.raises(TypeError, match=re.escape(message)):
+            metric(mapping, **keywords)
+        for key, state in metric.metric_state.items():
+            torch.testing.assert_close(state, before[key], rtol=0, atol=0)
+
+
+def test_update_rejects_a_weight_key_and_non_string_keys():
+    out = _batches(seed=6)[0]
+    metric = EntropySumELBO()
+    with pytest.raises(TypeError, match=re.escape("takes `weight` as a keyword argument, update(outputs, weight=...),"
+                                                  " but got it as a key of the mapping.")):
+        metric.update({**out, "weight": torch.ones(5)})
+    with pytest.raises(TypeError, match="takes a mapping with str keys"):
+        metric.update({**out, 3: torch.ones(5)})
+    with pytest.raises(TypeError, match="but got a positional tuple"):
+        metric.update(tuple(out.values()))
 
 
 def test_metric_collection_of_all_metrics():
@@ -243,13 +298,14 @@ def test_nan_strategy_skip():
     metrics = _metrics()
     for name, metric in metrics.items():
         metric.update(good[0])
-        before = getattr(metric, f"{metric._prefix}_totals").clone()
+        before = {k: v.clone() for k, v in metric.metric_state.items()}
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # nothing is said per batch
             metric.update(bad)
-        after = getattr(metric, f"{metric._prefix}_totals")
         assert metric.num_skipped_batches == 1, name
-        torch.testing.assert_close(after[:-1], before[:-1], rtol=0, atol=0)  # the running sums are unchanged
+        for key, state in metric.metric_state.items():  # the running sums are unchanged
+            if not key.endswith("_skipped"):
+                torch.testing.assert_close(state, before[key], rtol=0, atol=0)
         metric.update(good[2])
         with pytest.warns(UserWarning, match=f"{type(metric).__name__} skipped 1 batch"):
             value = metric.compute()
@@ -350,19 +406,66 @@ def test_scalar_metrics_plot():
         values = [metric(out) for _ in range(3)]
         fig, ax = metric.plot()
         assert isinstance(fig, matplotlib.figure.Figure)
-        assert ax.lines or ax.collections
+        torch.testing.assert_close(torch.tensor(ax.lines[0].get_ydata(), dtype=torch.float32), metric.compute()[None])
         fig, ax = metric.plot(values)
-        assert len(ax.lines[0].get_ydata()) == 3
+        torch.testing.assert_close(torch.tensor(ax.lines[0].get_ydata(), dtype=torch.float32), torch.stack(values))
     plt.close("all")
 
 
-def test_class_attributes():
-    for metric_class in (EncoderEntropy, PriorEntropy, DecoderEntropy, EntropySumELBO, PosteriorCollapse):
-        assert metric_class.higher_is_better is None
-        assert metric_class.full_state_update is False
-    assert GaussianELBO.higher_is_better is True
-    names = {m._prefix for m in _metrics().values()}
-    assert len(names) == 6
+@pytest.mark.parametrize("profiled", [False, True])
+def test_entropy_sum_plot(profiled):
+    """One line per key of ``compute()``: its value, or its values over the steps given."""
+    import matplotlib.pyplot as plt
+
+    metric = EntropySumELBO(profile_decoder_variance=profiled)
+    values = [metric(out) for out in _batches("vae1", seed=12)]
+    keys = ["encoder", "prior", "decoder", "sum"] + (["decoder_profiled", "sum_profiled"] if profiled else [])
+    fig, ax = metric.plot()
+    assert isinstance(fig, matplotlib.figure.Figure)
+    assert [line.get_label() for line in ax.lines] == keys
+    computed = metric.compute()
+    for key, line in zip(keys, ax.lines, strict=True):
+        torch.testing.assert_close(torch.tensor(line.get_ydata(), dtype=torch.float32), computed[key][None])
+    _, ax2 = plt.subplots()
+    assert metric.plot(values, ax=ax2)[1] is ax2
+    for key, line in zip(keys, ax2.lines, strict=True):
+        torch.testing.assert_close(torch.tensor(line.get_ydata(), dtype=torch.float32),
+                                   torch.stack([v[key] for v in values]))
+    plt.close("all")
+
+
+def test_plot_without_matplotlib_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # `import matplotlib.pyplot` raises ImportError
+    for metric in _metrics().values():
+        message = f"{type(metric).__name__}.plot() needs matplotlib, which is not installed: pip install"
+        with pytest.raises(ImportError, match=re.escape(message + " 'lightning-entropy-vae[examples]'.")):
+            metric.plot()
+
+
+def test_states_are_named_sums_distinct_across_metrics():
+    """Every state has its own name across the package's metrics, and merging two metrics adds their states."""
+    batches = _batches(seed=14)
+    names = []
+    for name, metric in _weight_metrics().items():
+        if name not in ("sum_profiled", "elbo_given"):  # the same classes as "sum" and "elbo"
+            names += list(metric.metric_state)
+        first, second, both = _weight_metrics()[name], _weight_metrics()[name], _weight_metrics()[name]
+        first.update(batches[0])
+        for out in batches[1:]:
+            second.update(out)
+        for out in batches:
+            both.update(out)
+        first.merge_state(second)
+        for key, state in both.metric_state.items():
+            torch.testing.assert_close(first.metric_state[key], state, rtol=0, atol=1e-12)
+        _assert_equal(first.compute(), both.compute())
+        # updates go on into the merged states; a clone's updates stay its own
+        clone = first.clone()
+        for metric in (first, both):
+            metric.update(batches[0])
+        _assert_equal(first.compute(), both.compute())
+        _assert_equal(clone.compute(), _functional(_concat(batches))[name.split("_")[0]])
+    assert len(names) == len(set(names)) > 6 * 3  # more than a sum, a count and a skipped count per metric
 
 
 def test_metrics_take_distributions():
@@ -549,10 +652,11 @@ def test_wrong_weight_is_an_error(weight, error, message):
     for name, metric in _weight_metrics().items():
         inputs = _fed(name, out, torch.zeros(5, dtype=F64))
         metric.update(inputs)
-        before = getattr(metric, f"{metric._prefix}_totals").clone()
+        before = {k: v.clone() for k, v in metric.metric_state.items()}
         with pytest.raises(error, match="^" + re.escape(message) + "$"):
             metric.update(inputs, weight=weight)
-        torch.testing.assert_close(getattr(metric, f"{metric._prefix}_totals"), before, rtol=0, atol=0)
+        for key, state in metric.metric_state.items():
+            torch.testing.assert_close(state, before[key], rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------ collapse, no points
@@ -616,3 +720,60 @@ def test_the_import_paths_of_0_1_0_still_work(monkeypatch):
         import lightning_entropy_vae.metrics.entropy as old
 
         old.Nope  # noqa: B018
+
+
+def _as_one_vector(metric):
+    """The pickle state of ``metric`` as it was with one state vector ``{prefix}_totals`` (its states, in order)."""
+    state = metric.__getstate__()
+    old = f"{metric._prefix}_totals"
+    names = list(metric._defaults)
+    state[old] = torch.cat([state.pop(name).reshape(-1) for name in names])
+    for key in ("_defaults", "_reductions", "_persistent"):
+        table = {k: v for k, v in state[key].items() if k not in names}
+        table[old] = torch.zeros_like(state[old]) if key == "_defaults" else state[key][names[0]]
+        state[key] = table
+    return state
+
+
+def test_a_pickle_with_one_state_vector_loads_into_named_states():
+    batches = _batches(seed=15)
+    for name, metric in _weight_metrics().items():
+        metric.update(_fed(name, batches[0], torch.zeros(5, dtype=F64)))
+        restored = type(metric).__new__(type(metric))
+        restored.__setstate__(_as_one_vector(metric))
+        assert list(restored.metric_state) == list(metric.metric_state), name
+        _assert_equal(restored.compute(), metric.compute())
+        for out in batches[1:]:  # it keeps accumulating, resets and merges as a new one
+            restored.update(out)
+            metric.update(out)
+        _assert_equal(restored.compute(), metric.compute())
+        restored.reset()
+        assert all(state.dtype == F64 and not state.any() for state in restored.metric_state.values())
+    broken = _as_one_vector(EncoderEntropy())
+    broken["encoder_entropy_totals"] = torch.zeros(5)
+    with pytest.raises(ValueError, match=re.escape("Expected a pickled `encoder_entropy_totals` of 4 values for"
+                                                   " EncoderEntropy, but got 5.")):
+        EncoderEntropy.__new__(EncoderEntropy).__setstate__(broken)
+
+
+def test_the_metric_modules_import_each_other_without_a_cycle():
+    """Imports between the modules of ``metrics/`` (also those inside functions) form no cycle."""
+    import ast
+    from pathlib import Path
+
+    import lightning_entropy_vae.metrics as package
+
+    folder = Path(package.__file__).parent
+    graph = {}
+    for path in folder.glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lightning_entropy_vae.metrics."):
+                imported.add(node.module.rsplit(".", 1)[1])
+        graph[path.stem] = imported
+    assert "_entropy_inputs" in graph["entropy_sum"] and "entropy" in graph["__init__"]
+
+    def reaches(start, target, seen):
+        return any(n == target or (n not in seen and reaches(n, target, seen | {n})) for n in graph.get(start, ()))
+
+    assert [m for m in graph if reaches(m, m, set())] == []

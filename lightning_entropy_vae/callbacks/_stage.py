@@ -35,7 +35,7 @@ from lightning_entropy_vae.callbacks._live_params import LiveParameters
 from lightning_entropy_vae.callbacks._objective import MIN_BATCHES, ObjectiveCheck, ObjectiveVerdict
 from lightning_entropy_vae.callbacks._step_outputs import StageLayout, normalize
 from lightning_entropy_vae.functional._checks import VOCABULARY, first_nonfinite
-from lightning_entropy_vae.metrics import EntropySumELBO, GaussianELBO, PosteriorCollapse
+from lightning_entropy_vae.metrics import ELBO, EntropySumELBO, PosteriorCollapse
 
 #: Reduce early once this many batches are kept, or this many bytes of their tensors: a bound on the memory that
 #: references to D-sized tensors (``x``, ``dec_mean``, a per-point ``dec_logvar``) hold.
@@ -172,17 +172,17 @@ class StageTracker:
         # the tracker drops and counts NaN/Inf batches itself; an overflow the metrics meet is skipped silently
         # (nan_strategy="ignore"); processes are synchronised explicitly in result(), so compute() never syncs
 
-        def pair() -> tuple[EntropySumELBO, GaussianELBO]:
+        def pair() -> tuple[EntropySumELBO, ELBO]:
             return (EntropySumELBO(profile_decoder_variance=profiled, warn_fixed_variance=False,
                                    nan_strategy="ignore", sync_on_compute=False),
-                    GaussianELBO(nan_strategy="ignore", sync_on_compute=False))
+                    ELBO(nan_strategy="ignore", sync_on_compute=False))
 
         self._epoch = pair()
         self._collapse = PosteriorCollapse(self.layout.latent_dim, criterion=self._criterion,
                                            threshold=self._threshold, nan_strategy="ignore", sync_on_compute=False)
         windowed = self._live is not None
         self._windows = [pair() for _ in range(2)] if windowed else []
-        self._carry: tuple[EntropySumELBO, GaussianELBO] | None = None
+        self._carry: tuple[EntropySumELBO, ELBO] | None = None
         for m in self._metrics():
             m.to(device)
             if dtype == torch.float64:  # float64 steps (precision="64-true") keep float64 sums

@@ -1,8 +1,9 @@
-"""Shared machinery of the package's metrics: a per-point table summed into one state vector (private)."""
+"""Shared machinery of the package's metrics: named sum states, the strict input check, plotting (private)."""
 
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -11,9 +12,10 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_entropy_vae.functional._checks import check_weight, first_nonfinite
+from lightning_entropy_vae.functional._checks import check_keywords, check_weight, first_nonfinite
 
 NAN_STRATEGIES = ("skip", "ignore", "error")
+INSTALL_PLOT = "pip install 'lightning-entropy-vae[examples]'"
 
 
 def rank_zero_warn(message: str) -> None:
@@ -24,25 +26,53 @@ def rank_zero_warn(message: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=3)
 
 
-def merge_inputs(owner: str, outputs: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Merge an optional positional mapping (a step's output) with keyword inputs."""
+def merge_inputs(owner: str, outputs: Mapping[str, Any] | None, kwargs: dict[str, Any],
+                 accepted: tuple[str, ...]) -> dict[str, Any]:
+    """Merge an optional positional mapping (a step's output) with keyword inputs; reject unknown keys.
+
+    Names of the vocabulary and ``loss`` (``STEP_KEYS`` of :mod:`~lightning_entropy_vae.functional._checks`) are
+    accepted, and ignored where the metric does not use them; any other key is a ``TypeError`` naming the closest
+    valid name, as the functional API raises. ``accepted``: the names the metric reads, for that message.
+    """
     if outputs is None:
-        return kwargs
-    if not isinstance(outputs, Mapping):
+        merged = kwargs
+    elif isinstance(outputs, Mapping):
+        merged = {**outputs, **kwargs}
+    else:
         raise TypeError(
             f"{owner} takes a mapping of the vocabulary (a dict or VAEOutput) or keyword arguments,"
             f" but got a positional {type(outputs).__name__}."
         )
-    return {**outputs, **kwargs}
+    try:
+        check_keywords(owner, merged, (*accepted, "weight"))
+    except TypeError:
+        if outputs is not None and not all(isinstance(key, str) for key in outputs):
+            raise TypeError(f"{owner} takes a mapping with str keys (names of the vocabulary), but got the keys"
+                            f" {list(outputs)!r}.") from None
+        if outputs is not None and "weight" in outputs:
+            raise TypeError(f"{owner} takes `weight` as a keyword argument, update(outputs, weight=...), but got it"
+                            " as a key of the mapping.") from None
+        raise
+    return merged
+
+
+def require_matplotlib(owner: str) -> Any:
+    """``matplotlib.pyplot``, or a ``ModuleNotFoundError`` naming the extra that installs it."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ModuleNotFoundError(f"{owner} needs matplotlib, which is not installed: {INSTALL_PLOT}.") from err
+    return plt
 
 
 class SumAndCountMetric(Metric):
-    """Base class: per-data-point sums kept as one vector state ``[sums..., count, skipped]``.
+    """Base class: per-data-point sums kept as named states, each summed across processes.
 
-    A subclass sets ``_prefix`` (state names must differ between metrics: MetricCollection merges states by
-    name) and hands its functional ``_update`` statistics to :meth:`_accumulate`, which sums them over the
-    points (weighted and NaN-safe when ``weight`` is given) into the state. One state means one tensor to
-    all-reduce under DDP.
+    A subclass lists its sums in :meth:`_sum_layout` (name and shape; every state name starts with the class's
+    ``_prefix``, so that no two of the package's metrics share one: MetricCollection merges states by name); the
+    base adds ``{prefix}_count`` (points seen) and ``{prefix}_skipped`` (updates skipped) and sums the functional
+    ``_update`` statistics into them in :meth:`_accumulate` (weighted and NaN-safe when ``weight`` is given).
+    Every state is a sum with ``dist_reduce_fx="sum"``.
 
     ``weight``: every ``update`` takes an optional per-point weight ``(B,)``, bool or float. A point of
     weight 0 or below (or ``False``) adds nothing, even when its values are NaN or Inf, also under
@@ -61,6 +91,8 @@ class SumAndCountMetric(Metric):
     full_state_update = False
     is_differentiable = False
     _prefix: str = ""
+    #: the vocabulary names ``update`` reads (named in the message for an unknown key)
+    _inputs: tuple[str, ...] = ()
 
     def __init__(self, nan_strategy: str = "skip", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -72,13 +104,28 @@ class SumAndCountMetric(Metric):
         # (key, 0-d constants, constant row) of the last update; its 0-d constants end with a zero
         self._last_constants: tuple = (None, (), None)
 
-    def _add_sum_states(self, num_sums: int) -> None:
-        self._num_sums = num_sums
-        self.add_state(f"{self._prefix}_totals", torch.zeros(num_sums + 2), dist_reduce_fx="sum")
+    def _sum_layout(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """The sums a subclass keeps, in the order :meth:`_accumulate` adds them: ``(name, shape)`` pairs."""
+        raise NotImplementedError
 
-    @property
-    def _state(self) -> Tensor:
-        return getattr(self, f"{self._prefix}_totals")
+    def _layout(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """Every state: the subclass's sums, then the count and the skipped count, with their full names."""
+        sums = ((f"{self._prefix}_{name}", shape) for name, shape in self._sum_layout())
+        return (*sums, (f"{self._prefix}_count", ()), (f"{self._prefix}_skipped", ()))
+
+    def _add_sum_states(self) -> None:
+        """Declare the states of :meth:`_layout`; call once the constructor has set what the layout depends on."""
+        layout = self._layout()
+        for name, shape in layout:
+            self.add_state(name, torch.zeros(shape), dist_reduce_fx="sum")
+        self._state_names = tuple(name for name, _ in layout)
+        self._state_shapes = tuple(shape for _, shape in layout)
+        self._state_sizes = tuple(math.prod(shape) for shape in self._state_shapes)
+        self._views: tuple[Tensor, ...] = ()  # the states as views of one vector, once an update built it
+
+    def _state(self, name: str) -> Tensor:
+        """The state ``{prefix}_{name}``."""
+        return getattr(self, f"{self._prefix}_{name}")
 
     def _constant(self, value: float, like: Tensor) -> Tensor:
         """A cached 0-d tensor on ``like``'s device and dtype, so the per-update path copies nothing host-to-device."""
@@ -92,7 +139,7 @@ class SumAndCountMetric(Metric):
 
     def _accumulate(self, statistics: Callable[[bool], list[Tensor]], per_point: tuple[float, ...], batch: int,
                     like: Tensor, weight: Tensor | None) -> None:
-        """Add one update to the state ``[statistics..., per-point constants..., count, skipped]``.
+        """Add one update to the states: the statistics' sums, the per-point constants' sums, count, skipped.
 
         ``statistics(per_sample)`` returns the functional ``_update`` statistics: their batch sums (each
         ``()`` or ``(k,)``) when ``per_sample`` is false, else their per-point values (``(B,)``, ``(B, ...)``,
@@ -131,13 +178,33 @@ class SumAndCountMetric(Metric):
         self._add_values(values)
 
     def _add_values(self, values: Tensor) -> None:
-        """Add a state-shaped vector unless it holds NaN/Inf, in which case only the skipped count grows.
+        """Add a vector of every state's increment (in :meth:`_layout`'s order) unless it holds NaN/Inf, in which
+        case only the skipped count grows.
 
         The test is one dot product: NaN or Inf in any entry (or an entry beyond 1e19 in float32, which no
         sum of log-variances, squared residuals or counts reaches) makes ``v . v`` fail ``< inf``.
         """
+        values = values.detach()  # the states hold numbers, never a graph (the metrics are not differentiable)
         ok = values.dot(values) < self._constant(math.inf, values)  # a cached tensor: no scalar wrapping
-        self._state.add_(torch.where(ok, values, self._skip_row(values)))
+        self._flat_states().add_(torch.where(ok, values, self._skip_row(values)))
+
+    def _flat_states(self) -> Tensor:
+        """One vector of which the states are views, so that an update adds to all of them in one op.
+
+        TorchMetrics replaces the state tensors in ``reset``, ``merge_state``, a DDP sync, ``to`` and ``set_dtype``;
+        the next update then finds another tensor under a state's name and builds the vector again from the
+        states' current values.
+        """
+        views = self._views
+        if views and all(map(operator.is_, map(self.__dict__.get, self._state_names), views)):
+            return self._flat
+        flat = torch.cat([getattr(self, name).reshape(-1) for name in self._state_names])
+        views = tuple(part.view(shape) for part, shape in zip(flat.split(self._state_sizes), self._state_shapes,
+                                                               strict=True))
+        for name, view in zip(self._state_names, views, strict=True):
+            setattr(self, name, view)
+        self._flat, self._views = flat, views
+        return flat
 
     def _constants_0d(self, values: tuple[float, ...], like: Tensor) -> tuple[Tensor, ...]:
         """Cached 0-d tensors of ``values`` on ``like``'s device and dtype."""
@@ -170,7 +237,7 @@ class SumAndCountMetric(Metric):
     @property
     def num_skipped_batches(self) -> Tensor:
         """Number of updates skipped for non-finite values (a tensor; reading it as int syncs)."""
-        return self._state[-1]
+        return self._state("skipped")
 
     def _check_finite(self, inputs: Mapping[str, Any], weight: Tensor | None = None) -> None:
         """``nan_strategy="error"``: name the first input holding NaN/Inf in a point of positive weight (syncs)."""
@@ -185,19 +252,73 @@ class SumAndCountMetric(Metric):
                 " Expected finite tensors; use nan_strategy='skip' to skip such batches instead."
             )
 
-    def _totals(self) -> tuple[Tensor, Tensor]:
-        """Return (sums, count) and warn once if updates were skipped. Call from ``compute``."""
-        totals = self._state
-        if self.nan_strategy == "ignore" or self._warned_nonfinite:
-            return totals[:-2], totals[-2]
-        skipped = int(totals[-1])
-        if skipped:
-            self._warned_nonfinite = True
-            rank_zero_warn(
-                f"{type(self).__name__} skipped {skipped} batch(es) whose inputs held NaN or Inf; the"
-                " running sums exclude them. Pass nan_strategy='error' to find the offending key."
-            )
-        return totals[:-2], totals[-2]
+    def _count(self) -> Tensor:
+        """The points counted so far; warns once if updates were skipped. Call from ``compute``."""
+        if self.nan_strategy != "ignore" and not self._warned_nonfinite:
+            skipped = int(self._state("skipped"))
+            if skipped:
+                self._warned_nonfinite = True
+                rank_zero_warn(
+                    f"{type(self).__name__} skipped {skipped} batch(es) whose inputs held NaN or Inf; the"
+                    " running sums exclude them. Pass nan_strategy='error' to find the offending key."
+                )
+        return self._state("count")
+
+    def plot(self, val: Any = None, ax: Any = None) -> Any:
+        """Plot a value of ``compute()`` (or a list of them, one per step) with TorchMetrics' plotting helper.
+
+        Args:
+            val: the value(s) to plot; ``None`` plots ``compute()``.
+            ax: a matplotlib axis to draw on; ``None`` makes a new figure.
+
+        Returns:
+            ``(fig, ax)``.
+
+        Raises:
+            ModuleNotFoundError: matplotlib is not installed (``pip install 'lightning-entropy-vae[examples]'``).
+
+        Example (one point per step; a metric whose ``compute`` returns a dict draws one line per key):
+            >>> import matplotlib.pyplot as plt
+            >>> from lightning_entropy_vae.metrics import EncoderEntropy
+            >>> metric = EncoderEntropy()
+            >>> values = [metric(enc_logvar=torch.full((4, 2), v)) for v in (-1.0, 0.0, 1.0)]
+            >>> fig, ax = metric.plot(values)
+            >>> [round(float(y), 4) for y in ax.lines[0].get_ydata()]
+            [1.8379, 2.8379, 3.8379]
+            >>> plt.close(fig)
+        """
+        require_matplotlib(f"{type(self).__name__}.plot()")
+        return self._plot(val, ax)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The pickled state: the states as tensors of their own (the next update makes them views again)."""
+        state = super().__getstate__()
+        state.pop("_flat", None)
+        state["_views"] = ()
+        for name in self.__dict__.get("_state_names", ()):
+            state[name] = state[name].clone()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled metric, also one pickled with all sums in one vector ``{prefix}_totals``."""
+        vector = state.pop(f"{self._prefix}_totals", None)
+        super().__setstate__(state)
+        if vector is not None:
+            self._from_vector(vector)
+
+    def _from_vector(self, vector: Tensor) -> None:
+        """Replace the one-vector state of older pickles (the layout's states, in order) by the named states."""
+        old = f"{self._prefix}_totals"
+        for table in (self._defaults, self._reductions, self._persistent):
+            table.pop(old, None)
+        self._add_sum_states()
+        sizes = self._state_sizes
+        if vector.numel() != sum(sizes):
+            raise ValueError(f"Expected a pickled `{old}` of {sum(sizes)} values for {type(self).__name__}, but got"
+                             f" {vector.numel()}.")
+        for name, part, shape in zip(self._state_names, vector.split(sizes), self._state_shapes, strict=True):
+            setattr(self, name, part.reshape(shape).clone())
+            self._defaults[name] = self._defaults[name].to(vector)
 
 
 def _kept(value: Any, keep: Tensor, batch: int) -> Any:

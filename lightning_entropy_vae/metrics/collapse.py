@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch  # noqa: F401  (doctest namespace)
+import torch
 from torch import Tensor
 
 from lightning_entropy_vae.functional import _inputs as _in
@@ -16,7 +16,7 @@ from lightning_entropy_vae.functional.collapse import (
     _latent_statistics_compute,
     _latent_statistics_update,
 )
-from lightning_entropy_vae.metrics._base import SumAndCountMetric, merge_inputs
+from lightning_entropy_vae.metrics._base import SumAndCountMetric, merge_inputs, require_matplotlib
 
 __all__ = ["PosteriorCollapse"]
 
@@ -39,13 +39,22 @@ class PosteriorCollapse(SumAndCountMetric):
     ``latent_entropy``, ``prior_latent_entropy``, ``latent_kl``, ``latent_mean_variance``,
     ``collapsed`` (bool), the scalars ``num_active`` and ``num_collapsed`` (float; NaN before any point was
     kept), and for the ``"entropy"`` criterion ``entropy_threshold``, each latent's collapse threshold.
-    An optional ``weight`` ``(B,)`` in ``update`` weighs the points (0 drops a point, NaN-safe).
+    An optional ``weight`` ``(B,)`` in ``update`` weighs the points (0 drops a point, NaN-safe). The other names
+    of the vocabulary (and ``loss``) are ignored, any other key is an error. States: one ``(H,)`` sum per row of
+    the functional statistics (``posterior_collapse_logvar``, ``posterior_collapse_prior_logvar``, ...),
+    ``posterior_collapse_count`` and ``posterior_collapse_skipped``.
 
     Args:
         criterion: ``"entropy"`` (default), ``"kl"`` or ``"active_units"``.
         threshold: the criterion's threshold; default 1.0, 0.01, 0.01 respectively.
         latent_dim: H, the number of latents (fixes the state shapes, as ``num_classes`` does elsewhere).
         nan_strategy: ``"skip"`` (default), ``"ignore"`` or ``"error"``.
+        kwargs: passed to :class:`torchmetrics.Metric`.
+
+    Raises:
+        TypeError: a key or keyword that is neither a name of the vocabulary nor ``loss`` (with the closest name).
+        ValueError: a bad ``latent_dim``, ``criterion`` or ``threshold``; inputs of the wrong shape or without
+            ``enc_mean``; non-finite inputs with ``nan_strategy="error"``.
 
     Example:
         >>> metric = PosteriorCollapse(latent_dim=3)
@@ -58,6 +67,7 @@ class PosteriorCollapse(SumAndCountMetric):
 
     higher_is_better = None
     _prefix = "posterior_collapse"
+    _inputs = ("enc_mean", "enc_logvar", "posterior", "prior_logvar", "prior")
 
     def __init__(
         self,
@@ -73,12 +83,15 @@ class PosteriorCollapse(SumAndCountMetric):
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"Expected `latent_dim` to be a positive int, but got {latent_dim!r}.")
         self.latent_dim = latent_dim
-        self._add_sum_states(len(LATENT_ROWS) * latent_dim)
+        self._add_sum_states()
+
+    def _sum_layout(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        return tuple((row, (self.latent_dim,)) for row in LATENT_ROWS)
 
     def update(self, outputs: Mapping[str, Any] | None = None, /, *, weight: Tensor | None = None,
                **kwargs: Any) -> None:
         owner = "PosteriorCollapse.update()"
-        kw = merge_inputs(owner, outputs, kwargs)
+        kw = merge_inputs(owner, outputs, kwargs, self._inputs)
         enc = _in.encoder(kw.get("enc_mean"), kw.get("enc_logvar"), kw.get("posterior"), owner=owner, given=kw)
         if enc.mean is None:
             raise missing_inputs_error(owner, "`enc_mean` and `enc_logvar` (or a `posterior`)", kw)
@@ -95,9 +108,9 @@ class PosteriorCollapse(SumAndCountMetric):
                          weight)
 
     def compute(self) -> dict[str, Tensor]:
-        sums, count = self._totals()
-        return _latent_statistics_compute(sums.reshape(len(LATENT_ROWS), self.latent_dim), count, self.criterion,
-                                          self.threshold)
+        count = self._count()
+        sums = torch.stack([self._state(row) for row in LATENT_ROWS])
+        return _latent_statistics_compute(sums, count, self.criterion, self.threshold)
 
     def plot(self, val: Mapping[str, Tensor] | None = None, ax: Any = None) -> Any:
         """Bar chart of each latent's average encoder entropy against the collapse threshold and the prior.
@@ -108,12 +121,7 @@ class PosteriorCollapse(SumAndCountMetric):
         Returns:
             ``(fig, ax)``.
         """
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ModuleNotFoundError(
-                "PosteriorCollapse.plot() needs matplotlib: pip install 'lightning-entropy-vae[examples]'."
-            ) from err
+        plt = require_matplotlib("PosteriorCollapse.plot()")
         val = self.compute() if val is None else val
         ent = val["latent_entropy"].detach().float().cpu()
         prior = val["prior_latent_entropy"].detach().float().cpu()
