@@ -103,7 +103,8 @@ def _replace(key, make):
     (_without("enc_logvar"), r"(?s)needs `enc_logvar`.*but got .*`enc_mean`"),
     (_without("enc_mean"), r"needs `enc_mean` and `enc_logvar`"),
     (lambda out: {k: out[k] for k in ("loss", "x", "enc_mean", "enc_logvar", "dec_logvar")},
-     r"needs `elbo` \(B,\), or `x` and `dec_mean` to compute it, but got `loss`, `x`"),
+     r"needs `elbo` \(B,\), or `x` and the decoder's `dec_mean` \(Gaussian\), `dec_logits`/`dec_probs` \(Bernoulli\),"
+     r" `dec_class_logits` \(categorical\) or `likelihood` to compute it, but got `loss`, `x`"),
     (lambda out: {k: out[k] for k in ("loss", "enc_mean", "enc_logvar", "dec_logvar")},
      r"needs `x` or `dec_mean` to know the batch size"),
     (_replace("enc_logvar", lambda out: out["enc_logvar"].repeat(1, 2)),

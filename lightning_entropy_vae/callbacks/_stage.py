@@ -206,6 +206,7 @@ class StageTracker:
             if self.layout.distributions:  # distribution objects: batch by batch, each metric skips NaN itself
                 for kw in self._batches:
                     self._update(kw)
+                self._objective_rows_of_distributions(loss_scale)
             else:
                 self._reduce_stacked(loss_scale)
         self._batches, self._sizes, self._bytes = [], [], 0
@@ -228,6 +229,23 @@ class StageTracker:
             inputs = self._stack(batches, sizes) if batches else None
         if inputs is not None:
             self._update(inputs)
+
+    def _objective_rows_of_distributions(self, loss_scale: float) -> None:
+        """The objective check's rows for batches of distribution objects: per batch the loss, the ELBO and the KL
+        summed over its points, read to the host at once."""
+        if not self._track_objective or "loss" not in self.layout.kept:
+            return
+        rows = []
+        for kw in self._batches:
+            vocabulary = {k: v for k, v in kw.items() if k in VOCABULARY}
+            elbo = kw.get("elbo")
+            elbo = F.elbo(**vocabulary, reduction="none") if elbo is None else elbo
+            kl = F.gaussian_kl(**vocabulary, reduction="none")
+            rows.append(torch.stack([kw["loss"].reshape(()).to(kl.dtype), elbo.sum().to(kl.dtype), kl.sum()]))
+        self._objective.eps = max(self._objective.eps, torch.finfo(self._batches[0]["loss"].dtype).eps)
+        for (loss, elbo, kl), n in zip(torch.stack(rows).tolist(), self._sizes):
+            if math.isfinite(loss) and math.isfinite(elbo) and math.isfinite(kl):
+                self._objective.add(-loss * loss_scale, elbo, kl, n)
 
     def _update(self, inputs: Any) -> None:
         entropy_sum, elbo = self._windows[0] if self._windows else self._epoch

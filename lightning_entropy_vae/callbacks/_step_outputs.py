@@ -130,10 +130,10 @@ class StageLayout:
             if elbo_shape != (self.batch,):
                 raise ValueError(f"{owner} expected `elbo` of shape (B,) = ({self.batch},), one ELBO per sample,"
                                  f" but got {elbo_shape}.")
-        elif d.x is None or (dec.mean is None and dec.params is None):
+        elif d.x is None or (dec.mean is None and dec.params is None and dec.dist is None):
             raise missing_inputs_error(owner, "`elbo` (B,), or `x` and the decoder's `dec_mean` (Gaussian),"
-                                              " `dec_logits`/`dec_probs` (Bernoulli) or `dec_class_logits`"
-                                              " (categorical) to compute it", kw)
+                                              " `dec_logits`/`dec_probs` (Bernoulli), `dec_class_logits`"
+                                              " (categorical) or `likelihood` to compute it", kw)
         self.has_prior = p.logvar is not None and p.dist is None
         #: distribution objects cannot be stacked: their batches go to the metrics one by one
         self.distributions = any(kw.get(k) is not None for k in DISTRIBUTION_KEYS)
