@@ -1,8 +1,11 @@
 """Failures users met around the EntropyMonitor: each case once, with what it must do instead."""
 
 import csv
+import inspect
+import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -13,7 +16,7 @@ import torch
 from helpers import TRAIN, VAL, MonitorVAE, monitor_loader, monitor_trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from lightning_entropy_vae import EntropyMonitor
+from lightning_entropy_vae import EntropyConvergence, EntropyMonitor
 
 TESTS = Path(__file__).resolve().parent
 
@@ -76,3 +79,48 @@ def test_a_rank_whose_validation_steps_all_return_none_does_not_hang_ddp(tmp_pat
         values = [float(r["entropy/val/elbo"]) for r in csv.DictReader(f) if r.get("entropy/val/elbo")]
     assert len(values) == 2 and all(math.isfinite(v) for v in values)
     assert torch.tensor(values).std() < 1e-6  # a frozen model: rank 0's validation batches give one value
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: EntropyMonitor(collapse_treshold=0.5),
+     "EntropyMonitor() got unexpected keyword argument(s) `collapse_treshold` (did you mean `collapse_threshold`?)."),
+    (lambda: EntropyConvergence(gap_tol=0.02),
+     "EntropyConvergence() got unexpected keyword argument(s) `gap_tol` (did you mean `gap_tolerance`?)."),
+])
+def test_a_misspelt_argument_of_a_callback_names_the_closest_one(make, message):
+    with pytest.raises(TypeError, match="^" + re.escape(message) + " Expected "):
+        make()
+
+
+def test_the_signatures_stay_readable_by_lightning_cli():
+    """The keyword check wraps ``__init__``; ``inspect`` (LightningCLI, jsonargparse) still sees the arguments."""
+    params = inspect.signature(EntropyMonitor.__init__).parameters
+    assert list(params)[:3] == ["self", "stages", "collapse_criterion"] and params["prefix"].default == "entropy"
+    assert inspect.signature(EntropyConvergence.__init__).parameters["gap_tolerance"].default == 0.01
+
+
+class AllCollapsed(MonitorVAE):
+    """Every latent's posterior is the prior N(0, 1): all collapsed from the first epoch on."""
+
+    def latents(self, mean, logvar):
+        return mean * 0.0, logvar * 0.0
+
+
+def test_no_active_latent_is_said_once_and_the_fit_ends_with_a_summary(tmp_path, caplog):
+    trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",))], max_epochs=3)
+    with warnings.catch_warnings(record=True) as record, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        trainer.fit(AllCollapsed(lr=0.0), monitor_loader(TRAIN))
+    said = [str(w.message) for w in record if "no latent is active" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith("EntropyMonitor: no latent is active at the end of training epoch 0:"
+                                                 " all 2 latents are collapsed")
+    assert "KL warm-up" in said[0]
+    summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("EntropyMonitor: last training")]
+    elbo = float(trainer.callback_metrics["entropy/train/elbo"])
+    assert len(summary) == 1 and f"ELBO {elbo:.4g}" in summary[0] and summary[0].endswith("0 active latents.")
+    # an active model gets neither
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",))], max_epochs=2).fit(
+            MonitorVAE(lr=0.0), monitor_loader(TRAIN))
+    assert not any("no latent is active" in str(w.message) for w in record)

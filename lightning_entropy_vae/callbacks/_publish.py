@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 import torch
-from lightning_utilities.core.rank_zero import rank_zero_warn
+from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 
 from lightning_entropy_vae.callbacks import _groups, _logger_extras, _loggers
 from lightning_entropy_vae.callbacks._options import MonitorOptions
@@ -120,6 +120,30 @@ def collapse_warning(options: MonitorOptions, epoch_index: int, previous: list[b
             " information."
         )
     return warned | frozenset(new)
+
+
+def no_active_latent_warning(options: MonitorOptions, epoch_index: int, latent_dim: int) -> None:
+    """Every latent is collapsed at the end of a training epoch (said once per fit, with what to try)."""
+    rank_zero_warn(
+        f"EntropyMonitor: no latent is active at the end of training epoch {epoch_index}: all {latent_dim} latents"
+        f" are collapsed (criterion {options.collapse_criterion!r}), their posteriors match the prior and the"
+        " decoder ignores z. Things to try: a KL warm-up (anneal beta from 0 to 1), a smaller learning rate, free"
+        " bits, a less expressive decoder, or fewer latents; and check that the encoder's log-variance is returned"
+        " as `enc_logvar` (not the standard deviation)."
+    )
+
+
+def fit_summary(options: MonitorOptions, metrics: Any) -> None:
+    """One line at the end of fit: the last training epoch's ELBO, entropy sum, gap and active latents."""
+    values = {k: metrics.get(options.key("train", k)) for k in ("elbo", "sum", "rel_gap", "active_latents")}
+    if any(v is None for v in values.values()):
+        return
+    elbo, entropy_sum, rel_gap, active = (float(v) for v in values.values())
+    latents = f"{active:.0f}" if math.isfinite(active) else "unknown"
+    rank_zero_info(
+        f"EntropyMonitor: last training epoch: ELBO {elbo:.4g}, entropy sum {entropy_sum:.4g} nats per point (relative"
+        f" gap {100 * rel_gap:.2f} %), {latents} active latents."
+    )
 
 
 def empty_epoch_warning(stage: str, epoch_index: int, skipped: int) -> None:

@@ -160,11 +160,12 @@ class StageTracker:
         self.layout = StageLayout(values, owner(), need_loss=self._track_objective, need_residual=profiled)
         if found_fixed:
             rank_zero_warn(
-                f"{owner()}: `dec_logvar` does not require grad, so the decoder variance is fixed (VAE-0 / plain MSE"
-                " training). The ELBO of such a model does not converge to the entropy sum; their gap stays"
-                " 0.5*(D - R/sigma^2) per point, so EntropyConvergence's gate will not open. Also logging"
-                " `sum_profiled`: the entropy sum at the optimal variance sigma^2* = mean squared residual, which a"
-                " learned variance would reach."
+                f"{owner()}: `dec_logvar` does not require grad, so the decoder variance is fixed (VAE-0, a"
+                " squared-error loss; a BCE-trained model should return `dec_logits` or `dec_probs` instead of"
+                " `dec_mean` and `dec_logvar`). The ELBO of such a model does not converge to the entropy sum;"
+                " their gap stays 0.5*(D - R/sigma^2) per point, so EntropyConvergence's gate will not open. Also"
+                " logging `sum_profiled`: the entropy sum at the optimal variance sigma^2* = mean squared residual,"
+                " which a learned variance would reach."
             )
         first = values.get("enc_logvar", values.get("posterior"))
         first = first if isinstance(first, Tensor) else first.mean  # a posterior distribution's mean

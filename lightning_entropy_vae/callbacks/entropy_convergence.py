@@ -12,6 +12,7 @@ from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_entropy_vae.callbacks.entropy_monitor import EntropyMonitor
+from lightning_entropy_vae.functional._checks import strict_keywords
 
 __all__ = ["EntropyConvergence"]
 
@@ -70,6 +71,7 @@ class EntropyConvergence(Callback):
         >>> trainer = L.Trainer(callbacks=[EntropyMonitor(), EntropyConvergence()])
     """
 
+    @strict_keywords
     def __init__(
         self,
         gap_tolerance: float = 0.01,

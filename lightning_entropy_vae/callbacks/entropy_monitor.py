@@ -22,6 +22,7 @@ from lightning_entropy_vae.callbacks._live_params import LiveParameters
 from lightning_entropy_vae.callbacks._options import Extract, MonitorOptions
 from lightning_entropy_vae.callbacks._stage import StageTracker
 from lightning_entropy_vae.callbacks._step_outputs import owner_of, read_output
+from lightning_entropy_vae.functional._checks import strict_keywords
 
 #: Keys of which one in a step's output makes it a monitored output (for the test stage not named in ``stages``).
 ENCODER_KEYS = ("enc_mean", "enc_logvar", "posterior")
@@ -90,6 +91,7 @@ class EntropyMonitor(Callback):
     this callback publishes.
     """
 
+    @strict_keywords
     def __init__(
         self,
         stages: tuple[str, ...] | list[str] | None = None,
@@ -249,6 +251,13 @@ class EntropyMonitor(Callback):
                                                               collapsed, self._warned_collapse,
                                                               train.layout.latent_shape)
             self._collapsed = collapsed
+            if all(collapsed) and "no-active" not in self._warned:
+                self._warned.add("no-active")
+                _publish.no_active_latent_warning(self._options, trainer.current_epoch, len(collapsed))
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _publish.fit_summary(self._options, trainer.callback_metrics)
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -106,19 +106,45 @@ def check_keywords(owner: str, extra: Mapping[str, Any], accepted: tuple[str, ..
     a dict of vocabulary keys; anything else is a ``TypeError`` with the closest valid names.
     """
     unknown = [k for k in extra if k not in STEP_KEYS]
-    if not unknown:
-        return
-    valid = sorted({*accepted, *STEP_KEYS})
+    if unknown:
+        raise unexpected_keywords(owner, unknown, accepted, vocabulary=True)
+
+
+def unexpected_keywords(owner: str, unknown: list[str], accepted: tuple[str, ...], *,
+                        vocabulary: bool = False) -> TypeError:
+    """The package's one error for unknown keyword arguments: each with the closest valid name (or the vocabulary
+    name a known alias stands for), and the accepted names."""
+    valid = sorted({*accepted, *(STEP_KEYS if vocabulary else ())})
     hints = []
     for key in unknown:
-        alias = ALIASES.get(key, "")
+        alias = ALIASES.get(key, "") if vocabulary else ""
         close = [alias] if alias else difflib.get_close_matches(key, valid, n=1)
         hints.append(f"`{key}`" + (f" (did you mean `{close[0]}`?)" if close else
-                                   " (not needed)" if key in ALIASES else ""))
-    raise TypeError(
+                                   " (not needed)" if vocabulary and key in ALIASES else ""))
+    return TypeError(
         f"{owner} got unexpected keyword argument(s) {', '.join(hints)}. Expected {', '.join(accepted)}"
-        " or names of the vocabulary."
+        + (" or names of the vocabulary." if vocabulary else ".")
     )
+
+
+def strict_keywords(init: Any) -> Any:
+    """Decorate a class's ``__init__`` so that a misspelt keyword argument is a ``TypeError`` naming the closest
+    argument (``EntropyMonitor(collapse_treshold=0.5)`` -> ``collapse_threshold``), instead of Python's bare
+    "unexpected keyword argument". The signature seen by ``inspect`` (LightningCLI) is unchanged."""
+    import functools
+    import inspect
+
+    names = tuple(n for n, p in inspect.signature(init).parameters.items()
+                  if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+
+    @functools.wraps(init)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+        unknown = [k for k in kwargs if k not in names]
+        if unknown:
+            raise unexpected_keywords(f"{type(self).__name__}()", unknown, names)
+        init(self, *args, **kwargs)
+
+    return checked
 
 
 def as_float_tensor(name: str, value: Any) -> Tensor:
