@@ -101,7 +101,8 @@ class Capture:
 
     Raises:
         TypeError: for a key outside the vocabulary (with the vocabulary name to use for a known alias such as
-            ``mu``) or a source of another kind.
+            ``mu``), a source of another kind, or ``None`` where a submodule is expected (a model attribute that
+            is ``None`` in this configuration, such as diffusers' ``quant_conv`` with ``use_quant_conv=False``).
         ValueError: when the batch is read (``capture(...)``), for a selector that does not fit the output
             it selects from, or an ``x`` that cannot be read from the batch: the message says what the output
             or the batch is (its type, length, keys or shape) and what to pass.
@@ -142,6 +143,14 @@ class Capture:
                 self._renamed[key] = source
             elif isinstance(source, Tensor) or (isinstance(source, (int, float)) and not isinstance(source, bool)):
                 self._constants[key] = source
+            elif source is None or (isinstance(source, tuple) and len(source) == 2 and source[0] is None):
+                where = f"`{key}`" if source is None else f"the submodule of `{key}` (the first element of its pair)"
+                raise TypeError(
+                    f"Expected {where} to be a submodule (an nn.Module), but got None: the model attribute passed is"
+                    " None in this configuration (diffusers' AutoencoderKL has `quant_conv` None with"
+                    " `use_quant_conv=False`). Hook the submodule that computes the output instead, e.g."
+                    " `posterior=(vae.encoder, DiagonalGaussianDistribution)`."
+                )
             else:
                 raise TypeError(
                     f"Expected `{key}` to be a submodule, a (submodule, selector) pair, the name of a step output's"
