@@ -10,7 +10,7 @@ mode="max")`` to restore the best epoch:
 3. Lightning's stock ``EarlyStopping(monitor="entropy/val/elbo", mode="max", patience=10)``.
 
 It prints the epochs each run took and the held-out ELBO (100 z samples per point) of the restored best
-checkpoint.
+checkpoint; the figure marks the epoch each stopping rule stopped at, or says it did not stop (budget end).
 
     python examples/early_stopping.py            # pPCA data, a few minutes
     python examples/early_stopping.py --smoke    # a few seconds
@@ -78,11 +78,20 @@ def fit(data: TensorDataModule, args: argparse.Namespace, callbacks: list[Callba
     model.num_samples = 100  # a low-noise ELBO of the restored model on the held-out data
     with torch.no_grad():
         elbo = model.step(data.val)["elbo"].mean().item()
-    return {"epochs": trainer.current_epoch, "seconds": round(seconds, 1), "val_elbo": elbo,
-            "val_rel_gap": history.rel_gap[-1], "history": history}
+    return {"epochs": trainer.current_epoch, "stopped": bool(trainer.should_stop), "seconds": round(seconds, 1),
+            "val_elbo": elbo, "val_rel_gap": history.rel_gap[-1], "history": history}
 
 
-def plot(runs: dict[str, dict], path: Path) -> None:
+def stop_label(name: str, run: dict) -> str:
+    """The figure's label of a run's last epoch: where its callback stopped it, or the budget end it ran to."""
+    if run["stopped"]:
+        return f"{LABELS[name]}: stopped after {run['epochs']} epochs"
+    return f"{LABELS[name]}: did not stop (budget end)"
+
+
+def plot(runs: dict[str, dict], path: Path) -> list[str]:
+    """Draw the validation ELBO and relative gap of the fixed budget with each other run's last epoch; return the
+    legend's labels."""
     plt = pyplot()
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
@@ -92,15 +101,16 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     for i, (name, run) in enumerate(runs.items()):
         if name != "fixed budget":
             for ax in (top, bottom):
-                ax.axvline(run["epochs"] - 1, color=f"C{i}", ls="--", label=f"{LABELS[name]}: stop")
+                ax.axvline(run["epochs"] - 1, color=f"C{i}", ls="--", label=stop_label(name, run))
     top.set_ylim(budget.elbo[len(budget.elbo) // 5] if len(budget.elbo) > 4 else None, None)
     top.set_ylabel("validation ELBO [nats]")
-    top.legend(fontsize="small")
+    legend = top.legend(fontsize="small")
     bottom.axhline(0, color="k", lw=0.5)
     bottom.set_ylim(-5, 5)
     bottom.set_ylabel("relative gap [%]")
     bottom.set_xlabel("epoch")
     save_figure(fig, path)
+    return [text.get_text() for text in legend.get_texts()]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -77,17 +77,17 @@ def _version(path: Path) -> int | None:
 
 
 def find_runs(logdir: str | Path) -> list[Path]:
-    """The runs under ``logdir``, oldest first: folders with a ``metrics.csv`` (CSV logs), else folders with
+    """The runs under ``logdir``, oldest first: folders with a ``metrics.csv`` (CSV logs) and folders with
     TensorBoard event files, leaving out the ``lines/*`` runs the EntropyMonitor writes inside a run.
 
-    Lightning's ``version_N`` folders of one parent are ordered by N, the others by their files' modification
-    time; the last one is the latest.
+    A run logged by both a CSVLogger and a TensorBoardLogger into separate folders (``csv/...`` and ``tb/...``) is
+    listed once per folder; a folder that holds both kinds of logs is one run. Lightning's ``version_N`` folders
+    of one parent are ordered by N, the others by their log files' modification time; the last one is the latest.
     """
     root = Path(logdir)
-    runs = sorted({p.parent for p in root.rglob("metrics.csv")})
-    if not runs:
-        folders = {p.parent for p in root.rglob("events.out.tfevents.*")}
-        runs = sorted(f for f in folders if not _in_lines(f, folders))
+    csv_runs = {p.parent for p in root.rglob("metrics.csv")}
+    folders = {p.parent for p in root.rglob("events.out.tfevents.*")}
+    runs = sorted(csv_runs | {f for f in folders if not _in_lines(f, folders)})
 
     versions = [_version(r) for r in runs]
     if None not in versions and len({r.parent for r in runs}) == 1:

@@ -178,7 +178,9 @@ def test_model_checkpoint_monitors_an_epoch_key(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- W&B
-def test_wandb_offline(tmp_path, monkeypatch):
+def _wandb_fit(tmp_path, monkeypatch):
+    """Fit with an offline WandbLogger; return the trainer, the model, every ``Run.log`` payload and every
+    ``Run.define_metric`` call."""
     import wandb
     from wandb.sdk.wandb_run import Run
 
@@ -200,11 +202,17 @@ def test_wandb_offline(tmp_path, monkeypatch):
     spy("define_metric", defined)
     logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="entropy-monitor-tests")
     try:
-        trainer, _ = _fit(tmp_path, logger)
+        trainer, model = _fit(tmp_path, logger)
         assert logger.experiment.offline  # never a login or a network call
     finally:
         wandb.finish()
-    payloads = [args[0] for args, _ in logged]
+    return trainer, model, [args[0] for args, _ in logged], defined
+
+
+def test_wandb_offline(tmp_path, monkeypatch):
+    import wandb
+
+    trainer, _, payloads, defined = _wandb_fit(tmp_path, monkeypatch)
     last = {}
     for payload in payloads:
         last.update({k: v for k, v in payload.items() if isinstance(v, (int, float))})
@@ -215,6 +223,28 @@ def test_wandb_offline(tmp_path, monkeypatch):
     hists = [payload[key] for payload in payloads if key in payload]
     assert len(hists) == 2 and all(isinstance(h, wandb.Histogram) for h in hists)
     assert (("entropy/*",), {"step_metric": "trainer/global_step"}) in defined
+
+
+def test_wandb_gets_a_per_latent_table_with_each_histogram(tmp_path, monkeypatch):
+    """Each epoch, W&B gets a table of the per-latent encoder entropy, KL and state, in the histogram's payload,
+    with the values of a float64 torch.distributions reference."""
+    import wandb
+
+    _, model, payloads, _ = _wandb_fit(tmp_path, monkeypatch)
+    for stage, entries in (("train", model.train_epoch), ("val", model.val_epoch)):
+        logged = [p for p in payloads if f"entropy/{stage}/latents" in p]
+        assert len(logged) == 2, stage  # one per epoch
+        steps = [p["trainer/global_step"] for p in payloads if f"entropy/{stage}/latent_entropy_hist" in p]
+        assert [p["trainer/global_step"] for p in logged] == steps  # the histogram's payload
+        for epoch, payload in enumerate(logged):
+            table = payload[f"entropy/{stage}/latents"]
+            assert isinstance(table, wandb.Table)
+            assert table.columns == ["latent", "encoder entropy", "KL", "state"]
+            ref = monitor_reference(entries(epoch))
+            assert [row[0] for row in table.data] == [0, 1]
+            assert [row[1] for row in table.data] == pytest.approx(ref["latent_entropy"], abs=1e-5)
+            assert [row[2] for row in table.data] == pytest.approx(ref["latent_kl"], abs=1e-5)
+            assert [row[3] for row in table.data] == ["collapsed" if c else "active" for c in ref["collapsed"]]
 
 
 # ------------------------------------------------------------------------------------------ MLflow

@@ -77,6 +77,31 @@ def test_report_version_and_all(two_versions, tmp_path, capsys):
 
 
 
+def test_a_run_logged_to_tensorboard_and_csv_offers_both(tmp_path, capsys):
+    """One run with a CSVLogger and a TensorBoardLogger in folders of their own: the report draws one of the two
+    and says which and why, and --all draws both."""
+    logs = tmp_path / "logs"
+    torch.manual_seed(0)
+    loggers = [CSVLogger(logs, name="csv"), TensorBoardLogger(logs, name="tb")]
+    trainer = monitor_trainer(tmp_path, [EntropyMonitor()], max_epochs=2, logger=loggers)
+    trainer.fit(MonitorVAE(lr=0.05), monitor_loader(TRAIN), monitor_loader(VAL))
+    runs = find_runs(logs)
+    assert sorted(run.relative_to(logs).as_posix() for run in runs) == ["csv/version_0", "tb/version_0"]
+
+    assert main(["report", str(logs), "--out", str(tmp_path / "one")]) == 0
+    printed = capsys.readouterr().out
+    assert f"Run:     {runs[-1]} (the latest of 2 runs under {logs};" in printed
+    assert "--version N or --all draws the others" in printed
+    assert sorted(p.name for p in (tmp_path / "one").glob("*.png")) == sorted(FIGURES)
+
+    assert main(["report", str(logs), "--all", "--out", str(tmp_path / "all")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("Run:") == 2
+    for kind in ("csv", "tb"):
+        assert f"Run:     {logs / kind / 'version_0'}" in printed
+        assert sorted(p.name for p in (tmp_path / "all" / kind / "version_0").glob("*.png")) == sorted(FIGURES)
+
+
 def _csv_run(folder, prefix="entropy", epochs=2):
     torch.manual_seed(0)
     trainer = monitor_trainer(folder, [EntropyMonitor(prefix=prefix)], max_epochs=epochs,

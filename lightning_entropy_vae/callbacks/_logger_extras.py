@@ -1,8 +1,9 @@
 """Logger-specific extras of the EntropyMonitor: chart layouts, line runs, histograms, bar images, tables (private).
 
 What only some loggers can show is written here, on global rank 0 only: a TensorBoard custom-scalars layout
-(once per run), W&B ``define_metric`` groupings, and per-epoch histograms / bar images / a text table of the
-per-latent values. The scalars themselves go to every logger through :mod:`._loggers`.
+(once per run), W&B ``define_metric`` groupings, and per-epoch histograms / bar images / a table of the
+per-latent values (text in TensorBoard, a ``wandb.Table`` in W&B). The scalars themselves go to every logger
+through :mod:`._loggers`.
 
 TensorBoard colours lines by *run*, not by tag: two tags of one run on one chart differ only by their markers.
 So the lines a chart compares (the ELBO and the entropy sum; the collapse threshold and the prior entropy next
@@ -119,6 +120,29 @@ class TensorBoardLines:
         self._writers.clear()
 
 
+def latent_rows(stats: dict[str, Tensor]) -> list[list[Any]]:
+    """The per-latent rows ``[latent, encoder entropy, KL, state]`` of :func:`latent_table` and the W&B table.
+
+    The KL is ``None`` where ``stats`` holds no ``latent_kl``; the state is ``"unknown"`` where the entropy is NaN
+    (no data reached the latent), else ``"collapsed"`` or ``"active"``.
+
+    >>> stats = {"latent_entropy": torch.tensor([1.5, 0.25]), "latent_kl": torch.tensor([0.0, 2.5]),
+    ...          "collapsed": torch.tensor([True, False])}
+    >>> latent_rows(stats)
+    [[0, 1.5, 0.0, 'collapsed'], [1, 0.25, 2.5, 'active']]
+    """
+    kl = stats.get("latent_kl")
+    rows: list[list[Any]] = []
+    for h, (entropy, flag) in enumerate(zip(stats["latent_entropy"].tolist(), stats["collapsed"].tolist())):
+        state = "unknown" if math.isnan(entropy) else ("collapsed" if flag else "active")
+        rows.append([h, float(entropy), None if kl is None else float(kl[h]), state])
+    return rows
+
+
+#: the columns of :func:`latent_rows`, as the W&B table names them
+LATENT_COLUMNS = ["latent", "encoder entropy", "KL", "state"]
+
+
 def latent_table(stats: dict[str, Tensor]) -> str:
     """A Markdown table of the per-latent values and flags (TensorBoard's Text tab shows it per epoch).
 
@@ -130,13 +154,18 @@ def latent_table(stats: dict[str, Tensor]) -> str:
     | 0 | 1.400 | 0.000 | collapsed |
     | 1 | 0.200 | 2.500 | active |
     """
-    rows = ["| latent | encoder entropy | KL | state |", "|---:|---:|---:|:---|"]
-    kl = stats.get("latent_kl")
-    for h, (entropy, flag) in enumerate(zip(stats["latent_entropy"].tolist(), stats["collapsed"].tolist())):
-        kl_h = "" if kl is None else f"{float(kl[h]):.3f}"
-        state = "unknown" if math.isnan(entropy) else ("collapsed" if flag else "active")
+    rows = ["| " + " | ".join(LATENT_COLUMNS) + " |", "|---:|---:|---:|:---|"]
+    for h, entropy, kl, state in latent_rows(stats):
+        kl_h = "" if kl is None else f"{kl:.3f}"
         rows.append(f"| {h} | {entropy:.3f} | {kl_h} | {state} |")
     return "\n".join(rows)
+
+
+def wandb_latent_table(stats: dict[str, Tensor]) -> Any:
+    """A ``wandb.Table`` of :func:`latent_rows`, columns ``latent``, ``encoder entropy``, ``KL``, ``state``."""
+    import wandb
+
+    return wandb.Table(columns=list(LATENT_COLUMNS), data=latent_rows(stats))
 
 
 def write_layouts(loggers: list[Any], stages: list[str], per_latent: tuple[str, ...] | bool,
@@ -176,8 +205,9 @@ def write_latent_figures(
     table: bool = False,
     prefix: str = "entropy",
 ) -> None:
-    """Per-epoch histogram of the per-latent entropies, optionally a bar-chart figure and (TensorBoard) a text
-    table of the per-latent values and flags (rank 0)."""
+    """Per-epoch histogram of the per-latent entropies, optionally a bar-chart figure and a table of the
+    per-latent values and flags (rank 0): TensorBoard gets the table as text (``{prefix}/{stage}/latents``),
+    W&B as a ``wandb.Table`` under the same key, in the payload of the histogram's step."""
     values = stats["latent_entropy"].detach().float().cpu()
     for logger in loggers:
         if is_logger(logger, "TensorBoardLogger"):
@@ -195,6 +225,8 @@ def write_latent_figures(
                 payload[f"{prefix}/{stage}/latent_entropy_hist"] = wandb.Histogram(values.numpy())
             if figure is not None:
                 payload[f"{prefix}/{stage}/latent_entropy_bars"] = wandb.Image(figure)
+            if table:
+                payload[f"{prefix}/{stage}/latents"] = wandb_latent_table(stats)
             logger.experiment.log(payload)
 
 
