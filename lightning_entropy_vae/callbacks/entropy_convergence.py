@@ -16,6 +16,10 @@ from lightning_entropy_vae.functional._checks import strict_keywords
 
 __all__ = ["EntropyConvergence"]
 
+#: Training epochs in a row that cannot tell whether the loss is the ELBO before that is said (the objective check
+#: needs 5 batches: an epoch of 1 batch is judged from the fifth epoch on).
+UNKNOWN_EPOCHS_BEFORE_WARNING = 5
+
 
 class EntropyConvergence(Callback):
     r"""Stop training once the ELBO has converged: a gate on the entropy-sum gap, then patience on the ELBO.
@@ -129,6 +133,7 @@ class EntropyConvergence(Callback):
         self._warned: set[str] = set()
         self._pending: list[float] = []  # validation ELBOs of the current epoch, in order
         self._epoch_batches = self._checks_seen = 0  # this epoch's batches; monitored values seen in this fit
+        self._unknown_epochs = 0  # training epochs in a row whose objective verdict is NaN
 
     @property
     def state_key(self) -> str:
@@ -245,12 +250,15 @@ class EntropyConvergence(Callback):
                                              " const. over the epoch's batches, expected 1 x ELBO + 0 x KL: beta != 1,"
                                              " KL annealing, a scaled loss or extra terms). Such epochs do not count"
                                              " (require_elbo_objective=False counts them).")
-            else:
+            else:  # epochs of fewer than 5 batches are judged once 5 have been seen: say so only if it lasts
+                self._unknown_epochs += 1
+            if objective != 0.0 and self._unknown_epochs >= UNKNOWN_EPOCHS_BEFORE_WARNING:
                 self._warn_once("unknown", f"EntropyConvergence cannot tell whether the training loss is the beta = 1"
                                            f" ELBO (`{self._objective_key}` is NaN: the training steps return no"
                                            " `loss`, or too few batches to tell); epochs do not count. Return the"
                                            " loss from the training step, or pass require_elbo_objective=False.")
             return
+        self._unknown_epochs = 0
         gap = float(gap)
         self.closed_epochs = self.closed_epochs + 1 if math.isfinite(gap) and abs(gap) < self.gap_tolerance else 0
         if self.closed_epochs >= self.gate_epochs:
