@@ -215,6 +215,43 @@ def check_cli(r: dict, out: Path, printed: str) -> None:
     assert re.search(train, printed), printed
 
 
+def check_discrete_vaes(r: dict, out: Path, printed: str) -> None:
+    assert list(r["settings"]) == ["gray", "binary", "categorical"]
+    for name, v in r["settings"].items():
+        assert v["seeds"] == [0, 1] and v["eval_epochs"] == [1, 2, 5, 10], name  # --smoke: 2 seeds, 10 epochs
+        elbo, total = np.array(v["elbo"]), np.array(v["sum"])
+        assert elbo.shape == total.shape == (2, 4) and np.isfinite(elbo).all() and np.isfinite(total).all(), name
+        # the paper's relative gap, and the median (two seeds: their mean) and range over seeds
+        rel = np.abs(elbo - total) / np.abs(elbo)
+        np.testing.assert_allclose(v["rel_gaps"], rel, rtol=1e-6)
+        np.testing.assert_allclose(v["rel_gap"]["median"], rel.mean(0), rtol=1e-6)
+        np.testing.assert_allclose([v["rel_gap"]["low"], v["rel_gap"]["high"]], [rel.min(0), rel.max(0)], rtol=1e-6)
+        logged = np.array(v["logged_rel_gap"])  # EntropyMonitor's entropy/train/rel_gap, one per epoch
+        assert logged.shape == (2, 10) and np.isfinite(logged).all() and (np.abs(logged) < 1).all(), name
+    # the printed table shows the returned medians (gray digits, last epoch)
+    gray = r["settings"]["gray"]
+    row = _table_rows(printed, "10")[0]  # the gray table comes first
+    assert row[3] == f"{gray['rel_gap']['median'][-1]:.2%}"
+    # gray digits: the gap closes from the first recorded epoch to the last, for every seed
+    rel = np.array(gray["rel_gaps"])
+    assert (rel[:, -1] < rel[:, 0]).all(), rel
+    assert gray["rel_gap"]["median"][-1] < 0.5 * gray["rel_gap"]["median"][0]
+    s = r["held_out"]
+    assert s["sizes"] == [10, 100, 359] and s["held_out"] == 359 and s["iwae_samples"] == 50
+    for name in ("elbo", "sum", "iwae"):
+        values = np.array(s["estimates"][name])
+        assert values.shape == (3, 3) and np.isfinite(values).all()  # sizes x --smoke's 3 repeats
+        np.testing.assert_allclose(s[f"{name}_mean"], values.mean(1), rtol=1e-5)
+        np.testing.assert_allclose(s[f"{name}_std"], values.std(1, ddof=1), rtol=1e-4)
+    # one point's entropy sum varies less than its sampled ELBO (what the spread is made of when n << 359)
+    assert s["point_std_sum"] < s["point_std_elbo"], (s["point_std_sum"], s["point_std_elbo"])
+    # the IWAE bound is tighter than the ELBO on the same points
+    assert s["iwae_mean"][-1] > s["elbo_mean"][-1]
+    assert r["figure"] == str(out / "discrete_vaes.png")
+    _assert_png(out / "discrete_vaes.png")
+    assert (out / "discrete_vaes.json").stat().st_size > 0
+
+
 # (script, arguments beyond --smoke, check of (returned value, output folder, stdout))
 EXAMPLES = [
     ("quickstart.py", [], check_quickstart),
@@ -223,6 +260,7 @@ EXAMPLES = [
     ("streaming_bic.py", [], check_streaming_bic),
     ("streaming_bic.py", ["--setup", "legacy"], check_streaming_bic_legacy),
     ("elbo_estimation.py", ["--data", "ppca"], check_elbo_estimation),
+    ("discrete_vaes.py", [], check_discrete_vaes),
     ("toy_manifolds.py", ["--data", "circle", "manifold"], check_toy_manifolds),
     ("posterior_collapse.py", [], check_posterior_collapse),
     ("early_stopping.py", [], check_early_stopping),
@@ -334,3 +372,80 @@ def test_streaming_settling_offset(monkeypatch):
         pattern = torch.rand(40, generator=gen) < 0.8
         brute = next((t for t in range(40 - 5 + 1) if pattern[t:t + 5].all()), None)
         assert sb.settling_offset(pattern, 5) == brute
+
+
+@pytest.mark.parametrize("setting", ["gray", "categorical"])
+def test_discrete_vae_step_elbo_matches_torch_distributions(setting, monkeypatch):
+    """The ELBO a step returns (BCE or cross-entropy loss, closed-form KL) is the one torch.distributions gives."""
+    from torch.distributions import Bernoulli, Categorical, Normal, kl_divergence
+
+    import lightning_entropy_vae.functional as F
+
+    dv = _load("discrete_vaes.py", monkeypatch)
+    torch.manual_seed(0)
+    if setting == "gray":
+        x, model = torch.rand(16, 64), dv.DiscreteVAE((64,), 3, [20], 1e-3)  # gray levels in [0, 1]
+    else:
+        x, model = torch.randint(6, (16, 12)), dv.DiscreteVAE((12,), 3, [20], 1e-3, classes=6)
+    with torch.random.fork_rng(devices=[]):
+        out = model.step(x)
+    mean, logvar = model.encode(x)
+    z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()  # the same draw as the step's
+    logits = model.decode(z).double()
+    if setting == "gray":
+        log_lik = Bernoulli(logits=logits, validate_args=False).log_prob(x.double()).sum(-1)
+        key = "dec_logits"
+    else:
+        log_lik = Categorical(logits=logits).log_prob(x).sum(-1)
+        key = "dec_class_logits"
+    kl = kl_divergence(Normal(mean.double(), (0.5 * logvar.double()).exp()), Normal(0.0, 1.0)).sum(-1)
+    reference = (log_lik - kl).float()
+    torch.testing.assert_close(out["elbo"], reference, atol=1e-4, rtol=1e-5)
+    assert out[key].shape == ((16, 64) if setting == "gray" else (16, 12, 6))
+    # the package's ELBO of the same step output (what EntropyMonitor computes when `elbo` is absent)
+    given = {k: out[k] for k in ("x", "enc_mean", "enc_logvar", key)}
+    torch.testing.assert_close(F.elbo(**given, reduction="none"), reference, atol=1e-4, rtol=1e-5)
+
+
+def test_discrete_vaes_sequences(monkeypatch):
+    """The HMM token sequences: class indices 0-5, the same for the same seed, and dependent along the sequence."""
+    dv = _load("discrete_vaes.py", monkeypatch)
+    x = dv.make_sequences(2000, seed=0)
+    assert x.shape == (2000, 12) and x.dtype == torch.int64 and int(x.min()) >= 0 and int(x.max()) <= 5
+    assert torch.equal(x, dv.make_sequences(2000, seed=0)) and not torch.equal(x, dv.make_sequences(2000, seed=1))
+    # sticky hidden states: neighbouring tokens agree more often than tokens six positions apart
+    near, far = (x[:, 1:] == x[:, :-1]).float().mean(), (x[:, 6:] == x[:, :-6]).float().mean()
+    assert near > far + 0.03, (near, far)
+
+
+def test_early_stopping_figure_labels_a_run_that_did_not_stop(tmp_path, monkeypatch, isolated):
+    """Two epochs, the default gate (10 epochs) and patience 5: no rule can stop, and the figure says so."""
+    module = _load("early_stopping.py", monkeypatch)
+    legends = []
+    save = module.save_figure
+
+    def keep_labels(fig, path):
+        legends.append([text.get_text() for text in fig.axes[0].get_legend().get_texts()])
+        save(fig, path)
+
+    monkeypatch.setattr(module, "save_figure", keep_labels)
+    r = module.main(["--epochs", "2", "--n", "600", "--patience", "5", "--threads", "1", "--out", str(tmp_path)])
+    assert legends == [["validation ELBO", "EntropyConvergence(): did not stop (budget end)",
+                        "EarlyStopping(val ELBO): did not stop (budget end)"]]
+    assert r["stop_reason"] is None
+    assert [r[name]["epochs"] for name in ("convergence stop", "stock early stopping")] == [2, 2]
+    assert [r[name]["stopped"] for name in ("fixed budget", "convergence stop", "stock early stopping")] == [
+        False, False, False]
+
+
+def test_early_stopping_figure_labels_where_a_rule_stopped(tmp_path, monkeypatch, isolated):
+    module = _load("early_stopping.py", monkeypatch)
+    history = module.History()
+    history.elbo, history.rel_gap = [-30.0, -29.0, -28.5, -28.4, -28.4], [0.1, 0.05, 0.02, 0.01, 0.01]
+    runs = {"fixed budget": {"epochs": 5, "stopped": False, "history": history},
+            "convergence stop": {"epochs": 3, "stopped": True, "history": history},
+            "stock early stopping": {"epochs": 5, "stopped": False, "history": history}}
+    assert module.plot(runs, tmp_path / "figure.png") == [
+        "validation ELBO", "EntropyConvergence(): stopped after 3 epochs",
+        "EarlyStopping(val ELBO): did not stop (budget end)"]
+    assert (tmp_path / "figure.png").stat().st_size > 5_000
