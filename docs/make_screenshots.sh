@@ -2,11 +2,16 @@
 # Reproduces the logger pictures in docs/figures/ from a real demo run:
 #
 #   tensorboard_custom_scalars.png  TensorBoard "Custom Scalars" tab: the layout EntropyMonitor writes
-#                                   (ELBO vs entropy sum, relative gap, per-latent encoder entropy, ...)
+#                                   (ELBO vs entropy sum, relative gap, per-latent encoder entropy with the
+#                                   collapsed latents in the colour of run lines/collapsed, the active ones in
+#                                   that of lines/active, active-latent count)
 #   tensorboard_scalars.png         TensorBoard "Scalars" tab filtered to the ELBO-vs-sum, rel_gap and
 #                                   active-latent tags
+#   tensorboard_latents.png         TensorBoard "Scalars" tab filtered to train/latent_entropy/: one chart per
+#                                   latent, whose line changes colour where the latent changes state
 #   tensorboard_text.png            TensorBoard "Text" tab: the per-latent table with the collapse flags
 #   (all with smoothing 0, set in the URL: the counts and flags are steps, not ramps)
+#   The TensorBoard run is the demo with H = 16 stopped after 60 epochs, while 7 latents are still collapsed.
 #   wandb_offline_run.png           the same run logged with --logger wandb in offline mode; the history
 #                                   records are read back from the run's .wandb file and plotted with
 #                                   matplotlib (no W&B server or account is involved)
@@ -19,7 +24,9 @@
 #         background networking off, W&B runs with WANDB_MODE=offline and is never logged in.
 #
 # Variables:  PY (python), CHROMIUM (browser binary), WORK (scratch folder, default /tmp/shots; its
-#             run/ and wandb/ subfolders are deleted and recreated), PORT (TensorBoard port, default 6006).
+#             run/ and wandb/ subfolders are deleted and recreated), PORT (TensorBoard port, default 6006),
+#             TB_DEMO (demo arguments of the TensorBoard run, default "--latents 16 --epochs 60"),
+#             WANDB (1: also the W&B figure, the default; 0: the TensorBoard screenshots only).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,6 +35,8 @@ TENSORBOARD=${TENSORBOARD:-$(dirname "$PY")/tensorboard}
 CHROMIUM=${CHROMIUM:-chromium}
 WORK=${WORK:-/tmp/shots}
 PORT=${PORT:-6006}
+TB_DEMO=${TB_DEMO:---latents 16 --epochs 60}
+WANDB=${WANDB:-1}
 FIG="$REPO/docs/figures"
 mkdir -p "$WORK" "$FIG"
 
@@ -42,16 +51,20 @@ cleanup() {
 trap cleanup EXIT
 
 # ---------------------------------------------------------------------------------------------------
-# 1. Two real training runs of the demo (VAE-1, H = 8, digits, 150 epochs; about 20 s each).
-#    Same seed, so both runs log the same numbers.
+# 1. Two real training runs of the demo (VAE-1, digits; about 15-20 s each). TensorBoard: H = 16, stopped
+#    after 60 epochs, so that collapsed and active latents are both on the charts. W&B: the default demo
+#    (H = 8, 150 epochs).
 # ---------------------------------------------------------------------------------------------------
 rm -rf "$WORK/run" "$WORK/wandb"
 cd "$REPO"
-echo "== demo run, TensorBoard + CSV logs -> $WORK/run"
-PYTHONPATH="$REPO" "$PY" -m lightning_entropy_vae demo --out "$WORK/run" --no-progress-bar
-echo "== demo run, W&B offline -> $WORK/wandb"
-WANDB_MODE=offline WANDB_SILENT=true PYTHONPATH="$REPO" \
-    "$PY" -m lightning_entropy_vae demo --logger wandb --out "$WORK/wandb" --no-progress-bar
+echo "== demo run $TB_DEMO, TensorBoard + CSV logs -> $WORK/run"
+# shellcheck disable=SC2086  # TB_DEMO is a list of arguments
+PYTHONPATH="$REPO" "$PY" -m lightning_entropy_vae demo $TB_DEMO --out "$WORK/run" --no-progress-bar
+if [ "$WANDB" = 1 ]; then
+    echo "== demo run, W&B offline -> $WORK/wandb"
+    WANDB_MODE=offline WANDB_SILENT=true PYTHONPATH="$REPO" \
+        "$PY" -m lightning_entropy_vae demo --logger wandb --out "$WORK/wandb" --no-progress-bar
+fi
 
 # ---------------------------------------------------------------------------------------------------
 # 2. TensorBoard on loopback, screenshots with headless Chromium.
@@ -98,6 +111,8 @@ shot "$WORK/custom_scalars_full.png" "http://127.0.0.1:$PORT/#custom_scalars&_sm
 # (b) Scalars tab with a tag filter (regex elbo_vs_sum|rel_gap$|active) in the URL.
 shot "$WORK/scalars_full.png" \
     "http://127.0.0.1:$PORT/#scalars&_smoothingWeight=0&tagFilter=elbo_vs_sum%7Crel_gap%24%7Cactive"
+# (b') Scalars tab filtered to the per-latent entropies of the training epochs (runs lines/active, lines/collapsed).
+shot "$WORK/latents_full.png" "http://127.0.0.1:$PORT/#scalars&_smoothingWeight=0&tagFilter=train%2Flatent_entropy%2F"
 # (c) Text tab: the per-latent table.
 shot "$WORK/text_full.png" "http://127.0.0.1:$PORT/#text"
 
@@ -109,6 +124,7 @@ work, fig = sys.argv[1:]
 for src, dst, box in [
     ("custom_scalars_full.png", "tensorboard_custom_scalars.png", (0, 0, 1072, 1240)),
     ("scalars_full.png", "tensorboard_scalars.png", (0, 0, 1072, 990)),
+    ("latents_full.png", "tensorboard_latents.png", (0, 0, 1072, 990)),
     ("text_full.png", "tensorboard_text.png", (0, 0, 1072, 720)),
 ]:
     im = Image.open(f"{work}/{src}").convert("RGB").crop(box)
@@ -117,6 +133,10 @@ for src, dst, box in [
 EOF
 
 cleanup; TB_PID=""
+if [ "$WANDB" != 1 ]; then
+    ls -l "$FIG"/tensorboard_*.png
+    exit 0
+fi
 
 # ---------------------------------------------------------------------------------------------------
 # 3. W&B: no server here, so read the offline run's own transaction log back and plot it.

@@ -32,6 +32,8 @@ CONVERGED_TOLERANCE = 0.01
 #: the runs ``lines/{run}`` of a TensorBoard log that hold ``entropy/{stage}/latent_entropy/{key}`` (see
 #: ``callbacks._logger_extras.line_values``)
 LINE_RUNS = {"collapse_threshold": "threshold", "prior_entropy": "prior"}
+#: the runs ``lines/{run}`` that hold each latent's ``entropy/{stage}/latent_entropy/{h}``, by the latent's state
+STATE_RUNS = ("active", "collapsed")
 #: the extra that brings matplotlib (and TensorBoard's event reader)
 EXTRA = "pip install 'lightning-entropy-vae[examples]'"
 
@@ -68,6 +70,21 @@ def _read_tensorboard(path: Path, series: Series, prefix: str = "entropy") -> No
             if tag.startswith(f"{prefix}/") and tag.endswith("/latent_entropy_lines"):
                 stage = "entropy" + tag[len(prefix):-len("latent_entropy_lines")]
                 series[f"{stage}latent_entropy/{key}"].extend((e.step, e.value) for e in lines.Scalars(tag))
+    # each latent's entropies are in the run of its state; at a change of state, in both runs (the same point)
+    latent = re.compile(rf"{re.escape(prefix)}/[^/]+/latent_entropy/\d+")
+    merged: dict[str, dict[int, float]] = {}
+    for run in STATE_RUNS:
+        folder = path / line_folder(prefix) / run
+        if not folder.is_dir():
+            continue
+        states = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        states.Reload()
+        for tag in states.Tags().get("scalars", []):
+            if latent.fullmatch(tag):
+                points = merged.setdefault("entropy" + tag[len(prefix):], {})
+                points.update((e.step, e.value) for e in states.Scalars(tag))
+    for key, points in merged.items():
+        series[key].extend(sorted(points.items()))
 
 
 

@@ -65,7 +65,13 @@ def test_tensorboard_scalars_layout_histogram_and_figure(tmp_path):
     events.Reload()
     tags = events.Tags()
     scalars = set(tags["scalars"])
-    assert set(EPOCH_KEYS + STEP_KEYS + TB_LATENT_KEYS) <= scalars
+    assert set(EPOCH_KEYS + STEP_KEYS) <= scalars
+    by_state = set()  # the per-latent entropies are in the runs of the latents' states
+    for run in ("active", "collapsed"):
+        lines = EventAccumulator(str(Path(logger.log_dir) / "lines" / run))
+        lines.Reload()
+        by_state |= set(lines.Tags()["scalars"])
+    assert set(TB_LATENT_KEYS) <= by_state
     _assert_last_values(trainer, {key: events.Scalars(key)[-1].value for key in EPOCH_KEYS})
     assert len(events.Scalars("entropy/train/sum")) == 2  # one per epoch
 
@@ -127,8 +133,13 @@ def test_several_loggers_get_the_same_values(tmp_path):
     events = EventAccumulator(tb_logger.log_dir)
     events.Reload()
     _assert_last_values(trainer, {key: events.Scalars(key)[-1].value for key in EPOCH_KEYS})
-    for key in STEP_KEYS + TB_LATENT_KEYS:
+    for key in STEP_KEYS:
         assert events.Scalars(key)[-1].value == pytest.approx(last[key], rel=1e-6, abs=1e-7), key
+    for key in TB_LATENT_KEYS:  # in the run of the latent's state at the last epoch
+        run = "collapsed" if last[key.replace("/latent_entropy/", "/collapsed/")] == 1.0 else "active"
+        by_state = EventAccumulator(str(Path(tb_logger.log_dir) / "lines" / run))
+        by_state.Reload()
+        assert by_state.Scalars(key)[-1].value == pytest.approx(last[key], rel=1e-6, abs=1e-7), key
     assert "entropy/train/latent_entropy_hist" in events.Tags()["histograms"]
 
 

@@ -9,7 +9,9 @@ TensorBoard colours lines by *run*, not by tag: two tags of one run on one chart
 So the lines a chart compares (the ELBO and the entropy sum; the collapse threshold and the prior entropy next
 to the latents) are also written, each under one shared tag, to small runs of their own in
 ``{log_dir}/lines/{name}`` (:class:`TensorBoardLines`): TensorBoard draws them in distinct colours, labelled
-with the run's name, on the Scalars page and in the custom-scalars charts alike.
+with the run's name, on the Scalars page and in the custom-scalars charts alike. Each latent's encoder entropy
+``{prefix}/{stage}/latent_entropy/{h}`` goes to the run of its state at that epoch, ``lines/active`` or
+``lines/collapsed``, not to the main run: a collapsed latent is drawn in the colour of its state.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def tensorboard_layout(stages: list[str], per_latent: tuple[str, ...] | bool) ->
     r"""The custom-scalars layout: one category, Multiline charts per stage.
 
     ``per_latent``: the per-latent rows TensorBoard gets as scalars (``True``: all, ``False``: none). A chart
-    that compares lines reads the shared tag of :class:`TensorBoardLines`' runs, so each line has its colour.
+    that compares lines reads the shared tag of :class:`TensorBoardLines`' runs, so each line has its colour;
+    the per-latent encoder entropies are in the runs ``active`` and ``collapsed`` (:func:`line_values`).
 
     >>> charts = tensorboard_layout(["train"], ("latent_entropy",))["entropy"]
     >>> charts["train: ELBO vs entropy sum"]
@@ -57,11 +60,25 @@ def tensorboard_layout(stages: list[str], per_latent: tuple[str, ...] | bool) ->
     return {"entropy": charts}
 
 
-def line_values(stage: str, floats: dict[str, float], prefix: str = "entropy") -> dict[str, dict[str, float]]:
+#: the runs of the per-latent encoder entropies, by the latent's state (a collapse flag of 0 or 1)
+STATE_RUNS = ("active", "collapsed")
+
+
+def line_values(stage: str, floats: dict[str, float], prefix: str = "entropy", *,
+                latents: bool = False) -> dict[str, dict[str, float]]:
     """``{tag: {run: value}}``: the lines :class:`TensorBoardLines` writes for one stage's logged floats.
+
+    The ELBO and the entropy sum under ``elbo_vs_sum``, the threshold and the prior line under
+    ``latent_entropy_lines``; with ``latents``, each latent's encoder entropy ``latent_entropy/{h}`` in the run of
+    its state: ``collapsed`` where its flag ``collapsed/{h}`` is 1, ``active`` where it is 0 (neither where the
+    flag is NaN: no point was kept).
 
     >>> line_values("train", {"entropy/train/elbo": -3.0, "entropy/train/sum": -3.5})
     {'entropy/train/elbo_vs_sum': {'elbo': -3.0, 'entropy_sum': -3.5}}
+    >>> floats = {"entropy/val/latent_entropy/0": 1.4, "entropy/val/collapsed/0": 1.0,
+    ...           "entropy/val/latent_entropy/1": -0.5, "entropy/val/collapsed/1": 0.0}
+    >>> line_values("val", floats, latents=True)
+    {'entropy/val/latent_entropy/0': {'collapsed': 1.4}, 'entropy/val/latent_entropy/1': {'active': -0.5}}
     """
     out: dict[str, dict[str, float]] = {}
     pairs = {"elbo_vs_sum": (("elbo", "elbo"), ("entropy_sum", "sum")),
@@ -71,6 +88,13 @@ def line_values(stage: str, floats: dict[str, float], prefix: str = "entropy") -
         values = {run: floats[f"{prefix}/{stage}/{key}"] for run, key in runs if f"{prefix}/{stage}/{key}" in floats}
         if values:
             out[f"{prefix}/{stage}/{tag}"] = values
+    if latents:
+        start = f"{prefix}/{stage}/latent_entropy/"
+        for key, value in floats.items():
+            latent = key[len(start):]
+            flag = floats.get(f"{prefix}/{stage}/collapsed/{latent}", math.nan)
+            if key.startswith(start) and latent.isdigit() and flag in (0.0, 1.0):
+                out[key] = {STATE_RUNS[int(flag)]: value}
     return out
 
 
@@ -87,20 +111,33 @@ def line_folder(prefix: str = "entropy") -> str:
 class TensorBoardLines:
     """The runs ``{log_dir}/{line_folder(prefix)}/{name}`` of each TensorBoard logger, one line each (rank 0 only).
 
-    Created on first use, flushed at each epoch's write, closed by :meth:`close` (the callback's teardown).
+    A tag written to one run that was last written to another single run (a latent that changed state) is also
+    written to that former run at this step, so that its line is unbroken and changes colour there.
+    Created on first use, flushed at each epoch's write, closed by :meth:`close` (the callback's teardown). The
+    runs of :data:`STATE_RUNS` are created together, ``active`` first: TensorBoard picks a run's colour by the
+    order the runs started in, so each state keeps its colour whichever state came first.
     """
 
     def __init__(self, prefix: str = "entropy") -> None:
         self._writers: dict[tuple[str, str], Any] = {}
         self._folder = line_folder(prefix)
+        self._last_run: dict[tuple[str, str], str | None] = {}
 
     def write(self, loggers: list[Any], lines: dict[str, dict[str, float]], step: int, *, flush: bool) -> None:
         for logger in loggers:
             if not is_logger(logger, "TensorBoardLogger"):
                 continue
+            if any(run in STATE_RUNS for runs in lines.values() for run in runs):
+                for run in STATE_RUNS:
+                    self._writer(logger, run)
             for tag, runs in lines.items():
                 for run, value in runs.items():
                     self._writer(logger, run).add_scalar(tag, value, step)
+                only = next(iter(runs)) if len(runs) == 1 else None
+                former = self._last_run.get((logger.log_dir, tag))
+                if only is not None and former is not None and former != only:
+                    self._writer(logger, former).add_scalar(tag, runs[only], step)
+                self._last_run[(logger.log_dir, tag)] = only
             if flush:
                 for (log_dir, _), writer in self._writers.items():
                     if log_dir == logger.log_dir:
@@ -118,6 +155,7 @@ class TensorBoardLines:
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
+        self._last_run.clear()
 
 
 def latent_rows(stats: dict[str, Tensor]) -> list[list[Any]]:
@@ -231,14 +269,16 @@ def write_latent_figures(
 
 
 def tensorboard_skips(stage: str, latent_dim: int, rows: tuple[str, ...], prefix: str = "entropy") -> set[str]:
-    """The per-latent keys TensorBoard does not get as scalars: the rows not in ``rows``, and the threshold and
-    prior lines (drawn by :class:`TensorBoardLines` in colours of their own).
+    """The per-latent keys the main TensorBoard run does not get as scalars: the rows not in ``rows``, the encoder
+    entropies (in the runs ``active`` and ``collapsed`` of :class:`TensorBoardLines` where ``rows`` holds them),
+    and the threshold and prior lines (drawn by :class:`TensorBoardLines` in colours of their own).
 
     >>> sorted(tensorboard_skips("val", 2, ("latent_entropy",)))  # doctest: +NORMALIZE_WHITESPACE
-    ['entropy/val/collapsed/0', 'entropy/val/collapsed/1', 'entropy/val/latent_entropy/prior',
-     'entropy/val/latent_entropy/threshold', 'entropy/val/latent_kl/0', 'entropy/val/latent_kl/1']
+    ['entropy/val/collapsed/0', 'entropy/val/collapsed/1', 'entropy/val/latent_entropy/0',
+     'entropy/val/latent_entropy/1', 'entropy/val/latent_entropy/prior', 'entropy/val/latent_entropy/threshold',
+     'entropy/val/latent_kl/0', 'entropy/val/latent_kl/1']
     """
     width = len(str(latent_dim - 1))
-    skip = {f"{prefix}/{stage}/{row}/{h:0{width}d}" for row in PER_LATENT_ROWS if row not in rows
-            for h in range(latent_dim)}
+    skip = {f"{prefix}/{stage}/{row}/{h:0{width}d}" for row in PER_LATENT_ROWS
+            if row not in rows or row == "latent_entropy" for h in range(latent_dim)}
     return skip | {f"{prefix}/{stage}/latent_entropy/prior", f"{prefix}/{stage}/latent_entropy/threshold"}

@@ -87,7 +87,9 @@ def _write_extras(options: MonitorOptions, trainer: Any, result: StageResult, li
         stages = ["train"] * ("train" in options.stages) + ["val"] * ("val" in options.stages)
         _logger_extras.write_layouts(trainer.loggers, stages, options.tensorboard_per_latent if per_latent else (),
                                      prefix=options.prefix)
-    lines.write(trainer.loggers, _logger_extras.line_values(result.stage, floats, options.prefix), at, flush=True)
+    latents = per_latent and "latent_entropy" in options.tensorboard_per_latent
+    lines.write(trainer.loggers, _logger_extras.line_values(result.stage, floats, options.prefix, latents=latents),
+                at, flush=True)
     if nothing:  # no per-latent values to draw: a histogram of NaN fails in TensorBoard and W&B
         return
     every = options.log_bar_chart_every_n_epochs
