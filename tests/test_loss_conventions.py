@@ -158,6 +158,19 @@ def test_a_bce_trained_vae_gets_one_warning(tmp_path):
     assert "The logged ELBO, entropy sum and gap are those of a Gaussian decoder" in messages[0]
 
 
+def test_a_bce_model_is_not_called_a_plain_mse_model(tmp_path):
+    """Its fixed `dec_logvar` is said to be fixed, with the Bernoulli vocabulary to return instead; not "plain MSE"."""
+    torch.manual_seed(0)
+    trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",))], max_epochs=1)
+    loader = DataLoader(TensorDataset(_binary_data()), batch_size=16, shuffle=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(TinyVAE("bce"), loader)
+    fixed = [str(w.message) for w in caught if "decoder variance is fixed" in str(w.message)]
+    assert len(fixed) == 1 and "plain MSE" not in fixed[0]
+    assert "a BCE-trained model should return `dec_logits` or `dec_probs`" in fixed[0]
+
+
 class WarmUp(TinyVAE):
     """A Gaussian VAE whose KL weight is 0.5 in the first epoch and 1 after it (a one-step KL warm-up)."""
 
