@@ -6,6 +6,10 @@
 
 Every number comes from the example scripts in ``examples/`` (their ``main()`` returns it), run here
 with the arguments printed in the table, so each row can be re-run on its own.
+
+The results file is its own record: each table row names its claim in the last column, and ``--only``
+keeps the rows of the claims it does not run from the file it rewrites (parsed back). Where the file
+lacks a row of a claim it must keep, the script refuses before running anything and writes nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -346,6 +351,65 @@ def claim_stopping(args, out) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------- report
+COLUMNS = ("claim", "paper", "ours", "verdict", "why", "command", "key")
+HEADER = "| claim | paper | ours | verdict | why | command | `--only` |"
+BEGIN, END = "<!-- stopping-benchmark:begin -->", "<!-- stopping-benchmark:end -->"
+_UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
+
+
+class KeptRowsMissing(ValueError):
+    """The results file lacks a row of a claim that a partial run must keep."""
+
+
+def table_line(row: dict) -> str:
+    """One Markdown table line of a row (``|`` escaped inside cells, the verdict in bold)."""
+    cells = [row["claim"], row["paper"], row["ours"], f"**{row['verdict']}**", row["why"], row["command"],
+             row["key"]]
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def parse_rows(text: str) -> list[dict]:
+    """The claim rows of a results file, as :func:`table_line` wrote them; [] where the file has no claim table.
+
+    Raises:
+        ValueError: a line of the table does not have one cell per column of :data:`HEADER`, or names a claim
+            that is not one of :data:`CLAIMS`.
+    """
+    lines = text.splitlines()
+    if HEADER not in lines:
+        return []
+    rows = []
+    for line in lines[lines.index(HEADER) + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip().replace("\\|", "|") for c in _UNESCAPED_PIPE.split(line.strip())[1:-1]]
+        if len(cells) != len(COLUMNS):
+            raise ValueError(f"Expected {len(COLUMNS)} cells ({', '.join(COLUMNS)}) in each row of the claim table,"
+                             f" but got {len(cells)} in {line[:120]!r}.")
+        row = dict(zip(COLUMNS, cells))
+        if row["key"] not in CLAIMS:
+            raise ValueError(f"Expected the last cell of a claim row to be one of {CLAIMS}, but got {row['key']!r}"
+                             f" in {line[:120]!r}.")
+        row["verdict"] = row["verdict"].removeprefix("**").removesuffix("**")
+        rows.append(row)
+    return rows
+
+
+def merge_rows(fresh: dict[str, list[dict]], kept: list[dict], path: Path) -> list[dict]:
+    """Rows in the order of :data:`CLAIMS`: the fresh rows of the claims run, the kept rows of the others.
+
+    Raises:
+        KeptRowsMissing: a claim that was not run has no row in ``kept`` (the rows of ``path``).
+    """
+    missing = [key for key in CLAIMS if key not in fresh and not any(r["key"] == key for r in kept)]
+    if missing:
+        raise KeptRowsMissing(
+            f"Expected {path} to hold a row of every claim this run does not re-run, but it has no row of"
+            f" {', '.join(missing)}. Nothing was written: run the full reproduction, or re-run these claims too"
+            f" (add {' '.join(missing)} to --only).")
+    return [r for key in CLAIMS for r in (fresh[key] if key in fresh else [r for r in kept if r["key"] == key])]
+
+
 def write_markdown(rows: list[dict], path: Path, seconds: float, argv: list[str]) -> None:
     lines = [
         "# Reproducing the paper's results",
@@ -353,24 +417,20 @@ def write_markdown(rows: list[dict], path: Path, seconds: float, argv: list[str]
         "Damm et al., *The ELBO of Variational Autoencoders Converges to a Sum of Three Entropies*, AISTATS 2023.",
         "Produced by `python benchmarks/reproduce.py` (all claims, default sizes; about 25 minutes on one CPU"
         f" thread, torch {torch.__version__}). `--only CLAIM ...` re-runs some claims and keeps the other rows"
-        f" of the last run (`runs/reproduce/rows.json`); this file's last writer: `reproduce.py {' '.join(argv)}`"
-        f" ({seconds / 60:.1f} min). S in a command is the seed (0 ... seeds-1). Verdicts follow the rule"
-        " in each row's *why*; they are computed, not edited.",
+        " of this file (the last column names each row's claim); this file's last writer:"
+        f" `reproduce.py {' '.join(argv)}` ({seconds / 60:.1f} min). S in a command is the seed (0 ... seeds-1)."
+        " Verdicts follow the rule in each row's *why*; they are computed, not edited.",
         "",
-        "| claim | paper | ours | verdict | why | command |",
-        "|---|---|---|---|---|---|",
+        HEADER,
+        "|" + "---|" * len(COLUMNS),
+        *(table_line(r) for r in rows),
     ]
-    for r in rows:
-        cells = [c.replace("|", "\\|") for c in
-                 (r["claim"], r["paper"], r["ours"], f"**{r['verdict']}**", r["why"], r["command"])]
-        lines.append("| " + " | ".join(cells) + " |")
     figures = sorted(p.name for p in (path.parent / "figures").glob("reproduce_*.png"))
     lines += ["", "## Figures from these runs", ""] + [f"![{name}](figures/{name})" for name in figures] + [""]
     # keep the section benchmarks/stopping.py writes (an hour of training; not re-run here)
     old = path.read_text() if path.exists() else ""
-    begin, end = "<!-- stopping-benchmark:begin -->", "<!-- stopping-benchmark:end -->"
-    if begin in old and end in old:
-        lines += [old[old.index(begin):old.index(end) + len(end)], ""]
+    if BEGIN in old and END in old:
+        lines += [old[old.index(BEGIN):old.index(END) + len(END)], ""]
     path.write_text("\n".join(lines))
 
 
@@ -382,30 +442,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap-data", nargs="+", default=["ppca", "pca_ring", "digits"])
     parser.add_argument("--segment-size", type=int, default=100_000, help="streaming segment (paper: 100,000)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (checks the script, not the claims)")
-    parser.add_argument("--markdown-only", action="store_true", help="rewrite the results from rows.json")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="run no claim: rewrite the results file from its own rows")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "reproduce")
-    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="the file to write (default: docs/results.md; with --quick: OUT/results.md)")
     args = parser.parse_args(argv)
     args.common = ["--smoke"] if args.quick else []
     if args.quick:
         args.seeds, args.segment_size = min(args.seeds, 2), 2_000
+    if args.results is None:
+        args.results = args.out / "results.md" if args.quick else ROOT / "docs" / "results.md"
+    names = [] if args.markdown_only else list(dict.fromkeys(args.only))
+
+    def kept_rows() -> list[dict]:
+        return parse_rows(args.results.read_text()) if args.results.exists() else []
+
+    try:  # refuse before hours of training, not after
+        merge_rows({key: [] for key in names}, kept_rows(), args.results)
+    except ValueError as error:  # a row to keep is missing, or the table does not parse
+        print(f"reproduce.py: {error}", file=sys.stderr)
+        return 2
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    store = args.out / "rows.json"  # rows of earlier runs: re-running some claims keeps the others
-    previous = json.loads(store.read_text()) if store.exists() and not args.quick else []
     fresh: dict[str, list[dict]] = {}
-    for name in [] if args.markdown_only else args.only:
+    for name in names:
         fresh[name] = [{**row, "key": name} for row in globals()[f"claim_{name}"](args, args.out)]
-    rows = [r for key in CLAIMS for r in (fresh.get(key) or [p for p in previous if p.get("key") == key])]
-    store.write_text(json.dumps(rows, indent=1, default=str))
+    (args.out / "rows.json").write_text(json.dumps(fresh, indent=1, default=str))  # this run's rows only
+    try:  # the file as it is now: another writer may have changed it during the run
+        rows = merge_rows(fresh, kept_rows(), args.results)
+    except ValueError as error:
+        print(f"reproduce.py: {error} This run's rows are in {args.out / 'rows.json'}.", file=sys.stderr)
+        return 2
     seconds = time.perf_counter() - start
     if not args.quick:  # one figure per claim folder (not the per-seed gap runs) next to the results
         figures = args.results.parent / "figures"
         figures.mkdir(parents=True, exist_ok=True)
         for folder in ("manifolds", "fixed", "spread", "streaming", "collapse", "stopping"):
-            for png in sorted((args.out / folder).glob("*.png")):
-                shutil.copyfile(png, figures / f"reproduce_{png.name}")
+            if folder in fresh:
+                for png in sorted((args.out / folder).glob("*.png")):
+                    shutil.copyfile(png, figures / f"reproduce_{png.name}")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
     write_markdown(rows, args.results, seconds, argv)
     print(f"\nwrote {args.results} ({seconds / 60:.1f} min)")
     for r in rows:
