@@ -40,7 +40,8 @@ def warn_if_fixed_variance(metric: Any, dec_logvar: Any) -> None:
         metric._warned_fixed = True
         rank_zero_warn(
             f"{type(metric).__name__}: `dec_logvar` does not require grad, so the decoder variance looks fixed"
-            " (VAE-0 / plain MSE training). The ELBO of such a model does not converge to the entropy sum:"
+            " (VAE-0, a squared-error loss; a BCE-trained model should pass `dec_logits` or `dec_probs` instead of"
+            " `dec_mean` and `dec_logvar`). The ELBO of such a model does not converge to the entropy sum:"
             " their gap stays 0.5*(D - R/sigma^2) per point. Use EntropySumELBO(profile_decoder_variance=True)"
             " for the entropy sum at the optimal variance sigma^2* = mean squared residual ('sum_profiled')."
             " If the variance is learned and this is an evaluation without gradients, call `.eval()` on the"
