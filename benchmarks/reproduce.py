@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CLAIMS = ("ppca", "gaps", "manifolds", "fixed", "spread", "streaming", "collapse", "stopping")
+CLAIMS = ("ppca", "gaps", "manifolds", "fixed", "spread", "streaming", "collapse", "stopping", "discrete")
 #: Per-data settings of the gap claim (the examples' defaults are for pPCA data).
 GAP_ARGS = {
     "ppca": [],
@@ -350,6 +350,38 @@ def claim_stopping(args, out) -> list[dict]:
     }]
 
 
+def claim_discrete(args, out) -> list[dict]:
+    extra = [*args.common, "--out", str(out / "discrete")]
+    r = run("discrete_vaes", extra)
+    names = {"gray": "gray digits", "binary": "binarized digits", "categorical": "categorical HMM sequences"}
+    parts, finals = [], []
+    for key, setting in r["settings"].items():
+        gap = setting["rel_gap"]
+        peak = max(range(len(gap["median"])), key=lambda i: gap["median"][i])
+        epochs = setting["eval_epochs"]
+        finals.append(gap["median"][-1])
+        parts.append(f"{names[key]}: {pct(gap['median'][peak])} (epoch {epochs[peak]}) -> {pct(gap['median'][-1])}"
+                     f" [{pct(gap['low'][-1])}, {pct(gap['high'][-1])}] (epoch {epochs[-1]})")
+    s = r["held_out"]
+    spread = "; ".join(f"n = {n}: {e:.3g} / {m:.3g} / {w:.3g}" for n, e, m, w in
+                       zip(s["sizes"], s["elbo_std"], s["sum_std"], s["iwae_std"]))
+    ok = all(f < 0.02 for f in finals)
+    return [{
+        "claim": "Bernoulli and categorical VAEs: the ELBO converges to the entropy sum",
+        "paper": "Lücke & Warnken (arXiv 2209.03077), Warnken et al. (arXiv 2501.09022): equal at stationary points"
+                 " for exponential-family decoders with a linear last layer",
+        "ours": "|ELBO - sum| / |ELBO| over all training points (20 z draws), median [min, max] of 5 seeds, peak ->"
+                f" last: {'; '.join(parts)}. Held-out gray digits, std of 10 estimates, ELBO / entropy sum / IWAE"
+                f" (K = {s['iwae_samples']}): {spread}",
+        "verdict": "match" if ok else "short",
+        "why": ("the median final gap is below 2 % in every setting (the paper's Gaussian gaps: 0-4 %); with a"
+                " constant learning rate it levels off at 0.2-1 %. The Bernoulli entropy sum depends on z, so its"
+                " held-out spread is only a little below the sampled ELBO's" if ok else
+                "the median final gap is 2 % or more in some setting"),
+        "command": cmd("discrete_vaes", args.common),
+    }]
+
+
 # ----------------------------------------------------------------------------------------- report
 COLUMNS = ("claim", "paper", "ours", "verdict", "why", "command", "key")
 HEADER = "| claim | paper | ours | verdict | why | command | `--only` |"
@@ -479,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:  # one figure per claim folder (not the per-seed gap runs) next to the results
         figures = args.results.parent / "figures"
         figures.mkdir(parents=True, exist_ok=True)
-        for folder in ("manifolds", "fixed", "spread", "streaming", "collapse", "stopping"):
+        for folder in ("manifolds", "fixed", "spread", "streaming", "collapse", "stopping", "discrete"):
             if folder in fresh:
                 for png in sorted((args.out / folder).glob("*.png")):
                     shutil.copyfile(png, figures / f"reproduce_{png.name}")
