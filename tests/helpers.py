@@ -336,28 +336,42 @@ def ddp_fit(folder: str, devices: int, strategy: str = "ddp_spawn") -> MonitorVA
     return model
 
 
-class NoValidationOnRank1(MonitorVAE):
-    """Rank 1's validation steps all return None (its share of a validation set filtered to nothing)."""
+class HeldOutNoneOnOneRank(MonitorVAE):
+    """The validation and test steps of rank ``empty_rank`` all return None (its share of a held-out set filtered to
+    nothing); the test steps of the other ranks return the vocabulary."""
+
+    def __init__(self, empty_rank: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.empty_rank = empty_rank
 
     def validation_step(self, batch: Any, batch_idx: int) -> Any:
         out = super().validation_step(batch, batch_idx)
-        return None if self.trainer.global_rank == 1 else out
+        return None if self.trainer.global_rank == self.empty_rank else out
+
+    def test_step(self, batch: Any, batch_idx: int) -> Any:
+        return None if self.trainer.global_rank == self.empty_rank else self._returned(self._outputs(batch[0]))
 
 
-def ddp_fit_rank1_without_validation(folder: str, strategy: str = "ddp_spawn") -> None:
-    """Two CPU processes, the second of which keeps no validation batch; the per-rank JSON reports as ddp_fit's."""
+def ddp_fit_with_an_empty_rank(folder: str, empty_rank: int = 1, strategy: str = "ddp_spawn") -> None:
+    """Two CPU processes, of which ``empty_rank`` keeps no validation or test batch: ``fit`` then ``test`` (the
+    default monitor's test stage starts only where the test steps return the vocabulary)."""
     from lightning.pytorch.loggers import CSVLogger
 
     from lightning_entropy_vae import EntropyMonitor
 
     torch.manual_seed(0)
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy=strategy, max_epochs=2,
-        callbacks=[EntropyMonitor(), DestroyGlooGroupAtExit()], logger=CSVLogger(folder, name="csv", version=0),
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
-        log_every_n_steps=1, default_root_dir=folder, use_distributed_sampler=False,
-    )
-    trainer.fit(NoValidationOnRank1(lr=0.0, sample=False), datamodule=DDPData())
+    model = HeldOutNoneOnOneRank(empty_rank=empty_rank, lr=0.0, sample=False)
+    data = DDPData()
+    data.test_dataloader = data.val_dataloader
+    for version, run in enumerate(("fit", "test")):  # a CSV file each: a spawned run rewrites its logger's file
+        trainer = pl.Trainer(
+            accelerator="cpu", devices=2, strategy=strategy, max_epochs=2,
+            callbacks=[EntropyMonitor(), DestroyGlooGroupAtExit()],
+            logger=CSVLogger(folder, name="csv", version=version), enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1,
+            default_root_dir=folder, use_distributed_sampler=False,
+        )
+        getattr(trainer, run)(model, datamodule=data)
 
 
 def package_env(**extra: str) -> dict[str, str]:

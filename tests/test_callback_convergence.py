@@ -94,7 +94,8 @@ def test_works_behind_the_monitor_with_stock_callbacks_and_says_so_when_placed_b
     assert checkpoint.best_model_path  # the documented restore recipe
     message = ("Expected EntropyConvergence after the EntropyMonitor whose keys it reads in the Trainer's callbacks,"
                " but got it at position 0 and the monitor at 1. Pass Trainer(callbacks=[EntropyMonitor(),"
-               " EntropyConvergence()]).")
+               " EntropyConvergence()]); where the monitor comes from LightningModule.configure_callbacks (Lightning"
+               " appends those after the Trainer's), return EntropyConvergence from there too, after the monitor.")
     with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         _fit(tmp_path, MonitorVAE(lr=0.0, sample=False), [EntropyConvergence(**OPEN), EntropyMonitor()])
 

@@ -61,12 +61,15 @@ def test_two_monitors_with_one_prefix_is_an_error_at_setup(tmp_path):
     assert {"entropy/val/sum", "other/val/sum"} <= set(trainer.callback_metrics)
 
 
-def test_a_rank_whose_validation_steps_all_return_none_does_not_hang_ddp(tmp_path):
-    """Rank 1 keeps no validation batch: the ranks agree not to gather the metrics (a rank without a layout has no
-    states to send) and rank 0 logs its own values, with a warning, instead of a hang."""
+@pytest.mark.parametrize("empty_rank", [1, 0])
+def test_a_rank_whose_held_out_steps_all_return_none_does_not_hang_ddp(tmp_path, empty_rank):
+    """One rank keeps no validation or test batch (with the default monitor it never starts a test stage): the ranks
+    agree on the stages and on not gathering (a rank without a layout has no states to send), the others publish
+    their own values, and the empty rank says so, instead of a hang or a collective that meets no peer."""
     script = tmp_path / "fit.py"
     script.write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport helpers\n\n"
-                      f"if __name__ == '__main__':\n    helpers.ddp_fit_rank1_without_validation({str(tmp_path)!r})\n")
+                      f"if __name__ == '__main__':\n    helpers.ddp_fit_with_an_empty_rank({str(tmp_path)!r},"
+                      f" {empty_rank})\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
     try:
         done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=150, env=env,
@@ -74,11 +77,22 @@ def test_a_rank_whose_validation_steps_all_return_none_does_not_hang_ddp(tmp_pat
     except subprocess.TimeoutExpired as err:
         pytest.fail(f"the ddp_spawn run hung (no result after {err.timeout} s)")
     assert done.returncode == 0, done.stderr[-4000:]
-    assert "1 of 2 processes kept no batch of the `val` epoch 0" in done.stderr
-    with open(tmp_path / "csv" / "version_0" / "metrics.csv", newline="") as f:
-        values = [float(r["entropy/val/elbo"]) for r in csv.DictReader(f) if r.get("entropy/val/elbo")]
-    assert len(values) == 2 and all(math.isfinite(v) for v in values)
-    assert torch.tensor(values).std() < 1e-6  # a frozen model: rank 0's validation batches give one value
+    assert f"process {empty_rank} kept no batch of the `val` epoch 0" in done.stderr
+    assert f"process {empty_rank} kept no batch of the `test` epoch 0" in done.stderr
+    def logged(version, key):
+        path = tmp_path / "csv" / f"version_{version}" / "metrics.csv"
+        if not path.exists():  # nothing logged by rank 0
+            return []
+        with open(path, newline="") as f:
+            return [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
+
+    values, tests = logged(0, "entropy/val/elbo"), logged(1, "entropy/test/elbo")
+    if empty_rank == 1:  # rank 0 logs its own values
+        assert "1 of 2 processes kept no batch of the `val` epoch 0" in done.stderr
+        assert len(values) == 2 and all(math.isfinite(v) for v in values) and len(tests) == 1
+        assert torch.tensor(values).std() < 1e-6  # a frozen model: rank 0's validation batches give one value
+    else:  # rank 0 has nothing to log
+        assert values == [] and tests == []
 
 
 @pytest.mark.parametrize(("make", "message"), [

@@ -10,6 +10,7 @@ what only they can show (:mod:`._logger_extras`). Each function returns what the
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -162,8 +163,19 @@ def empty_ranks_warning(stage: str, epoch_index: int, empty: int, world_size: in
     """Some processes, not all, kept no batch of the epoch: the values are not reduced over processes."""
     rank_zero_warn(
         f"EntropyMonitor: {empty} of {world_size} processes kept no batch of the `{stage}` epoch {epoch_index}"
-        " (every step returned None), so the epoch's values are each process's own, not reduced over processes"
-        " (rank 0's are logged)."
+        " (every step returned None), so the epoch's values are each process's own, not reduced over processes;"
+        " the loggers get rank 0's."
+    )
+
+
+def empty_rank_warning(stage: str, epoch_index: int, rank: int) -> None:
+    """This process kept no batch of the epoch while others did: it publishes no keys for it (said by this process,
+    whatever its rank)."""
+    warnings.warn(
+        f"EntropyMonitor: process {rank} kept no batch of the `{stage}` epoch {epoch_index} (every step returned None)"
+        f" while other processes did: it publishes no `{stage}` keys for this epoch (a stock callback that monitors"
+        " one of them on this process finds it missing); the processes that kept batches publish their own values.",
+        UserWarning, stacklevel=2,
     )
 
 

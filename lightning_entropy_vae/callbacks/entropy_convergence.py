@@ -156,7 +156,9 @@ class EntropyConvergence(Callback):
             raise ValueError(
                 "Expected EntropyConvergence after the EntropyMonitor whose keys it reads in the Trainer's callbacks,"
                 f" but got it at position {callbacks.index(self)} and the monitor at {callbacks.index(monitor)}."
-                " Pass Trainer(callbacks=[EntropyMonitor(), EntropyConvergence()])."
+                " Pass Trainer(callbacks=[EntropyMonitor(), EntropyConvergence()]); where the monitor comes from"
+                " LightningModule.configure_callbacks (Lightning appends those after the Trainer's), return"
+                " EntropyConvergence from there too, after the monitor."
             )
         self.monitor_key = f"{monitor.prefix}/{self.monitor_stage}/elbo"
         self._gap_key = f"{monitor.prefix}/train/rel_gap"
@@ -243,6 +245,7 @@ class EntropyConvergence(Callback):
         if self.require_elbo_objective and objective != 1.0:
             self.closed_epochs = 0
             if objective == 0.0:
+                self._unknown_epochs = 0  # judged: not the ELBO
                 base = self._objective_key[: -len("is_elbo")]
                 a, b = (float(metrics.get(base + name, math.nan)) for name in ("elbo_coef", "kl_coef"))
                 self._warn_once("objective", f"EntropyConvergence: the training loss is not the beta = 1 ELBO"

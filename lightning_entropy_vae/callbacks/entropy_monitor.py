@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
@@ -247,6 +248,8 @@ class EntropyMonitor(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if "train" not in self.stages or not self._agreed_stages(trainer, "train"):
+            return
         collapsed = self._end_epoch("train", "on_train_epoch_end", trainer, pl_module)
         train = self._trackers.get("train")
         if collapsed is not None:
@@ -323,15 +326,36 @@ class EntropyMonitor(Callback):
             if (stage.startswith("test") and self._options.optional_test
                     and not (isinstance(values, Mapping) and any(values.get(k) is not None for k in ENCODER_KEYS))):
                 return  # the default's test stage starts only from an output holding encoder statistics
-            tracker = self._trackers[stage] = StageTracker(
-                stage, criterion=self._options.collapse_criterion, threshold=self._options.collapse_threshold,
-                nan_strategy=self._options.nan_strategy, live=self._live if stage == "train" else None,
-                fixed_variance=self.fixed_decoder_variance, objective=stage == "train")
+            tracker = self._trackers[stage] = self._new_tracker(stage)
         values = read_output(values, hook, stage, pl_module)
         if values is None:  # Lightning's "skip this batch"
             tracker.skip()
         else:
             tracker.keep(values, lambda: owner_of(hook, pl_module), loss_scale)
+
+    def _new_tracker(self, stage: str) -> StageTracker:
+        return StageTracker(stage, criterion=self._options.collapse_criterion,
+                            threshold=self._options.collapse_threshold, nan_strategy=self._options.nan_strategy,
+                            live=self._live if stage == "train" else None, fixed_variance=self.fixed_decoder_variance,
+                            objective=stage == "train")
+
+    def _agreed_stages(self, trainer: pl.Trainer, kind: str) -> list[str]:
+        """The stages of ``kind`` (``train``, ``val``, ``test``) that some process has, in one order on every process.
+
+        A process may have none of a stage's batches (an uneven split, a default test stage whose steps return
+        None there): every process must still take part in the stage's collectives, so the names are gathered
+        (one small collective per epoch end under DDP) and a missing tracker is made empty.
+        """
+        local = sorted(s for s in self._trackers if s.split("_")[0] == kind)
+        if trainer.world_size <= 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return local
+        gathered: list[list[str] | None] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(gathered, local)
+        names = sorted(set().union(*(g or [] for g in gathered)))
+        for name in names:
+            if name not in self._trackers:
+                self._trackers[name] = self._new_tracker(name)
+        return names
 
     # ------------------------------------------------------------------------------------- epoch ends
     def _start_held_out_epoch(self, kind: str) -> None:
@@ -341,7 +365,7 @@ class EntropyMonitor(Callback):
                 tracker.start_epoch()
 
     def _end_held_out_epoch(self, kind: str, hook: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for stage in sorted(s for s in self._trackers if s.split("_")[0] == kind):
+        for stage in self._agreed_stages(trainer, kind):
             self._end_epoch(stage, hook, trainer, pl_module)
 
     def _end_epoch(self, stage: str, hook: str, trainer: pl.Trainer, pl_module: pl.LightningModule
@@ -367,6 +391,7 @@ class EntropyMonitor(Callback):
                 _publish.all_skipped_warning(trainer.current_epoch, int(result.skipped))
             return None
         if not result.data_dim:  # this process kept nothing; the others publish their own values
+            _publish.empty_rank_warning(stage, trainer.current_epoch, trainer.global_rank)
             return None
         collapsed = _publish.epoch(self._options, trainer, pl_module, result, self._lines, self._callback_metrics,
                                    write_layout=self._write_layout)
