@@ -126,14 +126,14 @@ def test_no_active_latent_is_said_once_and_the_fit_ends_with_a_summary(tmp_path,
         warnings.simplefilter("always")
         trainer.fit(AllCollapsed(lr=0.0), monitor_loader(TRAIN))
     said = [str(w.message) for w in record if "no latent is active" in str(w.message)]
-    assert len(said) == 1 and said[0].startswith("EntropyMonitor: no latent is active at the end of training epoch 2"
-                                                 " (3 epochs in a row): all 2 latents are collapsed")
+    assert len(said) == 1 and said[0].startswith("EntropyMonitor: no latent is active at the end of training (epoch"
+                                                 " 2): all 2 latents are collapsed")
     assert "KL warm-up" in said[0]
     summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("EntropyMonitor: last training")]
     elbo = float(trainer.callback_metrics["entropy/train/elbo"])
     assert len(summary) == 1 and f"ELBO {elbo:.4g}" in summary[0] and summary[0].endswith("0 active latents.")
-    # an active model gets no warning, and nor does a run whose latents are collapsed for two epochs only
-    for model, epochs in ((MonitorVAE(lr=0.0), 4), (AllCollapsed(lr=0.0), 2)):
+    # an active model gets no warning
+    for model, epochs in ((MonitorVAE(lr=0.0), 4),):
         with warnings.catch_warnings(record=True) as record:
             warnings.simplefilter("always")
             monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",))], max_epochs=epochs).fit(

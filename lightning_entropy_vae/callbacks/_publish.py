@@ -125,13 +125,11 @@ def collapse_warning(options: MonitorOptions, epoch_index: int, previous: list[b
     return warned | frozenset(new)
 
 
-def no_active_latent_warning(options: MonitorOptions, epoch_index: int, latent_dim: int, epochs: int) -> None:
-    """Every latent has been collapsed for ``epochs`` training epochs in a row (said once per fit, with what to
-    try)."""
+def no_active_latent_warning(options: MonitorOptions, epoch_index: int, latent_dim: int) -> None:
+    """Every latent is collapsed at the end of the fit's last training epoch (with what to try)."""
     rank_zero_warn(
-        f"EntropyMonitor: no latent is active at the end of training epoch {epoch_index} ({epochs} epochs in a row):"
-        f" all {latent_dim} latents are collapsed (criterion {options.collapse_criterion!r}), their posteriors match"
-        " the prior and the"
+        f"EntropyMonitor: no latent is active at the end of training (epoch {epoch_index}): all {latent_dim} latents"
+        f" are collapsed (criterion {options.collapse_criterion!r}), their posteriors match the prior and the"
         " decoder ignores z. Things to try: a KL warm-up (anneal beta from 0 to 1), a smaller learning rate, free"
         " bits, a less expressive decoder, or fewer latents; and check that the encoder's log-variance is returned"
         " as `enc_logvar` (not the standard deviation)."

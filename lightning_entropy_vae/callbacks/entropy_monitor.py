@@ -25,8 +25,6 @@ from lightning_entropy_vae.callbacks._stage import StageTracker
 from lightning_entropy_vae.callbacks._step_outputs import owner_of, read_output
 from lightning_entropy_vae.functional._checks import strict_keywords
 
-#: Training epochs in a row without an active latent before the monitor says so (latents start at the prior).
-INACTIVE_EPOCHS_BEFORE_WARNING = 3
 #: Keys of which one in a step's output makes it a monitored output (for the test stage not named in ``stages``).
 ENCODER_KEYS = ("enc_mean", "enc_logvar", "posterior")
 
@@ -130,7 +128,6 @@ class EntropyMonitor(Callback):
         """What one fit carries from epoch to epoch (restored from a checkpoint by ``load_state_dict``)."""
         self._gap_ema: float | None = None
         self._collapsed: list[bool] | None = None  # the last training epoch's flags
-        self._inactive_epochs = 0  # training epochs in a row without an active latent
         self._warned_collapse: frozenset[int] = frozenset()  # each latent is reported once per run
         self._warned: set[str] = set()  # once-per-run warnings: empty epochs, a Bernoulli loss
         self._fixed_variance: bool | None = None  # from a resumed run's checkpoint, else its first training batch
@@ -257,15 +254,12 @@ class EntropyMonitor(Callback):
                                                               collapsed, self._warned_collapse,
                                                               train.layout.latent_shape)
             self._collapsed = collapsed
-            # latents usually start at the prior: only epochs in a row without an active latent are worth a word
-            self._inactive_epochs = self._inactive_epochs + 1 if all(collapsed) else 0
-            if self._inactive_epochs >= INACTIVE_EPOCHS_BEFORE_WARNING and "no-active" not in self._warned:
-                self._warned.add("no-active")
-                _publish.no_active_latent_warning(self._options, trainer.current_epoch, len(collapsed),
-                                                  self._inactive_epochs)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # latents usually start at the prior and leave it during training: only the end of the fit is worth a word
+        if self._collapsed is not None and all(self._collapsed):
+            _publish.no_active_latent_warning(self._options, trainer.current_epoch - 1, len(self._collapsed))
         _publish.fit_summary(self._options, trainer.callback_metrics)
 
     @override
