@@ -341,3 +341,32 @@ def test_the_callback_stops_where_the_benchmark_replay_of_its_rule_stops(tmp_pat
     replayed = early_stopping(history, "val_elbo", patience=3, gate=0.05, mode="arm", consecutive=3)
     assert convergence.gate_open and replayed is not None
     assert convergence.stopped_epoch == replayed
+
+
+class _Metrics:
+    """The part of a Trainer that EntropyConvergence's gate reads: whole epochs and the published keys."""
+
+    def __init__(self):
+        self.num_training_batches, self.current_epoch, self.callback_metrics = 1, 0, {}
+
+
+@pytest.mark.parametrize(("verdicts", "said"), [
+    ([math.nan] * 4, False),
+    ([math.nan] * 5, True),
+    ([math.nan] * 4 + [0.0, math.nan], False),  # a judged epoch (not the ELBO) restarts the count
+    ([math.nan] * 4 + [1.0, math.nan], False),
+])
+def test_cannot_tell_is_said_after_five_epochs_in_a_row_that_cannot(verdicts, said):
+    convergence = EntropyConvergence()
+    trainer = _Metrics()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for epoch, verdict in enumerate(verdicts):
+            trainer.current_epoch = epoch
+            trainer.callback_metrics = {"entropy/train/rel_gap": torch.tensor(0.5),
+                                        "entropy/train/objective_is_elbo": torch.tensor(verdict),
+                                        "entropy/train/objective_elbo_coef": torch.tensor(0.9),
+                                        "entropy/train/objective_kl_coef": torch.tensor(0.1)}
+            convergence._epoch_batches = 1
+            convergence._update_gate(trainer)
+    assert any("cannot tell whether the training loss" in str(w.message) for w in record) is said
