@@ -709,7 +709,7 @@ MISSPELT = {
     "entropy_sum": (
         "reductoin",
         f"entropy_sum() got unexpected keyword argument(s) {_REDUCTOIN}. Expected enc_logvar, dec_logvar,"
-        " prior_logvar, dec_mean, x, posterior, prior, likelihood, reduction or names of the vocabulary.",
+        " prior_logvar, dec_mean, x, posterior, prior, likelihood, data_dim, reduction or names of the vocabulary.",
     ),
     "gaussian_log_likelihood": (
         "reductoin",
@@ -740,7 +740,7 @@ MISSPELT = {
     "latent_kl": (
         "prior_log_var",
         f"latent_kl() got unexpected keyword argument(s) {_PRIOR_LOG_VAR}. Expected enc_mean, enc_logvar,"
-        " prior_logvar, posterior, prior or names of the vocabulary.",
+        " prior_logvar, posterior, prior, reduction or names of the vocabulary.",
     ),
     "latent_mean_variance": (
         "prior_log_var",
@@ -778,7 +778,8 @@ MISSPELT = {
 def test_every_public_vocabulary_function_is_checked():
     """The three tests below cover each public function that takes the vocabulary (all but four)."""
     not_vocabulary = {"gaussian_entropy", "collapsed_latents", "bic", "relative_gap", "fixed_decoder_variance",
-                      "mse_convention", "MSEConvention", "bernoulli_log_likelihood"}  # sizes; (x, probs)
+                      "mse_convention", "MSEConvention", "bernoulli_log_likelihood",
+                      "batch_means"}  # sizes; (x, probs); a series
     # the step output here has a Gaussian decoder; tests/test_discrete_decoders.py checks these two the same way
     other_decoders = {"bernoulli_elbo", "categorical_elbo"}
     functions = {name for name in F.__all__ if callable(getattr(F, name))} - not_vocabulary - other_decoders

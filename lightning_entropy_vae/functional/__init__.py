@@ -21,6 +21,7 @@ sum, and the metrics of :mod:`lightning_entropy_vae.metrics` call the same two.
 """
 
 from lightning_entropy_vae.functional._checks import LOG_2PI_E, VOCABULARY
+from lightning_entropy_vae.functional.batch_means import batch_means
 from lightning_entropy_vae.functional.collapse import (
     COLLAPSE_CRITERIA,
     DEFAULT_THRESHOLDS,
@@ -67,6 +68,7 @@ __all__ = [
     "MSE_RECONSTRUCTIONS",
     "VOCABULARY",
     "MSEConvention",
+    "batch_means",
     "bernoulli_elbo",
     "bernoulli_log_likelihood",
     "bic",

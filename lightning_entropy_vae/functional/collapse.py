@@ -141,20 +141,31 @@ def latent_kl(
     prior_logvar: Tensor | None = None,
     posterior: Any = None,
     prior: Any = None,
+    reduction: str = "mean",
     **vocabulary: Any,
 ) -> Tensor:
-    r"""Average KL per latent :math:`\frac1N\sum_n \mathrm{KL}(q(z_h|x_n)\,\|\,p(z_h))`, shape ``(H,)``.
+    r"""KL per latent :math:`\mathrm{KL}(q(z_h|x_n)\,\|\,p(z_h))`: averaged over the points, shape ``(H,)``, or per
+    point with ``reduction="none"``, shape ``(B, H)``.
 
     Exact for diagonal posteriors and priors; for full covariances it is the KL of the marginals.
+
+    Raises:
+        ValueError: ``reduction`` other than ``"mean"`` or ``"none"``.
 
     Example:
         >>> latent_kl(enc_mean=torch.zeros(5, 2), enc_logvar=torch.zeros(5, 2))
         tensor([0., 0.])
+        >>> latent_kl(enc_mean=torch.ones(3, 2), enc_logvar=torch.zeros(3, 2), reduction="none")[0]
+        tensor([0.5000, 0.5000])
     """
-    check_keywords("latent_kl()", vocabulary, ("enc_mean", "enc_logvar", "prior_logvar", "posterior", "prior"))
+    check_keywords("latent_kl()", vocabulary, ("enc_mean", "enc_logvar", "prior_logvar", "posterior", "prior",
+                                               "reduction"))
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"Expected `reduction` to be 'mean' or 'none', but got {reduction!r}.")
     enc = _encoder_with_mean("latent_kl()", enc_mean, enc_logvar, posterior)
     p = _in.prior(prior_logvar, prior, latent_dim=enc.logvar.shape[-1], batch=enc.logvar.shape[0])
-    return _kl_per_latent(enc, p).mean(0)
+    per_point = _kl_per_latent(enc, p)
+    return per_point if reduction == "none" else per_point.mean(0)
 
 
 def latent_mean_variance(*, enc_mean: Tensor | None = None, posterior: Any = None, **vocabulary: Any) -> Tensor:

@@ -287,6 +287,7 @@ def entropy_sum(
     dec_logits: Tensor | None = None,
     dec_class_logits: Tensor | None = None,
     dec_probs: Tensor | None = None,
+    data_dim: int | None = None,
     reduction: Reduction = "mean",
     **vocabulary: Any,
 ) -> Tensor:
@@ -311,6 +312,8 @@ def entropy_sum(
         likelihood: a Gaussian, ``Bernoulli``, ``Categorical``, ``OneHotCategorical`` or ``ContinuousBernoulli``
             ``torch.distributions`` object instead of the decoder tensors.
         dec_logits, dec_class_logits, dec_probs: a Bernoulli or categorical decoder (:func:`decoder_entropy`).
+        data_dim: D, for a decoder variance of one value per point (``(B, 1)``) or per model when neither ``x``
+            nor ``dec_mean`` is given.
         reduction: ``"mean"`` (nats per data point), ``"sum"`` or ``"none"`` (shape ``(B,)``).
 
     Raises:
@@ -325,14 +328,14 @@ def entropy_sum(
         tensor(-5.4657)
     """
     check_keywords("entropy_sum()", vocabulary, ("enc_logvar", "dec_logvar", "prior_logvar", "dec_mean", "x",
-                                                 "posterior", "prior", "likelihood", "reduction"))
+                                                 "posterior", "prior", "likelihood", "data_dim", "reduction"))
     _check_reduction(reduction)
     d = _in.data(x, classes=_in.is_categorical(dec_class_logits, likelihood))
     enc = _in.encoder(None, enc_logvar, posterior, owner="entropy_sum()")
     batch, latent_dim = enc.logvar.shape
     p = _in.prior(prior_logvar, prior, latent_dim=latent_dim, batch=batch)
-    dec = _in.decoder(dec_mean, dec_logvar, likelihood, d, owner="entropy_sum()", dec_logits=dec_logits,
-                      dec_class_logits=dec_class_logits, dec_probs=dec_probs)
+    dec = _in.decoder(dec_mean, dec_logvar, likelihood, d, owner="entropy_sum()", data_dim=data_dim,
+                      dec_logits=dec_logits, dec_class_logits=dec_class_logits, dec_probs=dec_probs)
     check_batch("entropy_sum()", encoder=batch, decoder=dec.batch_size, x=d.batch_size)
     per_sample = _per_sample(reduction)
     terms = []
