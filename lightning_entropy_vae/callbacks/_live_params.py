@@ -13,7 +13,8 @@ values (0.2 % off in the tests). So:
   or, when no optimizer step happened during the batch (gradient accumulation), for a copy made there.
 
 A returned tensor is matched to a parameter by identity, else by its memory: the parameter whose storage
-holds every element of the tensor. Storage pointers alone are not unique when parameters are views of one
+holds every element of the tensor. A non-view result of an op is not looked up there: it lives in memory the op
+allocated. Storage pointers alone are not unique when parameters are views of one
 flat storage (FSDP's flat parameters); element ranges are. FSDP2's DTensor parameters are not indexed: its
 forward pass runs on unsharded tensors of its own, which it frees after the backward pass, so a returned
 tensor whose storage is freed by the batch end is an error that asks for a copy.
@@ -67,10 +68,21 @@ class LiveParameters:
             self._by_storage.setdefault(p.untyped_storage().data_ptr(), []).append(p)
         self._small = [p for p in params if p.numel() <= SMALL]
         self._watched: list[nn.Parameter] | None = None  # what batches returned; None until the first batch end
+        self._watched_ids: set[int] = set()
+        self._plan(self._small)
         self._copies: dict[int, Tensor] = {}  # id(parameter) -> its value before this batch's optimizer step
         self._batch = 0
         self._copied_batch = -1  # the batch whose optimizer step the copies precede
         self._warned = False
+
+    def _plan(self, params: list[nn.Parameter]) -> None:
+        """What :meth:`before_optimizer_step` copies: one parameter (``_one``, with its id), or several at once."""
+        self._one = params[0] if len(params) == 1 else None
+        self._one_id = id(self._one)
+        self._many = params if len(params) > 1 else None
+        if self._many is not None:
+            self._many_ids = [id(p) for p in params]
+            self._many_sizes = [p.numel() for p in params]
 
     def start_batch(self) -> None:
         self._batch += 1
@@ -79,16 +91,16 @@ class LiveParameters:
         """Copy the watched parameters before the batch's first optimizer step: one op."""
         if self._copied_batch == self._batch or not self._by_id:
             return
-        params = self._watched if self._watched is not None else self._small
         self._copied_batch = self._batch
-        if not params:
+        one = self._one
+        if one is not None:  # clone keeps the strides of a dense parameter
+            self._copies = {self._one_id: one.detach().clone()}
+        elif self._many is None:
             self._copies = {}
-            return
-        if len(params) == 1:  # clone keeps the strides of a dense parameter
-            self._copies = {id(params[0]): params[0].detach().clone()}
         else:
+            params = self._many
             flat = torch.cat([p.detach().reshape(-1) for p in params])
-            self._copies = {id(p): c.view(p.shape) for p, c in zip(params, flat.split([p.numel() for p in params]))}
+            self._copies = {i: c.view(p.shape) for i, p, c in zip(self._many_ids, params, flat.split(self._many_sizes))}
 
     def parameter_of(self, value: Any) -> nn.Parameter | None:
         """The trainable parameter whose memory holds every element of ``value``, if any (metadata only)."""
@@ -114,36 +126,55 @@ class LiveParameters:
         """Swap returned tensors that alias a trainable parameter for the value the forward pass used.
 
         Metadata only, except for a copy when no optimizer step preceded (see the module docstring).
-        ``owner()`` names the hook and module in an error message.
+        ``owner()`` names the hook and module in an error message. Per tensor: a parameter is found by its id; a
+        non-view result of an op (no ``_base``, not a leaf) holds memory the op allocated and is detached without a
+        look at its storage; a leaf or any view (even of a non-leaf: a custom Function's output may share a
+        parameter's memory) is matched by its memory.
         """
-        if not self._by_id and not self._sharded:
+        by_id = self._by_id
+        if not by_id and not self._sharded:
             return _detached(kw)
         first = self._watched is None
-        if first:
+        if first:  # from now on the copies are of what batches returned
             self._watched = []
-        swaps = {}
+            self._plan(self._watched)
+        out = {}
+        by_storage = self._by_storage
         for key, value in kw.items():
             if key == "loss" or not isinstance(value, Tensor):
+                out[key] = value
                 continue
-            p = self._by_id.get(id(value))
-            if p is None and (value._base is not None or value.is_leaf):  # a view or a leaf may alias one
-                storage = value.untyped_storage()
-                if value.numel() and storage.nbytes() == 0:
-                    raise ValueError(
-                        f"{owner()}: `{key}` is {'a view of ' if value._base is not None else 'in '}a storage that"
-                        " was freed after the step (a sharded parameter, as FSDP reshards after the forward and"
-                        " backward passes), so it cannot be read at the next logging step. Return a copy from your"
-                        f" step: `\"{key}\": {key}.detach().clone()`."
-                    )
-                p = self._in_storage(value, storage)
+            p = by_id.get(id(value))
             if p is None:
-                if value.requires_grad:  # a detached view (no kernel): the step's autograd graph is not held
-                    swaps[key] = value.detach()
-                continue
-            if all(w is not p for w in self._watched):
+                if value._base is None and not value.is_leaf:  # a non-view result of an op (it requires grad)
+                    out[key] = value.detach()
+                    continue
+                storage = value.untyped_storage()
+                if storage.nbytes() == 0 and value.numel():
+                    raise self._freed(key, value, owner)
+                if storage.data_ptr() in by_storage:
+                    p = self._in_storage(value, storage)
+                if p is None:  # a detached view (no kernel): the step's autograd graph is not held
+                    out[key] = value.detach() if value.requires_grad else value
+                    continue
+            if id(p) not in self._watched_ids:
+                self._watched_ids.add(id(p))
                 self._watched.append(p)
-            swaps[key] = self._value_before_step(key, value, p, first)
-        return {**kw, **swaps} if swaps else kw
+                self._plan(self._watched)
+            if value is p and self._copied_batch == self._batch and id(p) in self._copies:
+                out[key] = self._copies[id(p)]  # the parameter itself, copied before this batch's optimizer step
+            else:
+                out[key] = self._value_before_step(key, value, p, first)
+        return out
+
+    @staticmethod
+    def _freed(key: str, value: Tensor, owner: Callable[[], str]) -> ValueError:
+        return ValueError(
+            f"{owner()}: `{key}` is {'a view of ' if value._base is not None else 'in '}a storage that"
+            " was freed after the step (a sharded parameter, as FSDP reshards after the forward and"
+            " backward passes), so it cannot be read at the next logging step. Return a copy from your"
+            f" step: `\"{key}\": {key}.detach().clone()`."
+        )
 
     def _value_before_step(self, key: str, value: Tensor, p: nn.Parameter, first: bool) -> Tensor:
         if self._copied_batch != self._batch:  # no optimizer step during this batch yet: the value is current

@@ -8,6 +8,7 @@ device work), so a batch that disagrees gets the same clear ``ValueError`` as a 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -63,8 +64,12 @@ def normalize(values: Mapping[str, Any], owner: Callable[[], str]) -> Mapping[st
     A ``posterior`` (``likelihood``) with ``.mean`` and ``.logvar`` (or ``.var``, ``.std``, ...) becomes
     ``enc_mean``/``enc_logvar`` (``dec_mean``/``dec_logvar``), read by :func:`~._inputs.gaussian_moments`: tensors
     stack across batches, objects would be updated one by one. Metadata only; the mapping is copied only when
-    something changes.
+    something changes: an output without ``posterior`` and ``likelihood`` whose ``dec_logvar`` is a tensor (or
+    absent) is returned as it is after three lookups.
     """
+    lv = values.get("dec_logvar")
+    if (lv is None or isinstance(lv, Tensor)) and values.get("posterior") is None and values.get("likelihood") is None:
+        return values
     swaps: dict[str, Any] = {}
     for key, mean_key, logvar_key in (("posterior", "enc_mean", "enc_logvar"),
                                       ("likelihood", "dec_mean", "dec_logvar")):
@@ -160,6 +165,20 @@ class StageLayout:
         #: bytes that references to one point's tensors hold until the reduction
         self.bytes_per_point = sum(kw[k].numel() * kw[k].element_size() for k in self.tensor_keys
                                    if self._rules[k][0] is not None) // self.batch
+        # the fast path of check(): every key of a batch fetched in one call, then per key a shape compared with a
+        # tuple cached per batch size and a dtype compared by identity with the first batch's; it serves layouts of
+        # tensors only (distribution objects take the full check)
+        rule_keys = tuple(k for k in self.keys if k in self._rules)
+        fast = (not self.distributions and len(self.keys) > 1 and "enc_logvar" in self._rules
+                and all(isinstance(kw[k], Tensor) for k in rule_keys))
+        self._get_all = operator.itemgetter(*self.keys) if fast else None
+        self._get_kept = operator.itemgetter(*self.kept) if len(self.kept) > 1 else None
+        self._rule_index = tuple(self.keys.index(k) for k in rule_keys)
+        self._enc_index = self.keys.index("enc_logvar") if fast else -1
+        # a dtype the full check rejects (an integer `elbo`) is recorded as None: such a batch takes the full check
+        self._dtypes = tuple(kw[k].dtype if kw[k].is_floating_point() or (k == "x" and self._integer_x) else None
+                             for k in rule_keys) if fast else ()
+        self._shapes: dict[int, tuple[tuple[int, ...], ...]] = {}
 
     def batch_axis(self, key: str) -> int | None:
         """The dimension of ``key``'s tensor that runs over the batch's points (``None``: one value per batch)."""
@@ -179,8 +198,37 @@ class StageLayout:
     def check(self, values: Mapping[str, Any], owner: Callable[[], str]) -> tuple[dict[str, Any], int]:
         """The batch's vocabulary keys and its size, checked against the layout from metadata only (no device work).
 
-        ``owner()`` names the hook and module in an error message.
+        ``owner()`` names the hook and module in an error message. A batch with the first batch's number of keys,
+        all of them tensors of the expected shapes and of the first batch's dtypes, passes the fast path; any other
+        batch takes the full check, which raises for what is wrong.
         """
+        if self._get_all is not None and len(values) == self._first_len:
+            try:
+                got = self._get_all(values)
+            except KeyError:
+                got = None
+            if got is not None:
+                enc = got[self._enc_index]
+                batch = enc.shape[0] if isinstance(enc, Tensor) and enc.dim() else self.batch
+                shapes = self._shapes.get(batch)
+                if shapes is None:
+                    expected = self.expected(batch)
+                    shapes = tuple(expected[self.keys[i]] for i in self._rule_index)
+                    if len(self._shapes) > 16:
+                        self._shapes.clear()
+                    self._shapes[batch] = shapes
+                for i, shape, dtype in zip(self._rule_index, shapes, self._dtypes):
+                    value = got[i]
+                    if not isinstance(value, Tensor) or value.dtype is not dtype or value.shape != shape:
+                        break
+                else:
+                    if self._get_kept is None:
+                        return ({self.kept[0]: values[self.kept[0]]} if self.kept else {}), batch
+                    return dict(zip(self.kept, self._get_kept(values))), batch
+        return self._check(values, owner)
+
+    def _check(self, values: Mapping[str, Any], owner: Callable[[], str]) -> tuple[dict[str, Any], int]:
+        """:meth:`check` in full: every key, type, shape and dtype, raising for the first that is wrong."""
         try:
             checked = {k: values[k] for k in self.keys}
         except KeyError as err:

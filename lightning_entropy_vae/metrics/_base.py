@@ -12,9 +12,12 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_entropy_vae.functional._checks import check_keywords, check_weight, first_nonfinite
+from lightning_entropy_vae.functional._checks import STEP_KEYS, check_keywords, check_weight, first_nonfinite
 
 NAN_STRATEGIES = ("skip", "ignore", "error")
+#: attributes TorchMetrics sets on every update (see SumAndCountMetric.__setattr__)
+_PLAIN_ATTRIBUTES = frozenset(("_computed", "_update_count"))
+_DTYPE = operator.attrgetter("dtype")
 INSTALL_PLOT = "pip install 'lightning-entropy-vae[examples]'"
 
 
@@ -36,6 +39,8 @@ def merge_inputs(owner: str, outputs: Mapping[str, Any] | None, kwargs: dict[str
     """
     if outputs is None:
         merged = kwargs
+    elif type(outputs) is dict and not kwargs:  # a step's output as it is: read, never written
+        merged = outputs
     elif isinstance(outputs, Mapping):
         merged = {**outputs, **kwargs}
     else:
@@ -43,6 +48,8 @@ def merge_inputs(owner: str, outputs: Mapping[str, Any] | None, kwargs: dict[str
             f"{owner} takes a mapping of the vocabulary (a dict or VAEOutput) or keyword arguments,"
             f" but got a positional {type(outputs).__name__}."
         )
+    if STEP_KEYS.issuperset(merged):  # every key a name of the vocabulary (or `loss`): one set operation
+        return merged
     try:
         check_keywords(owner, merged, (*accepted, "weight"))
     except TypeError:
@@ -101,8 +108,21 @@ class SumAndCountMetric(Metric):
         self.nan_strategy = nan_strategy
         self._warned_nonfinite = False
         self._constants: dict[tuple, Tensor] = {}
-        # (key, 0-d constants, constant row) of the last update; its 0-d constants end with a zero
-        self._last_constants: tuple = (None, (), None)
+        # the last update's key (per-point constants, batch size, dtype, device) and what _accumulate caches for
+        # it: the constants as 0-d tensors (ending with a zero) and as a row, infinity, the skip row, the increment
+        # vector, its head and the head's dtypes
+        self._last_constants: tuple = (None, (), None, None, None, None, None, None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Set an attribute; the two that TorchMetrics' ``update`` wrapper sets on every call directly.
+
+        ``_computed`` and ``_update_count`` are never parameters, buffers or submodules, for which
+        ``nn.Module.__setattr__`` looks first; for them it ends in ``object.__setattr__``, as here.
+        """
+        if name in _PLAIN_ATTRIBUTES:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def _sum_layout(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
         """The sums a subclass keeps, in the order :meth:`_accumulate` adds them: ``(name, shape)`` pairs."""
@@ -151,30 +171,53 @@ class SumAndCountMetric(Metric):
         last = self._last_constants  # the same batch size, dtype and device as the last update: no lookup
         if last[0] != (per_point, batch, like.dtype, like.device):
             constants = (*(c * batch for c in per_point), float(batch), 0.0)
+            row = self._constant_row(constants, like)
+            size = sum(self._state_sizes)
+            # a vector of every state's increment whose tail holds the constants: 0-d statistics are stacked into
+            # its head in place (the vector is read by torch.where below before the next update writes it again)
+            vector = torch.cat([row.new_zeros(size - len(constants)), row])
             last = self._last_constants = ((per_point, batch, like.dtype, like.device),
-                                           self._constants_0d(constants, like), self._constant_row(constants, like))
+                                           self._constants_0d(constants, like), row,
+                                           self._constant(math.inf, row), self._skip_row(row, size),
+                                           vector, vector[:size - len(constants)],
+                                           [like.dtype] * (size - len(constants)))
         if weight is None:
             stats = statistics(False)
-            if all(s.dim() == 0 for s in stats):  # one stack of 0-d tensors: the cheapest path
-                values = torch.stack([*stats, *last[1]])
+            if not any(map(Tensor.dim, stats)):  # one stack of 0-d tensors: the cheapest path
+                values = None
+                # into the head of the cached vector when the statistics have its dtype (stack(out=) would round
+                # another dtype to it) and need no graph; otherwise (or on another device) a new vector
+                if list(map(_DTYPE, stats)) == last[7] and not torch.is_grad_enabled():
+                    try:
+                        torch.stack(stats, out=last[6])
+                        values = last[5]
+                    except RuntimeError:
+                        pass
+                if values is None:
+                    values = torch.stack([*stats, *last[1]])
             else:
                 values = torch.cat([*(s.reshape(-1) for s in stats), last[2]])
-        else:
-            weight = check_weight(weight, batch)
-            keep = weight if weight.dtype == torch.bool else weight > 0
-            # points of weight 0 go before any product (NaN-safe), then the kept ones are summed with their weights
-            w = None if weight.dtype == torch.bool else weight.where(keep, 0.0).unsqueeze(-1)
-            count = keep.sum() if w is None else w.sum()
-            parts = []
-            for stat in statistics(True):
-                if stat.dim() == 0:  # one value for every point: times their weight (nothing when none is kept)
-                    parts.append((stat.where(count > 0, 0.0) * count).reshape(1))
-                    continue
-                table = stat.reshape(batch, -1).where(keep.unsqueeze(-1), self._constant(0.0, stat))
-                parts.append((table if w is None else table * w.to(table.dtype)).sum(0))
-            count = count.to(like.dtype).reshape(1)
-            values = torch.cat([*parts, self._constant_row(per_point, like) * count, count,
-                                self._constant_row((0.0,), like)])
+            if values.requires_grad:  # the states hold numbers, never a graph (the metrics are not differentiable)
+                values = values.detach()
+            # the cached infinity and skip row of the last update's dtype and device; see _add_values
+            ok = values.dot(values) < last[3]
+            self._flat_states().add_(torch.where(ok, values, last[4]))
+            return
+        weight = check_weight(weight, batch)
+        keep = weight if weight.dtype == torch.bool else weight > 0
+        # points of weight 0 go before any product (NaN-safe), then the kept ones are summed with their weights
+        w = None if weight.dtype == torch.bool else weight.where(keep, 0.0).unsqueeze(-1)
+        count = keep.sum() if w is None else w.sum()
+        parts = []
+        for stat in statistics(True):
+            if stat.dim() == 0:  # one value for every point: times their weight (nothing when none is kept)
+                parts.append((stat.where(count > 0, 0.0) * count).reshape(1))
+                continue
+            table = stat.reshape(batch, -1).where(keep.unsqueeze(-1), self._constant(0.0, stat))
+            parts.append((table if w is None else table * w.to(table.dtype)).sum(0))
+        count = count.to(like.dtype).reshape(1)
+        values = torch.cat([*parts, self._constant_row(per_point, like) * count, count,
+                            self._constant_row((0.0,), like)])
         self._add_values(values)
 
     def _add_values(self, values: Tensor) -> None:
@@ -197,7 +240,7 @@ class SumAndCountMetric(Metric):
         """
         views = self._views
         if views and all(map(operator.is_, map(self.__dict__.get, self._state_names), views)):
-            return self._flat
+            return self._flat  # every state is still the view this method made of the vector
         flat = torch.cat([getattr(self, name).reshape(-1) for name in self._state_names])
         views = tuple(part.view(shape) for part, shape in zip(flat.split(self._state_sizes), self._state_shapes,
                                                                strict=True))
@@ -225,11 +268,13 @@ class SumAndCountMetric(Metric):
             found = self._constants[key] = torch.tensor(values, dtype=like.dtype).to(like.device)
         return found
 
-    def _skip_row(self, like: Tensor) -> Tensor:
-        key = ("skip", like.shape[0], like.device, like.dtype)
+    def _skip_row(self, like: Tensor, size: int | None = None) -> Tensor:
+        """A cached vector of ``size`` (default: ``like``'s length) zeros but a final one, the skipped count's."""
+        size = like.shape[0] if size is None else size
+        key = ("skip", size, like.device, like.dtype)
         found = self._constants.get(key)
         if found is None:
-            row = torch.zeros(like.shape[0], dtype=like.dtype)
+            row = torch.zeros(size, dtype=like.dtype)
             row[-1] = 1.0
             found = self._constants[key] = row.to(like.device)
         return found
@@ -295,6 +340,7 @@ class SumAndCountMetric(Metric):
         state = super().__getstate__()
         state.pop("_flat", None)
         state["_views"] = ()
+        state["_last_constants"] = (None, (), None, None, None, None, None, None)  # its head must stay its view
         for name in self.__dict__.get("_state_names", ()):
             state[name] = state[name].clone()
         return state

@@ -35,8 +35,11 @@ def prior_logdet(metric: SumAndCountMetric, p: _in.Prior, like: Tensor, per_samp
 
 def warn_if_fixed_variance(metric: Any, dec_logvar: Any) -> None:
     """Warn once when a constant decoder log-variance without gradient is seen in training mode."""
-    if metric.warn_fixed_variance and not metric._warned_fixed and metric.training and \
-            fixed_decoder_variance(dec_logvar):
+    if not metric.warn_fixed_variance or metric._warned_fixed or not metric.training:
+        return
+    if isinstance(dec_logvar, Tensor) and dec_logvar.requires_grad:  # a learned variance: the common case
+        return
+    if fixed_decoder_variance(dec_logvar):
         metric._warned_fixed = True
         rank_zero_warn(
             f"{type(metric).__name__}: `dec_logvar` does not require grad, so the decoder variance looks fixed"

@@ -31,6 +31,9 @@ from lightning_entropy_vae.metrics._entropy_inputs import (
 
 __all__ = ["EntropySumELBO"]
 
+#: what the prior parser returns without `prior_logvar` and `prior`: N(0, I)
+_STANDARD_PRIOR = _in.Prior(None, None, None)
+
 
 class EntropySumELBO(SumAndCountMetric):
     r"""The entropy-sum ELBO and its three terms in one update; nats per data point.
@@ -130,8 +133,9 @@ class EntropySumELBO(SumAndCountMetric):
         # the means only where they are used: dec_mean for the squared residual, or for B and D without x
         enc = _in.encoder(None, kw.get("enc_logvar"), kw.get("posterior"), owner=owner, given=kw)
         batch, latent_dim = enc.logvar.shape
-        p = _in.prior(kw.get("prior_logvar"), kw.get("prior"), latent_dim=latent_dim, batch=batch,
-                     check_rows=False)
+        prior_logvar, prior = kw.get("prior_logvar"), kw.get("prior")
+        p = _STANDARD_PRIOR if prior_logvar is None and prior is None else _in.prior(
+            prior_logvar, prior, latent_dim=latent_dim, batch=batch, check_rows=False)
         need_mean = self.profile_decoder_variance or d.x is None
         dec = _in.decoder(kw.get("dec_mean") if need_mean else None, kw.get("dec_logvar"), likelihood, d, owner=owner,
                           data_dim=kw.get("data_dim"), given=kw, dec_logits=kw.get("dec_logits"),
