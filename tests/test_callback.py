@@ -156,8 +156,8 @@ def test_gradient_accumulation(tmp_path):
     torch.manual_seed(0)
     model = MonitorVAE(lr=0.05)
     logger = CSVLogger(tmp_path, name="acc", version=0)
-    monitor = EntropyMonitor(stages=("train",))
-    convergence = EntropyConvergence(gap_tolerance=1e9, gate_epochs=2, patience=5, monitor_stage="train")
+    monitor = EntropyMonitor(stages=("train",), gap_window=10)
+    convergence = EntropyConvergence(gap_tolerance=1e9, gate_epochs=1, patience=5, monitor_stage="train")
     train = monitor_data(28, seed=2)  # 7 batches of 4: optimizer steps after batches 2, 4, 6 and 7
     trainer = monitor_trainer(tmp_path, [monitor, convergence], max_epochs=3, accumulate_grad_batches=2,
                               logger=logger)
@@ -200,21 +200,23 @@ def test_sanity_check_batches_are_ignored(tmp_path):
     torch.manual_seed(0)
     model = MonitorVAE(lr=0.0, sanity_shift=3.0)  # the sanity-check outputs differ from the real ones
     logger = CSVLogger(tmp_path, name="sanity", version=0)
-    monitor = EntropyMonitor()
+    monitor = EntropyMonitor(gap_window=10)
     convergence = EntropyConvergence(gap_tolerance=1e6, gate_epochs=1, patience=2)
-    trainer = monitor_trainer(tmp_path, [monitor, convergence], max_epochs=1, num_sanity_val_steps=2,
+    trainer = monitor_trainer(tmp_path, [monitor, convergence], max_epochs=3, num_sanity_val_steps=2,
                               logger=logger)
     trainer.fit(model, monitor_loader(TRAIN_24), monitor_loader(VAL_12))
     sanity = [e for e in model.val_log if e["sanity"]]
     assert len(sanity) == 2
-    real = model.val_epoch(0)
+    real = model.val_epoch(2)
     assert_logged_equal(trainer.callback_metrics, "entropy/val", monitor_reference(real))
     with_sanity = monitor_reference(real + sanity)
     assert abs(float(trainer.callback_metrics["entropy/val/encoder"]) - with_sanity["encoder"]) > 0.1
     # nothing is logged for the sanity check, and it is no convergence check
     rows = _csv_rows(logger)
-    assert sum(1 for r in rows if r.get("entropy/val/sum")) == 1
-    assert sum(1 for r in rows if r.get("entropy/val/latent_entropy/0")) == 1
+    assert sum(1 for r in rows if r.get("entropy/val/sum")) == 3
+    assert sum(1 for r in rows if r.get("entropy/val/latent_entropy/0")) == 3
+    # the gate opens at the end of epoch 1 (12 batches fill the window of 10): epoch 2's check is its first
+    assert convergence.gate_open and convergence.wait_count == 0
     assert convergence.best == pytest.approx(float(trainer.callback_metrics["entropy/val/elbo"]))
 
 

@@ -130,7 +130,7 @@ def test_without_a_logger_no_step_reduces_and_the_epoch_values_are_the_same(tmp_
         results[logger] = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("entropy/")}
         reducing = [calls for calls in monitor.ops["on_train_batch_end"][1:] if calls]
         assert len(reducing) == (6 if logger else 0), len(reducing)
-    assert results[False] == pytest.approx(results[True], rel=1e-5, abs=1e-5)  # float32 sums, another order
+    assert results[False] == pytest.approx(results[True], rel=1e-5, abs=1e-5, nan_ok=True)  # float32, another order
 
 # ------------------------------------------------------------------------- every batch is checked
 class Altered(MonitorVAE):

@@ -110,7 +110,11 @@ def test_the_signatures_stay_readable_by_lightning_cli():
     """The keyword check wraps ``__init__``; ``inspect`` (LightningCLI, jsonargparse) still sees the arguments."""
     params = inspect.signature(EntropyMonitor.__init__).parameters
     assert list(params)[:3] == ["self", "stages", "collapse_criterion"] and params["prefix"].default == "entropy"
-    assert inspect.signature(EntropyConvergence.__init__).parameters["gap_tolerance"].default == 0.01
+    params = inspect.signature(EntropyConvergence.__init__).parameters
+    assert list(params)[:5] == ["self", "gap_tolerance", "gap_z", "gate_epochs", "patience"]
+    defaults = EntropyConvergence()  # the defaults inspect reports are the ones a call without arguments gets
+    assert all(getattr(defaults, name) == params[name].default for name in ("gap_tolerance", "gap_z", "gate_epochs",
+                                                                             "patience", "monitor_stage"))
 
 
 class AllCollapsed(MonitorVAE):

@@ -75,7 +75,7 @@ def test_the_monitor_logs_a_discrete_decoders_entropy_sum_and_elbo(tmp_path, ret
     torch.manual_seed(0)
     model = DiscreteVAE(returns)
     trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",))], max_epochs=1)
-    trainer.fit(model, DataLoader(TensorDataset(_data(returns)), batch_size=5))  # 6 batches
+    trainer.fit(model, DataLoader(TensorDataset(_data(returns, n=50)), batch_size=5))  # 10 batches
     seen = torch.cat(model.seen)
     metrics = trainer.callback_metrics
     assert float(metrics["entropy/train/elbo"]) == pytest.approx(float((seen[:, 0] - seen[:, 1]).mean()), rel=1e-5)

@@ -122,9 +122,9 @@ def test_pytorch_lightning_wandb_logger_gets_the_metric_groups_and_histograms(tm
 
 
 def test_callbacks_for_the_pytorch_lightning_namespace(tmp_path):
-    monitor, convergence = for_pl.EntropyMonitor(), for_pl.EntropyConvergence(gap_tolerance=1e6, gate_epochs=1,
-                                                                              patience=1, monitor_stage="train",
-                                                                              require_elbo_objective=False)
+    monitor = for_pl.EntropyMonitor()
+    convergence = for_pl.EntropyConvergence(gap_tolerance=1e6, gap_z=0.0, gate_epochs=1, patience=1,
+                                            monitor_stage="train", require_elbo_objective=False)
     assert isinstance(monitor, pl.Callback) and isinstance(monitor, lightning_entropy_vae.EntropyMonitor)
     assert monitor.state_key == lightning_entropy_vae.EntropyMonitor().state_key  # checkpoints are interchangeable
     # a single callback, not in a list: pytorch_lightning's Trainer checks its type
@@ -132,8 +132,10 @@ def test_callbacks_for_the_pytorch_lightning_namespace(tmp_path):
     assert monitor in trainer.callbacks
     with pytest.raises(TypeError):  # what a lightning.pytorch callback meets there
         pl.Trainer(callbacks=lightning_entropy_vae.EntropyMonitor(), logger=False, enable_progress_bar=False)
-    # EntropyConvergence under a pytorch_lightning Trainer: the gate opens, then it stops on the training ELBO
-    trainer, _ = _fit(tmp_path, [monitor, convergence], False, max_epochs=20)
+    # EntropyConvergence under a pytorch_lightning Trainer: the gate opens once the 10-batch gap window is full (4
+    # batches per epoch: epoch 2), then it stops on the training ELBO
+    trainer, _ = _fit(tmp_path, [for_pl.EntropyMonitor(gap_window=10), convergence], False, max_epochs=20)
     assert convergence.gate_open
-    assert convergence.stopped_epoch is not None and trainer.current_epoch < 20
-    assert convergence.stop_reason.startswith("EntropyConvergence: the training gap stayed below")
+    assert convergence.stopped_epoch is not None and 2 < convergence.stopped_epoch == trainer.current_epoch - 1 < 19
+    assert convergence.stop_reason.startswith("EntropyConvergence: the training gap was stationary for 1 epochs, then"
+                                              " `entropy/train/elbo` did not improve on")

@@ -118,17 +118,25 @@ def test_flush_equals_per_batch_updates(layout, prior, sizes, profiled):
         torch.testing.assert_close(collapse[key], ref_collapse[key], rtol=1e-5, atol=1e-5, msg=key)
     assert torch.equal(collapse["collapsed"], ref_collapse["collapsed"])
     assert stage.tracker.dropped_batches == 0
-    # the objective check: per batch -loss, the ELBO and the KL summed over its points
-    check = stage.tracker.objective_rows
-    assert check.batches == len(batches)
-    assert check.sums["mean"][1] == pytest.approx(-sum(float(b["loss"]) for b in batches), rel=1e-5)
-    elbo_sums = [float(b["elbo"].sum()) for b in batches]
-    assert check.sums["sum"][2] == pytest.approx(sum(elbo_sums), rel=1e-5)
-    kl_sums = [float(torch.distributions.kl_divergence(
-        torch.distributions.Normal(b["enc_mean"], (0.5 * b["enc_logvar"]).exp()),
-        torch.distributions.Normal(0.0, (0.5 * b.get("prior_logvar", torch.zeros(H))).exp())).sum())
-        for b in batches]
-    assert check.sums["sum"][3] == pytest.approx(sum(kl_sums), rel=1e-5)
+    # per batch, the objective check's row: -loss, points, the ELBO and per latent the KL summed over its points
+    rows = stage.tracker.objective_rows.state_dict()["rows"]
+    assert len(rows) == len(batches)
+    for row, b in zip(rows, batches):
+        posterior = torch.distributions.Normal(b["enc_mean"].double(), (0.5 * b["enc_logvar"].double()).exp())
+        prior_std = (0.5 * b.get("prior_logvar", torch.zeros(H)).double()).exp()
+        kl = torch.distributions.kl_divergence(posterior, torch.distributions.Normal(0.0, prior_std)).sum(0)
+        assert row[0] == pytest.approx(-float(b["loss"]), rel=1e-6)
+        assert row[1] == b["x"].shape[0]
+        assert row[2] == pytest.approx(float(b["elbo"].double().sum()), rel=1e-5)
+        assert row[3:] == pytest.approx(kl.tolist(), rel=1e-5, abs=1e-6)
+    # per batch, the gap window's row: the ELBO minus the entropy sum, summed over its points (a metric per batch)
+    gaps = stage.tracker.state()["gaps"]
+    assert [n for _, n in gaps] == sizes
+    for (gap, _), b, n in zip(gaps, batches, sizes):
+        alone = EntropySumELBO(profile_decoder_variance=profiled, warn_fixed_variance=False)
+        alone.update(b)
+        reference = float(b["elbo"].double().sum()) - n * float(alone.compute()["sum"])
+        assert gap == pytest.approx(reference, rel=1e-5, abs=1e-5)
 
 
 def _keep_all_against_reference(batches, *, kept, dropped):
@@ -155,8 +163,9 @@ def test_flush_drops_batches_with_nan_or_inf():
     batches[4]["prior_logvar"][1] = -math.inf
     batches[5]["loss"] = torch.tensor(math.nan)  # the loss alone does not drop a batch, only its objective check
     stage = _keep_all_against_reference(batches, kept=2, dropped=4)
-    assert stage.tracker.objective_rows.batches == 1  # batch 0 alone: batch 5's loss is NaN
-    assert stage.tracker.objective_rows.sums["mean"][1] == pytest.approx(-float(batches[0]["loss"]), rel=1e-5)
+    rows = stage.tracker.objective_rows.state_dict()["rows"]
+    assert len(rows) == 1 and rows[0][0] == pytest.approx(-float(batches[0]["loss"]), rel=1e-6)  # batch 5: NaN loss
+    assert len(stage.tracker.state()["gaps"]) == 2  # the gap window holds both finite batches, 0 and 5
 
 
 def test_flush_drops_the_right_batches_of_mixed_sizes():

@@ -15,6 +15,7 @@ from lightning_entropy_vae import EntropyConvergence, EntropyMonitor
 
 EPOCH_KEYS = [f"entropy/{stage}/{key}" for stage in ("train", "val")
               for key in ("encoder", "decoder", "sum", "elbo", "gap", "rel_gap", "active_latents")]
+EPOCH_KEYS += ["entropy/train/gap_window", "entropy/train/gap_window_se"]  # the window runs across the resume
 STEP_KEYS = [f"entropy/train_step/{key}" for key in ("sum", "elbo", "gap", "rel_gap", "gap_ema")]
 
 
@@ -31,9 +32,10 @@ class CollapsesInEpochTwo(MonitorVAE):
 def _run(tmp_path, name, max_epochs, ckpt_path=None, checkpoint=None):
     torch.manual_seed(0)
     model = CollapsesInEpochTwo(lr=0.05, sample=False)  # deterministic: no draws, fixed data order
-    monitor = EntropyMonitor()
-    # every epoch counts towards a gate that is never opened
-    monitor.convergence = EntropyConvergence(gap_tolerance=1e6, gate_epochs=10, require_elbo_objective=False)
+    monitor = EntropyMonitor(gap_window=10)  # 6 batches per epoch: the window is full from epoch 1 on
+    # every epoch with a full window counts towards a gate that is never opened
+    monitor.convergence = EntropyConvergence(gap_tolerance=1e6, gap_z=0.0, gate_epochs=10,
+                                             require_elbo_objective=False)
     logger = CSVLogger(tmp_path, name=name, version=0)
     callbacks = [monitor, monitor.convergence] + ([] if checkpoint is None else [checkpoint])
     trainer = monitor_trainer(tmp_path, callbacks, max_epochs=max_epochs, logger=logger, log_every_n_steps=2,
@@ -70,15 +72,16 @@ def test_resume_reproduces_straight_run(tmp_path, save_on_train_epoch_end):
                                  save_on_train_epoch_end=save_on_train_epoch_end)
     _, first, _ = _run(tmp_path, "first", 2, checkpoint=checkpoint)
     ckpt = tmp_path / "ckpt" / "last.ckpt"
-    assert first.convergence.closed_epochs == 2
+    assert first.convergence.closed_epochs == 1  # epoch 1 only: epoch 0's 6 batches do not fill the window
     loaded = torch.load(ckpt, weights_only=True)  # the callbacks' state holds plain types only
-    assert loaded["callbacks"][first.convergence.state_key]["closed_epochs"] == 2
+    assert loaded["callbacks"][first.convergence.state_key]["closed_epochs"] == 1
     assert isinstance(loaded["callbacks"][first.state_key]["gap_ema"], float)
+    assert len(loaded["callbacks"][first.state_key]["train_window"]["gaps"]) == 10  # the last 10 of 12 batches
 
     again = ModelCheckpoint(dirpath=tmp_path / "ckpt2", save_top_k=0)
     trainer, resumed, resumed_rows = _run(tmp_path, "resumed", 4, ckpt_path=ckpt, checkpoint=again)
     assert trainer.current_epoch == 4
-    assert resumed.convergence.closed_epochs == straight.convergence.closed_epochs == 4
+    assert resumed.convergence.closed_epochs == straight.convergence.closed_epochs == 3
     assert len(straight.collapse_warnings) == len(resumed.collapse_warnings) == 1
     assert "latent(s) [1] collapsed during epoch 2" in resumed.collapse_warnings[0]
     assert resumed.state_dict()["gap_ema"] == pytest.approx(straight.state_dict()["gap_ema"], rel=1e-6)

@@ -81,8 +81,8 @@ def test_tensorboard_gets_fewer_tags_and_a_flag_table_the_csv_keeps_all(tmp_path
     assert "entropy/train/active_latents" in scalars
     # the per-latent entropies are in the runs lines/active and lines/collapsed, the KL and flags in the table
     assert not {t for t in scalars if re.search(r"/(collapsed|latent_kl|latent_entropy)/", t)}
-    # ten epoch keys per stage, three objective keys (training), five step keys
-    assert len({t for t in scalars if t.startswith("entropy/")}) == 2 * 10 + 3 + 5
+    # ten epoch keys per stage, three objective and three gap-window keys (training), five step keys
+    assert len({t for t in scalars if t.startswith("entropy/")}) == 2 * 10 + 3 + 3 + 5
     table = main.Tensors("entropy/train/latents/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert table.startswith("| latent | encoder entropy | KL | state |")
     assert len(re.findall(r"\| (active|collapsed) \|", table)) == 2

@@ -15,6 +15,7 @@ from torch.distributions import Bernoulli, Normal, kl_divergence
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_entropy_vae import EntropyMonitor
+from lightning_entropy_vae.callbacks._objective import MIN_BATCHES, WINDOW
 from lightning_entropy_vae.functional import bernoulli_log_likelihood, gaussian_elbo, mse_convention
 
 B, D, H = 32, 6, 3
@@ -178,8 +179,9 @@ class WarmUp(TinyVAE):
         self.beta = 0.5 if self.current_epoch == 0 else 1.0
 
 
-def test_the_objective_is_judged_every_epoch_and_published(tmp_path):
-    """The verdict follows the loss epoch by epoch (here a warm-up ending after epoch 0), as a key."""
+def test_the_objective_is_judged_over_a_rolling_window_and_published(tmp_path):
+    """The verdict follows the loss over the check's window of batches across epochs (here a warm-up ending after
+    epoch 0 of 16 batches): "not the ELBO" at once, the ELBO only once the window holds no warm-up batch."""
     torch.manual_seed(0)
     monitor = EntropyMonitor(stages=("train",))
     verdicts = []
@@ -190,28 +192,33 @@ def test_the_objective_is_judged_every_epoch_and_published(tmp_path):
             verdicts.append((float(metrics["entropy/train/objective_is_elbo"]),
                              float(metrics["entropy/train/objective_kl_coef"])))
 
-    trainer = monitor_trainer(tmp_path, [monitor, Spy()], max_epochs=3)
+    trainer = monitor_trainer(tmp_path, [monitor, Spy()], max_epochs=-(-WINDOW // 16) + 1)
     loader = DataLoader(TensorDataset(_binary_data()), batch_size=16, shuffle=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(WarmUp("gaussian"), loader)
-    assert [v for v, _ in verdicts] == [0.0, 1.0, 1.0]
-    assert verdicts[0][1] == pytest.approx(0.5, abs=0.02)  # -loss = ELBO + (1 - beta) KL
-    assert verdicts[2][1] == pytest.approx(0.0, abs=0.02)
+    assert verdicts[0][0] == 0.0 and verdicts[0][1] == pytest.approx(0.5, abs=0.02)  # -loss = ELBO + (1 - beta) KL
+    assert all(v != 1.0 for v, _ in verdicts[:-1])  # the window still holds batches of epoch 0
+    assert verdicts[-1][0] == 1.0 and verdicts[-1][1] == pytest.approx(0.0, abs=0.02)
     assert monitor.objective_check[0] is True
 
 
 def test_epochs_too_short_to_tell_pool_their_batches_for_the_bce_check(tmp_path):
-    """Three batches per epoch: no single epoch can tell (5 are needed), the first two together can."""
-    torch.manual_seed(0)
-    monitor = EntropyMonitor(stages=("train",))
-    trainer = monitor_trainer(tmp_path, [monitor], max_epochs=3, limit_train_batches=3)
+    """Three batches per epoch: no single epoch can tell (MIN_BATCHES are needed), the first two together can."""
     loader = DataLoader(TensorDataset(_binary_data()), batch_size=16, shuffle=True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trainer.fit(TinyVAE("bce"), loader)
-    assert monitor.objective_check[0] is False
-    assert sum("Bernoulli" in str(w.message) for w in caught) == 1
+    for epochs in (1, 3):
+        torch.manual_seed(0)
+        monitor = EntropyMonitor(stages=("train",))
+        trainer = monitor_trainer(tmp_path, [monitor], max_epochs=epochs, limit_train_batches=3)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(TinyVAE("bce"), loader)
+        said = sum("Bernoulli" in str(w.message) for w in caught)
+        if epochs == 1:
+            assert said == 0 and monitor.objective_check == (None, "3 batch(es) with a loss: too few to tell (the"
+                                                                   f" check needs {MIN_BATCHES})")
+        else:  # the Gaussian ELBO cannot tell a BCE loss; the Bernoulli diagnosis is said, once
+            assert said == 1 and monitor.objective_check[0] is None
 
 
 @pytest.mark.parametrize("model", [TinyVAE("gaussian"), TinyVAE("gaussian", beta=4.0),

@@ -39,12 +39,13 @@ class MonitorOptions:
     warn_on_collapse: bool
     latent_groups: str | None
     prefix: str
+    gap_window: int = 32
 
     @classmethod
     def build(cls, *, stages: Any, collapse_criterion: Any, collapse_threshold: Any, rel_gap_floor: Any,
               ema_decay: Any, max_latents_as_scalars: Any, log_histograms: Any, tensorboard_per_latent: Any,
               log_bar_chart_every_n_epochs: Any, extract: Any, nan_strategy: Any, warn_on_collapse: Any,
-              latent_groups: Any, prefix: Any) -> MonitorOptions:
+              latent_groups: Any, prefix: Any, gap_window: Any = 32) -> MonitorOptions:
         """Check every argument (raising with what was expected and what was got) and return the options."""
         optional_test = stages is None
         stages = STAGES if stages is None else (stages,) if isinstance(stages, str) else tuple(stages)
@@ -83,13 +84,15 @@ class MonitorOptions:
         if latent_groups is not None and latent_groups not in _groups.LATENT_GROUPS:
             raise ValueError(f"Expected `latent_groups` to be None or one of {_groups.LATENT_GROUPS}, but got"
                              f" {latent_groups!r}.")
+        if isinstance(gap_window, bool) or not isinstance(gap_window, int) or gap_window < 10:
+            raise ValueError(f"Expected `gap_window` to be an int >= 10 (training batches), but got {gap_window!r}.")
         return cls(stages=stages, optional_test=optional_test, collapse_criterion=collapse_criterion,
                    collapse_threshold=collapse_threshold, rel_gap_floor=float(rel_gap_floor),
                    ema_decay=float(ema_decay), max_latents_as_scalars=max_latents_as_scalars,
                    log_histograms=bool(log_histograms), tensorboard_per_latent=rows,
                    log_bar_chart_every_n_epochs=log_bar_chart_every_n_epochs, extract=extract,
                    nan_strategy=nan_strategy, warn_on_collapse=bool(warn_on_collapse), latent_groups=latent_groups,
-                   prefix=prefix)
+                   prefix=prefix, gap_window=gap_window)
 
     def state_key_fields(self) -> dict[str, Any]:
         """What the monitor's ``state_key`` is made of: the default's key stays as it was before the test stage and

@@ -23,6 +23,9 @@ from lightning_entropy_vae.functional import relative_gap
 
 #: Keys of the objective check (training): 1/0/NaN for yes/no/cannot tell, and the fit's two coefficients.
 OBJECTIVE_KEYS = ("objective_is_elbo", "objective_elbo_coef", "objective_kl_coef")
+#: Keys of the gap window (training): the mean per-batch gap over the last ``gap_window`` batches and its standard
+#: error, nats per point, and the data dimension D (what EntropyConvergence's tolerance scales with).
+GAP_WINDOW_KEYS = ("gap_window", "gap_window_se", "data_dim")
 
 
 def step(options: MonitorOptions, trainer: Any, lines: _logger_extras.TensorBoardLines, window: tuple[float, float],
@@ -60,12 +63,8 @@ def epoch(options: MonitorOptions, trainer: Any, pl_module: Any, result: StageRe
     tensors, floats = _loggers.epoch_metrics(stage, result.sums, result.elbo, result.collapse, result.skipped,
                                              data_dim=result.data_dim, floor=options.rel_gap_floor,
                                              per_latent=per_latent, prefix=prefix)
-    if result.objective is not None:
-        verdict = result.objective
-        flag = math.nan if verdict.is_elbo is None else float(verdict.is_elbo)
-        for name, value in zip(OBJECTIVE_KEYS, (flag, verdict.elbo_coef, verdict.kl_coef)):
-            floats[options.key(stage, name)] = value
-            tensors[options.key(stage, name)] = torch.tensor(value, dtype=torch.float32)
+    floats.update(_window_keys(options, result))
+    tensors.update({k: torch.tensor(v, dtype=torch.float32) for k, v in _window_keys(options, result).items()})
     if options.latent_groups is not None and trainer.loggers and result.collapse:
         floats.update(_groups.group_keys(stage, result.collapse, result.latent_shape, prefix=prefix))
     callback_metrics.publish(trainer, pl_module, tensors)
@@ -80,6 +79,28 @@ def epoch(options: MonitorOptions, trainer: Any, pl_module: Any, result: StageRe
     if result.empty_ranks:
         empty_ranks_warning(stage, trainer.current_epoch, result.empty_ranks, result.world_size)
     return None if nothing else result.collapse["collapsed"].tolist()
+
+
+def _window_keys(options: MonitorOptions, result: StageResult) -> dict[str, float]:
+    """The training keys that run across epochs: the objective verdict and the gap window."""
+    keys = {}
+    if result.objective is not None:
+        verdict = result.objective
+        flag = math.nan if verdict.is_elbo is None else float(verdict.is_elbo)
+        keys.update({options.key(result.stage, name): value
+                     for name, value in zip(OBJECTIVE_KEYS, (flag, verdict.elbo_coef, verdict.kl_coef))})
+    if result.gap_window is not None:
+        keys.update({options.key(result.stage, name): float(value)
+                     for name, value in zip(GAP_WINDOW_KEYS, result.gap_window)})
+    return keys
+
+
+def windows_only(options: MonitorOptions, trainer: Any, pl_module: Any, result: StageResult,
+                 callback_metrics: _loggers.CallbackMetrics) -> None:
+    """A training epoch end without a batch in this fit (a run resumed from a checkpoint written at its epoch's
+    end): the keys that run across epochs, restored with the monitor's state, for whoever reads them."""
+    floats = _window_keys(options, result)
+    callback_metrics.publish(trainer, pl_module, {k: torch.tensor(v, dtype=torch.float32) for k, v in floats.items()})
 
 
 def _write_extras(options: MonitorOptions, trainer: Any, result: StageResult, lines: _logger_extras.TensorBoardLines,

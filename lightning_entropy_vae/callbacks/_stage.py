@@ -6,22 +6,25 @@
   tensors are kept. No device work.
 - :meth:`StageTracker.reduce` (at the logging cadence, at the epoch's end, or when the stash is full): the kept
   batches are stacked into one batch of N points (one ``cat`` per key; a value shared by a batch's points, such as
-  a scalar ``dec_logvar``, becomes one row per point); one small read to the host finds the batches holding
-  NaN/Inf (and reads the losses for the objective check); the finite batches go to the stage's metrics through
-  their public ``update``, one call each.
+  a scalar ``dec_logvar``, becomes one row per point). For training, per batch its ELBO, entropy sum and KL per
+  latent, summed over its points, are computed on the stack. One small read to the host brings those, the losses
+  and a probe that finds the batches holding NaN/Inf; the finite batches go to the stage's metrics through their
+  public ``update``, one call each, and (training) their per-batch sums to the step window, the gap window and the
+  objective check (:mod:`._objective`).
 - :meth:`StageTracker.window` (training, at a step log) and :meth:`StageTracker.result` (at the epoch's end) read
-  the metrics: the window's entropy sum and ELBO as floats, the epoch's values as a :class:`StageResult`.
+  the step window's entropy sum and ELBO as floats (rank-local, as Lightning's own step metrics) and the epoch's
+  values over every process as a :class:`StageResult`.
 
-The training stage keeps two metric sets: the window since the last step log (rank-local, as Lightning's own step
-metrics) and the epoch. A step log computes the window, merges it into the epoch (``Metric.merge_state``) and
-resets it; batches after an epoch's last step log are merged into that epoch and carried, already counted, into
-the next step log's window.
+The step window, the gap window (the last ``gap_window`` batches' gaps, whose batch-means standard error the
+stopping gate reads) and the objective check's rows run across epoch boundaries: an epoch of one batch still
+fills them.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,9 +35,10 @@ from torch import Tensor
 
 import lightning_entropy_vae.functional as F
 from lightning_entropy_vae.callbacks._live_params import LiveParameters
-from lightning_entropy_vae.callbacks._objective import MIN_BATCHES, ObjectiveCheck, ObjectiveVerdict
+from lightning_entropy_vae.callbacks._objective import ObjectiveCheck, ObjectiveVerdict
 from lightning_entropy_vae.callbacks._step_outputs import StageLayout, normalize
 from lightning_entropy_vae.functional._checks import VOCABULARY, first_nonfinite
+from lightning_entropy_vae.functional.batch_means import _batch_means_compute, _batch_means_update
 from lightning_entropy_vae.metrics import ELBO, EntropySumELBO, PosteriorCollapse
 
 #: Reduce early once this many batches are kept, or this many bytes of their tensors: a bound on the memory that
@@ -44,6 +48,11 @@ MAX_PENDING_BYTES = 64 << 20
 #: Log-variances the formulas exponentiate (sign of the exponent): a batch whose exp overflows is dropped like one
 #: holding NaN/Inf, so the metrics never see a finite input with a non-finite result.
 EXPONENTIATED = {"enc_logvar": 1.0, "dec_logvar": -1.0, "prior_logvar": -1.0}
+#: Training batches of a run whose Bernoulli ELBO of ``dec_mean`` is computed for the objective check's BCE diagnosis
+#: (the rows a verdict reads; it is said once)
+BERNOULLI_BATCHES = 64
+#: Groups of the gap window's batch-means standard error (:func:`~lightning_entropy_vae.functional.batch_means`).
+GAP_GROUPS = 10
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,10 @@ class StageResult:
     skipped: Tensor
     #: is the training loss the beta = 1 ELBO? (training only; ``None`` for other stages)
     objective: ObjectiveVerdict | None
+    #: the mean per-batch gap ELBO - entropy sum over the last ``gap_window`` training batches (nats per point), its
+    #: batch-means standard error, over every process (NaN until the window is full), and the data dimension D
+    #: (training only)
+    gap_window: tuple[float, float, int] | None
     #: processes that kept no batch of this epoch (their values are not in the result), of ``world_size``
     empty_ranks: int
     world_size: int
@@ -86,12 +99,15 @@ class StageTracker:
         live: the training stage's returned-parameter copies (``None`` for held-out stages).
         fixed_variance: whether the run's decoder variance is fixed (from the training stage, or a resumed run's
             checkpoint), ``None`` to read it from the first training batch (training) or not to profile it.
-        objective: regress the returned losses on the batches' ELBO and KL (training).
+        objective: regress the returned losses on the batches' ELBO and KL, and keep the window of per-batch gaps
+            (training).
+        gap_window: the training batches whose gaps the window keeps (across epochs).
+        state: what :meth:`state` returned in the run being resumed (the gap window, the objective check's rows).
     """
 
     def __init__(self, name: str, *, criterion: str, threshold: float | None, nan_strategy: str,
                  live: LiveParameters | None = None, fixed_variance: bool | None = None,
-                 objective: bool = False) -> None:
+                 objective: bool = False, gap_window: int = 64, state: Mapping[str, Any] | None = None) -> None:
         self.name = name
         self._criterion, self._threshold, self._nan_strategy = criterion, threshold, nan_strategy
         self._live = live
@@ -106,6 +122,18 @@ class StageTracker:
         self._objective = ObjectiveCheck()
         self._verdict: ObjectiveVerdict | None = None
         self._dropped = self._skipped_none = 0
+        self._loss_scale = 1.0  # the kept batches' accumulation factor
+        self._bernoulli_batches = 0  # batches whose Bernoulli ELBO went to the objective check
+        #: the finite training batches since the last step log: their ELBO and entropy sum summed, and their points
+        self._window: list[float] = [0.0, 0.0, 0]
+        #: per finite training batch, oldest first: (its ELBO minus its entropy sum, summed over its points; points)
+        self._gaps: deque[tuple[float, int]] | None = deque(maxlen=gap_window) if objective else None
+        self._state_dim = 0  # D of a resumed run's window, until its first batch
+        if state and objective:
+            self._gaps.extend((float(g), int(n)) for g, n in state.get("gaps", []))
+            self._state_dim = int(state.get("data_dim", 0))
+            if state.get("objective"):
+                self._objective.load_state_dict(state["objective"])
 
     @property
     def num_pending(self) -> int:
@@ -127,6 +155,16 @@ class StageTracker:
         """The objective check's regression over the batches it holds (read-only use)."""
         return self._objective
 
+    def state(self) -> dict[str, Any]:
+        """What a resumed run continues from (plain types): the gap window and the objective check's rows. A
+        checkpoint written mid-epoch reduces the kept batches first, so that the windows hold them."""
+        if self._gaps is None:
+            return {}
+        if self._batches:
+            self.reduce(lambda: "EntropyMonitor (saving a checkpoint)", self._loss_scale)
+        return {"gaps": [list(row) for row in self._gaps], "objective": self._objective.state_dict(),
+                "data_dim": self.layout.data_dim if self.layout is not None else self._state_dim}
+
     # ------------------------------------------------------------------------------------------- hot path
     def skip(self) -> None:
         """A batch whose step returned None (Lightning's "skip this batch")."""
@@ -146,6 +184,7 @@ class StageTracker:
             kw = self._live.restore(kw, owner)
         self._batches.append(kw)
         self._sizes.append(size)
+        self._loss_scale = loss_scale
         self._bytes += size * self.layout.bytes_per_point
         if len(self._batches) >= MAX_PENDING or self._bytes >= MAX_PENDING_BYTES:
             self.reduce(owner, loss_scale)
@@ -181,16 +220,13 @@ class StageTracker:
         self._epoch = pair()
         self._collapse = PosteriorCollapse(self.layout.latent_dim, criterion=self._criterion,
                                            threshold=self._threshold, nan_strategy="ignore", sync_on_compute=False)
-        windowed = self._live is not None
-        self._windows = [pair() for _ in range(2)] if windowed else []
-        self._carry: tuple[EntropySumELBO, ELBO] | None = None
         for m in self._metrics():
             m.to(device)
             if dtype == torch.float64:  # float64 steps (precision="64-true") keep float64 sums
                 m.set_dtype(torch.float64)
 
     def _metrics(self) -> list[Any]:
-        return [*self._epoch, self._collapse, *(m for pair in self._windows for m in pair)]
+        return [*self._epoch, self._collapse]
 
     # ------------------------------------------------------------------------------------------ reduction
     def reduce(self, owner: Callable[[], str], loss_scale: float = 1.0) -> None:
@@ -214,15 +250,10 @@ class StageTracker:
 
     def _reduce_stacked(self, loss_scale: float) -> None:
         inputs = self._stack(self._batches, self._sizes)
-        columns = self._objective_columns(inputs)
+        columns = self._per_batch_columns(inputs)
         finite, losses, columns = self._finite(inputs, columns)  # one small read to the host
-        if losses is not None and columns:
-            self._objective.eps = max(self._objective.eps, torch.finfo(self._batches[0]["loss"].dtype).eps)
-            bernoulli = columns[2] if len(columns) > 2 else [None] * len(losses)
-            for ok, loss, elbo, kl, bern, n in zip(finite, losses, columns[0], columns[1], bernoulli, self._sizes):
-                if ok and math.isfinite(loss):
-                    self._objective.add(-loss * loss_scale, elbo, kl, n,
-                                        None if bern is None or not math.isfinite(bern) else bern)
+        if columns:
+            self._add_rows(finite, losses, columns, loss_scale)
         if not all(finite):
             self._dropped += finite.count(False)
             kept = [i for i, ok in enumerate(finite) if ok]
@@ -231,25 +262,54 @@ class StageTracker:
         if inputs is not None:
             self._update(inputs)
 
+    def _add_rows(self, finite: list[bool], losses: list[float] | None, columns: dict[str, list[Any]],
+                  loss_scale: float) -> None:
+        """The finite batches' gaps into the window, and their rows into the objective check (with a finite loss)."""
+        if losses is not None:
+            self._objective.eps = max(self._objective.eps, torch.finfo(self._batches[0]["loss"].dtype).eps)
+        bernoulli = columns.get("bernoulli") or [None] * len(finite)
+        for k, (ok, n) in enumerate(zip(finite, self._sizes)):
+            elbo, entropy_sum = columns["elbo"][k], columns["entropy_sum"][k]
+            if not ok or not math.isfinite(elbo - entropy_sum):
+                continue
+            self._gaps.append((elbo - entropy_sum, n))
+            self._window[0] += elbo
+            self._window[1] += entropy_sum
+            self._window[2] += n
+            if losses is not None and math.isfinite(losses[k]):
+                bern = bernoulli[k]
+                self._objective.add(-losses[k] * loss_scale, n, elbo, columns["kl"][k],
+                                    None if bern is None or not math.isfinite(bern) else bern)
+
     def _objective_rows_of_distributions(self, loss_scale: float) -> None:
-        """The objective check's rows for batches of distribution objects: per batch the loss, the ELBO and the KL
-        summed over its points, read to the host at once."""
-        if not self._track_objective or "loss" not in self.layout.kept:
+        """The gaps and objective rows of batches of distribution objects: per batch the loss, the ELBO, the entropy
+        sum and the KL per latent summed over its points, read to the host at once."""
+        if not self._track_objective:
             return
-        rows = []
+        has_loss = "loss" in self.layout.kept
+        rows, kls = [], []
         for kw in self._batches:
             vocabulary = {k: v for k, v in kw.items() if k in VOCABULARY}
             elbo = kw.get("elbo")
             elbo = F.elbo(**vocabulary, reduction="none") if elbo is None else elbo
-            kl = F.gaussian_kl(**vocabulary, reduction="none")
-            rows.append(torch.stack([kw["loss"].reshape(()).to(kl.dtype), elbo.sum().to(kl.dtype), kl.sum()]))
-        self._objective.eps = max(self._objective.eps, torch.finfo(self._batches[0]["loss"].dtype).eps)
-        for (loss, elbo, kl), n in zip(torch.stack(rows).tolist(), self._sizes):
-            if math.isfinite(loss) and math.isfinite(elbo) and math.isfinite(kl):
-                self._objective.add(-loss * loss_scale, elbo, kl, n)
+            posterior = kw.get("posterior")
+            diagonal = posterior is None or isinstance(posterior, torch.distributions.Normal) or (
+                isinstance(posterior, torch.distributions.Independent)
+                and isinstance(posterior.base_dist, torch.distributions.Normal))
+            kl = (F.latent_kl(**vocabulary, reduction="none").sum(0) if diagonal
+                  else F.gaussian_kl(**vocabulary, reduction="sum").reshape(1))  # the total KL as one column
+            loss = kw["loss"].reshape(()).to(kl.dtype) if has_loss else torch.tensor(math.nan, dtype=kl.dtype)
+            rows.append(torch.stack([loss, elbo.sum().to(kl.dtype), F.entropy_sum(**vocabulary, reduction="sum")
+                                     .to(kl.dtype)]))
+            kls.append(kl)
+        table, kl_rows = torch.stack(rows).tolist(), [k.tolist() for k in kls]
+        finite = [all(math.isfinite(v) for v in (elbo, entropy_sum)) and all(math.isfinite(v) for v in kl)
+                  for (_, elbo, entropy_sum), kl in zip(table, kl_rows)]
+        columns = {"elbo": [r[1] for r in table], "entropy_sum": [r[2] for r in table], "kl": kl_rows}
+        self._add_rows(finite, [r[0] for r in table] if has_loss else None, columns, loss_scale)
 
     def _update(self, inputs: Any) -> None:
-        entropy_sum, elbo = self._windows[0] if self._windows else self._epoch
+        entropy_sum, elbo = self._epoch
         entropy_sum.update(inputs)
         elbo.update(inputs)
         self._collapse.update(inputs)
@@ -272,40 +332,51 @@ class StageTracker:
         stacked["data_dim"] = layout.data_dim  # D, when neither x nor dec_mean is kept
         return stacked
 
-    def _objective_columns(self, inputs: dict[str, Any]) -> tuple[Tensor, ...]:
-        """Per batch, the ELBO and the KL summed over its points: what the loss is regressed on; until the objective
-        has been judged, where ``x`` and ``dec_mean`` are kept, also the Bernoulli ELBO of ``dec_mean`` read as
-        probabilities (a BCE-trained model's)."""
-        if not self._track_objective or "loss" not in self.layout.kept:
-            return ()
+    def _per_batch_columns(self, inputs: dict[str, Any]) -> dict[str, Tensor]:
+        """Per training batch, summed over its points: the ELBO and the entropy sum (the gap window), the KL per
+        latent (the objective check regresses the loss on them) and, until the objective has been judged, where
+        ``x`` and ``dec_mean`` are kept, the Bernoulli ELBO of ``dec_mean`` read as probabilities (a BCE-trained
+        model's)."""
+        if not self._track_objective:
+            return {}
         vocabulary = {k: v for k, v in inputs.items() if k in VOCABULARY}
         elbo = inputs.get("elbo")
         if elbo is None:
             elbo = F.elbo(**vocabulary, reduction="none")
-        kl = F.gaussian_kl(**vocabulary, reduction="none")
+        kl = F.latent_kl(**vocabulary, reduction="none")  # (N, H): tensors are diagonal Gaussians
+        entropy_sum = F.entropy_sum(**vocabulary, reduction="none")  # the vocabulary holds data_dim
+        columns = {"elbo": _per_batch(elbo, self._sizes), "entropy_sum": _per_batch(entropy_sum, self._sizes),
+                   "kl": _per_batch(kl, self._sizes)}
         x, dec_mean = inputs.get("x"), inputs.get("dec_mean")
-        if (self._verdict is not None and self._verdict.is_elbo is not None) or not (
-                isinstance(x, Tensor) and isinstance(dec_mean, Tensor) and x.shape == dec_mean.shape):
-            return _per_batch(elbo, self._sizes), _per_batch(kl, self._sizes)
-        log_lik = F.bernoulli_log_likelihood(x=x, probs=dec_mean)
-        bernoulli = log_lik - kl.to(log_lik.dtype)
-        return _per_batch(elbo, self._sizes), _per_batch(kl, self._sizes), _per_batch(bernoulli, self._sizes)
+        if ("loss" in self.layout.kept and self._bernoulli_batches < BERNOULLI_BATCHES
+                and (self._verdict is None or self._verdict.is_elbo is None)
+                and isinstance(x, Tensor) and isinstance(dec_mean, Tensor) and x.shape == dec_mean.shape):
+            log_lik = F.bernoulli_log_likelihood(x=x, probs=dec_mean)
+            columns["bernoulli"] = _per_batch(log_lik - kl.sum(-1).to(log_lik.dtype), self._sizes)
+            self._bernoulli_batches += len(self._sizes)
+        return columns
 
-    def _finite(self, stacked: dict[str, Any], columns: tuple[Tensor, ...]
-                ) -> tuple[list[bool], list[float] | None, list[list[float]]]:
-        """Which kept batches hold only finite inputs, their losses if kept, and the per-batch ``columns``: one read
-        to the host."""
+    def _finite(self, stacked: dict[str, Any], columns: dict[str, Tensor]
+                ) -> tuple[list[bool], list[float] | None, dict[str, list[Any]]]:
+        """Which kept batches hold only finite inputs, their losses if kept, and the per-batch ``columns`` (a list
+        per batch for a 2-d column): one read to the host."""
         probe = self._probe(stacked)
-        parts = [probe]
+        k = len(self._batches)
         has_loss = "loss" in self.layout.kept
+        parts = [probe]
         if has_loss:
             parts.append(torch.stack([b["loss"].reshape(()) for b in self._batches]).to(probe.dtype))
-        parts += [c.to(probe.dtype) for c in columns]
+        parts += [c.reshape(-1).to(probe.dtype) for c in columns.values()]
         values = torch.cat(parts).tolist() if len(parts) > 1 else probe.tolist()
-        k = len(self._batches)
-        rows = [values[i * k:(i + 1) * k] for i in range(len(parts))]
-        finite = [v - v == 0.0 for v in rows[0]]  # NaN and +-Inf give NaN
-        return finite, (rows[1] if has_loss else None), rows[1 + has_loss:]
+        finite = [v - v == 0.0 for v in values[:k]]  # NaN and +-Inf give NaN
+        losses = values[k:2 * k] if has_loss else None
+        out, start = {}, k * (1 + has_loss)
+        for name, c in columns.items():
+            width = c.numel() // k
+            flat = values[start:start + k * width]
+            out[name] = flat if c.dim() == 1 else [flat[i * width:(i + 1) * width] for i in range(k)]
+            start += k * width
+        return finite, losses, out
 
     def _probe(self, stacked: dict[str, Any]) -> Tensor:
         """Per batch (K,): a sum that is NaN/Inf iff some input of the batch is (or overflows in exp).
@@ -335,38 +406,35 @@ class StageTracker:
 
     # ---------------------------------------------------------------------------------------------- reads
     def window(self) -> tuple[float, float]:
-        """Entropy sum and ELBO over the batches since the last step log (rank-local), as floats; restarts it."""
-        if self.layout is None:
-            return math.nan, math.nan
-        self._merge_window()
-        entropy_sum, elbo = self._windows[0]
-        if self._carry is not None:
-            entropy_sum.merge_state(self._carry[0])
-            elbo.merge_state(self._carry[1])
-            self._carry = None
-        values = torch.stack([_compute(entropy_sum)["sum"], _compute(elbo)]).tolist()
-        entropy_sum.reset()
-        elbo.reset()
-        return values[0], values[1]
+        """Entropy sum and ELBO over the finite training batches since the last step log (rank-local, from their
+        per-batch sums), nats per point; restarts the window."""
+        elbo, entropy_sum, points = self._window
+        self._window = [0.0, 0.0, 0]
+        return (entropy_sum / points, elbo / points) if points else (math.nan, math.nan)
 
     def result(self, strategy: Any) -> StageResult:
         """The epoch's values over every process (collectives: every rank calls this at the same point).
 
-        One all-reduce counts the processes that have the stage's metrics and the skipped batches; the metrics then
-        sync their states only if every process has them (a process whose every batch returned None has no layout,
-        so it cannot take part in their gathers).
+        One all-reduce counts the processes that have the stage's metrics and the skipped batches and, for training,
+        adds up the gap window's group totals (the processes' batches of the same steps fall into the same groups);
+        the metrics then sync their states only if every process has them (a process whose every batch returned
+        None has no layout, so it cannot take part in their gathers).
         """
         has = self.layout is not None
-        counts = strategy.reduce(torch.tensor([float(has), float(self._dropped + self._skipped_none)],
-                                              device=strategy.root_device), reduce_op="sum")
+        local = [float(has), float(self._dropped + self._skipped_none)]
+        if self._gaps is not None:
+            local += self._gap_groups()
+        counts = strategy.reduce(torch.tensor(local, dtype=torch.float64 if strategy.root_device.type != "mps"
+                                              else torch.float32, device=strategy.root_device), reduce_op="sum")
         world = int(getattr(strategy, "world_size", 1) or 1)
-        holding, skipped = int(counts[0].item()), counts[1]
+        skipped, counts = counts[1].float(), counts.cpu()  # the one read to the host
+        holding = int(counts[0].item())
+        gap_window = None if self._gaps is None else (
+            *self._gap_window(counts[2:].double(), world), self.layout.data_dim if has else self._state_dim)
         verdict = self._judge_objective()
         if self.layout is None:
-            return StageResult(self.name, 0, (), {}, torch.tensor(math.nan), {}, skipped.cpu(), verdict,
+            return StageResult(self.name, 0, (), {}, torch.tensor(math.nan), {}, skipped.cpu(), verdict, gap_window,
                                world - holding, world)
-        if self._windows:
-            self._merge_window()
         sync = world > 1 and holding == world
         values = []
         for m in (*self._epoch, self._collapse):
@@ -374,49 +442,45 @@ class StageTracker:
                 m.sync(should_sync=True)
             values.append(_compute(m))
         sums, elbo, collapse = values
-        if self._windows:  # the window's batches stay in the next step log's window, already counted in this epoch
-            window, spare = self._windows
-            if self._carry is not None:
-                window[0].merge_state(self._carry[0])
-                window[1].merge_state(self._carry[1])
-            self._carry = window
-            for m in spare:
-                m.reset()
-            self._windows = [spare, window]
         return StageResult(self.name, self.layout.data_dim, self.layout.latent_shape, sums, elbo, collapse,
-                           skipped.to(elbo.dtype), verdict, world - holding, world)
+                           skipped.to(elbo.dtype), verdict, gap_window, world - holding, world)
 
-    def _merge_window(self) -> None:
-        entropy_sum, elbo = self._windows[0]
-        self._epoch[0].merge_state(entropy_sum)
-        self._epoch[1].merge_state(elbo)
+    def _gap_groups(self) -> list[float]:
+        """``[full, totals (GAP_GROUPS), points (GAP_GROUPS)]`` of this process's gap window: ``full`` is 1 when the
+        window holds ``gap_window`` batches (else every entry is 0)."""
+        if len(self._gaps) < (self._gaps.maxlen or 0) or len(self._gaps) < GAP_GROUPS:
+            return [0.0] * (1 + 2 * GAP_GROUPS)
+        sums = torch.tensor([g for g, _ in self._gaps], dtype=torch.float64)
+        points = torch.tensor([n for _, n in self._gaps], dtype=torch.float64)
+        totals, sizes = _batch_means_update(sums / points, points, GAP_GROUPS)
+        return [1.0, *totals.tolist(), *sizes.tolist()]
+
+    @staticmethod
+    def _gap_window(reduced: Tensor, world: int) -> tuple[float, float]:
+        """The window's mean gap and its standard error over every process, NaN unless every window is full."""
+        if int(reduced[0].item()) != world:
+            return math.nan, math.nan
+        mean, se = _batch_means_compute(reduced[1:1 + GAP_GROUPS], reduced[1 + GAP_GROUPS:])
+        return float(mean), float(se)
 
     def _judge_objective(self) -> ObjectiveVerdict | None:
         if not self._track_objective:
             return None
         if self.layout is not None and "loss" not in self.layout.kept:
             self._verdict = ObjectiveVerdict(None, "the training steps return no `loss`")
-        elif self.layout is not None:
+        elif self.layout is not None or self._objective.batches:  # a resumed run's rows before its first batch
             self._verdict = self._objective.verdict()
         return self._verdict
 
     def start_epoch(self) -> None:
-        """A new epoch: metrics and counts start empty. Training keeps the batches after the last step log in the
-        next window. The objective check judges each epoch's batches; after an epoch of fewer than
-        ``MIN_BATCHES`` it keeps the most recent ones, so that short epochs are judged on the last few batches."""
+        """A new epoch: metrics and counts start empty. The step window (the batches since the last step log), the
+        gap window and the objective check's rows run on across epochs."""
         self._dropped = self._skipped_none = 0
-        own = self._objective.batches - self._objective.carried
-        self._objective = ObjectiveCheck() if own >= MIN_BATCHES else self._objective.recent(MIN_BATCHES - 1)
         if self.layout is None:
             return
         self._batches, self._sizes, self._bytes = [], [], 0
         for m in (*self._epoch, self._collapse):
             m.reset()
-        if self._live is None:
-            self._carry = None
-            for pair in self._windows:
-                for m in pair:
-                    m.reset()
 
 
 def _runs(sizes: list[int]) -> list[tuple[int, int]]:
@@ -440,8 +504,11 @@ def _batch_rows(points: Tensor, sizes: list[int]) -> list[Tensor]:
 
 
 def _per_batch(per_point: Tensor, sizes: list[int]) -> Tensor:
-    """Sum a per-point vector (N,) within each batch: (K,)."""
-    out = [rows.sum(-1) for rows in _batch_rows(per_point, sizes)]
+    """Sum a per-point table (N, ...) within each batch: (K, ...)."""
+    out, start = [], 0
+    for count, size in _runs(sizes):
+        out.append(per_point[start:start + count * size].reshape(count, size, *per_point.shape[1:]).sum(1))
+        start += count * size
     return out[0] if len(out) == 1 else torch.cat(out)
 
 

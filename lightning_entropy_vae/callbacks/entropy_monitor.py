@@ -82,6 +82,10 @@ class EntropyMonitor(Callback):
             ``entropy/{stage}/channel_active/{c}`` and ``.../channel_entropy/{c}`` per channel, a readable summary
             where H is above ``max_latents_as_scalars``; ``None`` (default): no groups.
         prefix: the first part of every key (``"entropy"``): two monitors in one Trainer need two prefixes.
+        gap_window: the training batches (across epochs) whose per-batch gaps give ``{prefix}/train/gap_window`` and
+            its standard error ``gap_window_se`` (batch means over 10 groups), what
+            :class:`~lightning_entropy_vae.EntropyConvergence`'s gate reads; NaN until that many batches were seen
+            (the default, 32, was chosen with the gate on ``benchmarks/stopping.py``).
 
     Example:
         >>> import lightning as L
@@ -109,13 +113,14 @@ class EntropyMonitor(Callback):
         warn_on_collapse: bool = True,
         latent_groups: str | None = None,
         prefix: str = "entropy",
+        gap_window: int = 32,
     ) -> None:
         self._options = MonitorOptions.build(
             stages=stages, collapse_criterion=collapse_criterion, collapse_threshold=collapse_threshold,
             rel_gap_floor=rel_gap_floor, ema_decay=ema_decay, max_latents_as_scalars=max_latents_as_scalars,
             log_histograms=log_histograms, tensorboard_per_latent=tensorboard_per_latent,
             log_bar_chart_every_n_epochs=log_bar_chart_every_n_epochs, extract=extract, nan_strategy=nan_strategy,
-            warn_on_collapse=warn_on_collapse, latent_groups=latent_groups, prefix=prefix)
+            warn_on_collapse=warn_on_collapse, latent_groups=latent_groups, prefix=prefix, gap_window=gap_window)
         self._trackers: dict[str, StageTracker] = {}
         self._live = LiveParameters()
         self._lines = _logger_extras.TensorBoardLines(prefix)
@@ -132,6 +137,7 @@ class EntropyMonitor(Callback):
         self._warned: set[str] = set()  # once-per-run warnings: empty epochs, a Bernoulli loss
         self._fixed_variance: bool | None = None  # from a resumed run's checkpoint, else its first training batch
         self._objective: tuple[bool | None, str] = (None, "not checked")
+        self._train_state: dict[str, Any] = {}  # a resumed run's gap window and objective rows
         self._last_global_step = -1
         self._write_layout = True
 
@@ -194,6 +200,8 @@ class EntropyMonitor(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._live.attach(pl_module)
+        if self._train_state.get("gaps") and "train" in self.stages and "train" not in self._trackers:
+            self._trackers["train"] = self._new_tracker("train")  # a resumed run: its windows run on
         self._write_layout = True  # once per fit: a resumed run may log to a new directory
         # a step log needs an optimizer step since the last batch (the first batch of an accumulation window has none)
         self._last_global_step = trainer.global_step
@@ -226,8 +234,9 @@ class EntropyMonitor(Callback):
         self._keep("on_train_batch_end", "train", pl_module, outputs, batch, loss_scale)
         # Lightning's cadence for its own step metrics: batches that stepped (one per batch, however many optimizers
         # stepped), and under automatic optimization only a batch that ends an accumulation window
-        stepped = trainer.global_step != self._last_global_step or not pl_module.automatic_optimization
-        self._last_global_step = trainer.global_step
+        global_step = trainer.global_step  # a property that walks the loops: read once
+        stepped = global_step != self._last_global_step or not pl_module.automatic_optimization
+        self._last_global_step = global_step
         every = trainer.log_every_n_steps
         train = self._trackers.get("train")
         # the step keys go to loggers only: without one, the kept batches wait for the epoch end (or a full
@@ -331,7 +340,8 @@ class EntropyMonitor(Callback):
         return StageTracker(stage, criterion=self._options.collapse_criterion,
                             threshold=self._options.collapse_threshold, nan_strategy=self._options.nan_strategy,
                             live=self._live if stage == "train" else None, fixed_variance=self.fixed_decoder_variance,
-                            objective=stage == "train")
+                            objective=stage == "train", gap_window=self._options.gap_window,
+                            state=self._train_state if stage == "train" else None)
 
     def _agreed_stages(self, trainer: pl.Trainer, kind: str) -> list[str]:
         """The stages of ``kind`` (``train``, ``val``, ``test``) that some process has, in one order on every process.
@@ -377,6 +387,10 @@ class EntropyMonitor(Callback):
             if result.objective.bernoulli is not None and "bernoulli" not in self._warned:
                 self._warned.add("bernoulli")
                 _publish.bernoulli_warning(result.objective.bernoulli)
+        if result.empty_ranks == result.world_size and stage == "train" and not int(result.skipped):
+            # no training batch in this fit yet: a run resumed from a checkpoint written at its epoch's end
+            _publish.windows_only(self._options, trainer, pl_module, result, self._callback_metrics)
+            return None
         if result.empty_ranks == result.world_size:  # on every process, every step of the epoch returned None
             if stage != "train":  # validation and test steps return nothing: an error
                 read_output(0, hook, stage, pl_module, got=f"None from all {int(result.skipped)} batches of the epoch")
@@ -399,9 +413,11 @@ class EntropyMonitor(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run continues from (plain types)."""
+        train = self._trackers.get("train")
         return {"gap_ema": self._gap_ema, "collapsed": self._collapsed,
                 "warned_collapse": sorted(self._warned_collapse), "fixed_variance": self.fixed_decoder_variance,
-                "last_global_step": self._last_global_step}
+                "last_global_step": self._last_global_step,
+                "train_window": train.state() if train is not None else self._train_state}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -411,3 +427,4 @@ class EntropyMonitor(Callback):
         self._warned_collapse = frozenset(state_dict.get("warned_collapse", []))
         self._fixed_variance = state_dict.get("fixed_variance")
         self._last_global_step = int(state_dict.get("last_global_step", -1))
+        self._train_state = dict(state_dict.get("train_window") or {})
