@@ -1,247 +1,267 @@
-"""Phase 2 of ``stopping.py``: replay every rule, choose the winner, print the tables, draw the figure,
-write the ``docs/results.md`` section."""
+"""Phase 2 of ``stopping.py``: replay every rule, choose the default on the tuning families, print the tables,
+draw the figure, write the ``docs/results.md`` section."""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import math
 import statistics
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 from _stopping_grid import (
+    BASELINES,
+    BUDGET,
+    ES10,
+    ES20,
+    FIRE_TARGET,
     SELECTION,
     SELECTION_WORST_FIRST,
-    WITHIN,
+    TODAY,
+    TUNING_FAMILIES,
     WORST_TARGET,
+    WORST_TIE,
     Summary,
-    baselines,
-    candidates,
-    evaluate,
+    grid,
+    replay_all,
     select,
     select_worst_first,
+    subset,
     summarise,
+    targets,
 )
-from _stopping_rules import Rule, as_history, restores
+from _stopping_rules import BETA1, Record, as_record
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- stopping-benchmark:begin -->", "<!-- stopping-benchmark:end -->"
-ES10, ES20 = "EarlyStopping(val ELBO, patience 10)", "EarlyStopping(val ELBO, patience 20)"
-
-
-def _subset(results: list[dict], seeds: set[int]) -> list[dict]:
-    return [r for r in results if r["seed"] in seeds]
-
-
-def _variants(rules: list[Rule], results: dict[str, list[dict]], seeds: set[int]) -> list[Summary]:
-    return [summarise(rule, _subset(results[rule.name], seeds), r) for rule in rules for r in restores(rule)]
+HEAD = ["rule", "median stop, % of budget (epochs)", "shortfall median / worst, nats", "fired (eligible runs)",
+        "stops of never-stop runs"]
 
 
 def _row(s: Summary) -> list[str]:
-    return [s.label, f"{s.stop_pct:.0f} % ({s.stop_epochs:.0f})", f"{s.median:.2f} / {s.worst:.2f}",
-            f"{100 * s.median_rel:.2f} / {100 * s.worst_rel:.1f} %", f"{100 * s.within:.0f} %",
-            f"{100 * s.fired:.0f} %"]
+    fire = "-" if math.isnan(s.fire) else f"{100 * s.fire:.0f} % ({s.eligible})"
+    return [s.name, f"{s.stop_pct:.0f} % ({s.stop_epochs:.0f})", f"{s.median:.2f} / {s.worst:.2f}", fire,
+            f"{s.forbidden} of {s.never}"]
 
 
-HEAD = ["rule", "median stop, % of budget (epochs)", "shortfall median / worst, nats",
-        "relative median / worst", f"within {WITHIN} nats", "fired"]
-
-
-def _markdown(rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)] + [
+def markdown(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
         "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
 
 
-def _console(title: str, rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [HEAD, *rows]) for i in range(len(HEAD))]
+def console(title: str, head: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     print(f"\n{title}")
-    for row in [HEAD, *rows]:
+    for row in [head, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
 
 
-def _family_bests(summaries: list[Summary], es10: Summary, es20: Summary) -> list[Summary]:
-    """Per candidate family, its best variant by the selection rule (for the shortlist)."""
-    families: dict[str, list[Summary]] = {}
-    for s in summaries:
-        if not s.rule.baseline:
-            families.setdefault(s.rule.family, []).append(s)
-    return [select(group, es10, es20)[0] if _any_ok(group, es10, es20) else min(group, key=lambda s: s.worst)
-            for group in families.values()]
-
-
-def _any_ok(group: list[Summary], es10: Summary, es20: Summary) -> bool:
-    return any(s.median <= es10.median and s.stop_pct <= es20.stop_pct for s in group)
+def _verdict_line(s: Summary, es10: Summary, es10r: Summary, es20: Summary) -> str:
+    met = {True: "met", False: "MISSED"}
+    t = targets(s, es20)
+    fire = "- (no eligible run)" if math.isnan(s.fire) else f"{100 * s.fire:.0f} % of {s.eligible} eligible runs"
+    moon = s.stop_pct < es10.stop_pct and s.median < es10r.median
+    return (f"fires in {fire} (>= {100 * FIRE_TARGET:.0f} %): {met[t['fire']]};"
+            f" worst shortfall {s.worst:.2f} nats (<= {WORST_TARGET:g}): {met[t['worst']]};"
+            f" median stop {s.stop_pct:.0f} % (<= ES p20's {es20.stop_pct:.0f} %): {met[t['stop']]};"
+            f" never-stop runs stopped {s.forbidden} of {s.never}: {met[t['never']]};"
+            f" moonshot (median stop below ES p10's {es10.stop_pct:.0f} % and median shortfall below ES p10 +"
+            f" restore's {es10r.median:.2f}): {met[moon]}")
 
 
 def report(runs: list[dict], args: argparse.Namespace) -> dict:
-    histories = [as_history(run) for run in runs]
-    rules = baselines() + candidates()
-    by_name = {r.name: r for r in rules}
-    results = evaluate(rules, histories)
-    all_seeds, tune = {h["seed"] for h in histories}, set(args.tune_seeds)
-    held = all_seeds - tune
-    print(f"\nphase 2: {len(rules)} rules x {len(histories)} runs replayed; tuning seeds {sorted(tune)},"
-          f" held-out seeds {sorted(held)}")
+    start = time.perf_counter()
+    records = [as_record(run) for run in runs]
+    live = [r for r in records if r.variant == "sasa"]
+    records = [r for r in records if r.variant != "sasa"]
+    print(f"\nSelection rule (stated before any result): {SELECTION}", flush=True)
+    print(f"\nSecond selection rule: {SELECTION_WORST_FIRST}", flush=True)
+    configs = grid()
+    results, _ = replay_all(records, configs, log=lambda s: print(s, flush=True), cache=args.out / "replay-cache")
+    seconds = time.perf_counter() - start
+    print(f"\nphase 2: {len(BASELINES)} baselines and {len(configs)} gate configs (x 2: with and without restore)"
+          f" replayed over {len(records)} runs in {seconds:.1f} s", flush=True)
 
-    tuned = _variants(rules, results, tune)
-    pick = {(s.rule.name, s.restore): s for s in tuned}
-    es10, es20 = pick[(ES10, None)], pick[(ES20, None)]
-    cands = [s for s in tuned if not s.rule.baseline]
-    winner, admissible = select(cands, es10, es20)
-    worst_first = select_worst_first(cands, es10)
-    print(f"\nSelection rule (stated before any result): {SELECTION}")
-    print(f"  -> {winner.label} ({'admissible' if admissible else 'NOT admissible: a miss'})")
-    print(f"{SELECTION_WORST_FIRST}")
-    print(f"  -> {worst_first.label if worst_first else 'nothing qualifies'}")
-    picks = {"pre-stated pick": winner, **({"worst-first pick": worst_first} if worst_first else {})}
+    scopes = {"tuning families": lambda r: r.family in TUNING_FAMILIES,
+              "held-out families": lambda r: r.family not in TUNING_FAMILIES, "all runs": lambda r: True}
+    split = {name: subset(results, records, keep) for name, keep in scopes.items()}
+    tune_results, tune_records = split["tuning families"]
+    candidates = [(c, summarise(c.label, tune_results[c.label], tune_records, True)) for c in configs]
+    candidates = [(c, s) for c, s in candidates if s is not None]
+    if not candidates:
+        print("no beta = 1 run on the tuning families: nothing to choose on")
+        return {}
+    es20_tune = summarise(ES20, tune_results[ES20], tune_records, False)
+    prestated, _prestated_tune, admissible = select(candidates, es20_tune)
+    n_ok = sum(all(targets(s, es20_tune).values()) for _, s in candidates)
+    print(f"\nThe selection stated before any result picks: {prestated.label} + restore"
+          f" ({'admissible' if admissible else 'NOT admissible: a miss'};"
+          f" {n_ok} of {len(candidates)} configs admissible on the tuning families)")
+    chosen, chosen_tune, fits = select_worst_first(candidates)
+    n_fit = sum(not s.fire < FIRE_TARGET and s.forbidden == 0 for _, s in candidates)
+    print(f"The second selection picks: {chosen.label} + restore"
+          f" ({'worst shortfall ' + format(chosen_tune.worst, '.2f') + ' nats' if fits else 'a miss'}; {n_fit} of"
+          f" {len(candidates)} configs fire in >= {100 * FIRE_TARGET:.0f} % without a forbidden stop)")
+    print(f"  -> THE DEFAULT: {chosen.label} + restore")
 
-    alternatives = frontier(cands, es10)
-    print("\nFrontier on the tuning seeds (the earliest median stop among the candidate variants with a median"
-          " shortfall no worse than EarlyStopping(patience 10) and a worst shortfall within each level):")
-    for level, s in alternatives.items():
-        print(f"  worst <= {level:g} nats: " + (f"{s.label} ({s.stop_pct:.0f} %, {s.median:.2f} / {s.worst:.2f})"
-                                                 if s else "none"))
-    plain = frontier([s for s in cands if not s.rule.entropy], es10)
-    print("The same among the candidates that read no entropy signal (only the val ELBO):")
-    for level, s in plain.items():
-        print(f"  worst <= {level:g} nats: " + (f"{s.label} ({s.stop_pct:.0f} %, {s.median:.2f} / {s.worst:.2f})"
-                                                 if s else "none"))
-    shortlist = [(b.name, r) for b in baselines() for r in restores(b)]
-    extra = [*picks.values(), *(a for a in alternatives.values() if a), *(a for a in plain.values() if a)]
-    families = _family_bests(tuned, es10, es20)
-    for rule in [*(s.rule for s in extra), None, *(s.rule for s in families)]:
-        if rule is None:
-            n_docs = len(shortlist)  # the docs leave the family bests out
+    ranked = sorted(candidates, key=lambda cs: (not all(targets(cs[1], es20_tune).values()), cs[1].stop_pct,
+                                                cs[1].median))[:8]
+    console("The earliest-stopping configs on the tuning families (with restore; admissible first)",
+            [*HEAD, "admissible"], [[*_row(s), "yes" if all(targets(s, es20_tune).values()) else "no"]
+                                    for _, s in ranked])
+    choosing = choice_table(candidates, chosen)
+    console(f"The configs the second selection chose among, on the tuning families (with restore; fire >="
+            f" {100 * FIRE_TARGET:.0f} %, no forbidden stop; lowest worst shortfall first; within {WORST_TIE:g} nats"
+            " of the lowest: tied)", CHOICE_HEAD, choosing)
+
+    tables, verdicts = {}, {}
+    rows_of = [(BUDGET, False), (BUDGET, True), (ES10, False), (ES10, True), (ES20, False), (ES20, True),
+               (TODAY, False), (TODAY, True), (chosen.label, False), (chosen.label, True)]
+    if prestated != chosen:
+        rows_of += [(prestated.label, True)]
+    floors, lowest = {}, {}
+    for scope, (res, recs) in split.items():
+        sums = {(label, r): summarise(label, res[label], recs, r) for label, r in rows_of}
+        if any(s is None for s in sums.values()):
             continue
-        for r in restores(rule):
-            if (rule.name, r) not in shortlist:
-                shortlist.append((rule.name, r))
-    tables, verdicts, lookup = {}, {}, {}
-    for label, seeds in (("all seeds", all_seeds), ("tuning seeds", tune), ("held-out seeds", held)):
-        if not seeds:
-            continue
-        summaries = [summarise(by_name[n], _subset(results[n], seeds), r) for n, r in shortlist]
-        lookup.update({(label, s.rule.name, s.restore): s for s in summaries})
-        tables[label] = [_row(s) for s in summaries]
-        _console(f"On the {label} {sorted(seeds)} ({summaries[0].n} runs): baselines, the picks, the frontier,"
-                 " then each candidate family's best variant by the pre-stated rule", tables[label])
-        tables[label] = tables[label][:n_docs]
-        verdicts[label] = {name: targets(summaries, s) for name, s in picks.items()}
-        for name, lines in verdicts[label].items():
-            print(f"  targets for the {name}: " + "; ".join(lines))
+        tables[scope] = [_row(s) for s in sums.values()]
+        families = sorted({r.family for r in recs})
+        where = "all runs" if scope == "all runs" else "the " + scope
+        console(f"On {where} ({', '.join(families)}: {sum(r.variant in BETA1 for r in recs)} beta = 1 runs,"
+                f" {len(recs)} runs)", HEAD, tables[scope])
+        verdicts[scope] = _verdict_line(sums[(chosen.label, True)], sums[(ES10, False)], sums[(ES10, True)],
+                                        sums[(ES20, False)])
+        print(f"  targets for the chosen default + restore: {verdicts[scope]}")
+        floors[scope] = sums[(BUDGET, True)].worst
+        lowest[scope] = min(summarise(c.label, res[c.label], recs, True).worst for c in configs)
+    print("\nWorst shortfall of the fixed budget + restore, then the lowest of any gate config + restore: "
+          + "; ".join(f"{scope} {floors[scope]:.2f} and {lowest[scope]:.2f} nats" for scope in floors))
 
-    sensitivity = neighbours(worst_first, rules, results, tune, held) if worst_first else []
-    columns = [(ES10, None, "ES p10"), (ES20, None, "ES p20"), (ES20, "val_elbo", "ES p20 + restore"),
-               ("today's gap rule on train (|rel gap| < 1 %, 3 checks)", None, "today's gap rule (train)"),
-               ("fixed budget", "val_elbo", "budget + restore")]
-    columns += [(s.rule.name, s.restore, name + " + restore" * bool(s.restore)) for name, s in picks.items()]
-    per_group = breakdown(results, histories, columns)
-    write_grid(tuned, args.out / "candidates.csv")
-    print(f"\nAll {len(tuned)} variants on the tuning seeds: {args.out / 'candidates.csv'}")
-    summary = {name: {"rule": s.label, "params": s.rule.params, "restore_monitor": s.restore}
-               for name, s in picks.items()}
-    summary.update(admissible=admissible, tables=tables, verdicts=verdicts,
-                   frontier={str(k): v.label if v else None for k, v in alternatives.items()},
-                   frontier_without_entropy={str(k): v.label if v else None for k, v in plain.items()})
+    loses = per_family(results, records, chosen.label)
+    console("Where the chosen default (with restore) loses, per family (a * marks a missed target)",
+            FAMILY_HEAD, loses)
+    live_rows = live_table(live, records, results, chosen.label)
+    if live_rows:
+        console("The live SASA policy against the replayed rules, on the same family, lr and seed",
+                LIVE_HEAD, live_rows)
+    write_grid(candidates, configs, results, records, args.out / "candidates.csv")
+    print(f"\nAll {len(candidates)} gate configs on the tuning families: {args.out / 'candidates.csv'}")
+    summary = {"selection": SELECTION, "selection_worst_first": SELECTION_WORST_FIRST,
+               "prestated": {"label": prestated.label, **asdict(prestated), "restore": True},
+               "admissible": admissible, "admissible_configs": n_ok,
+               "chosen": {"label": chosen.label, **asdict(chosen), "restore": True}, "chosen_fits": fits,
+               "fitting_configs": n_fit, "configs": len(candidates), "replay_seconds": round(seconds, 2),
+               "tables": tables, "choosing": choosing, "verdicts": verdicts, "floors": floors,
+               "lowest_worst": lowest, "per_family": loses,
+               "live": live_rows}
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if not args.no_docs:
         from _stopping_figure import figure
+        from _stopping_text import section
 
         png = ROOT / "docs" / "figures" / "stopping_benchmark.png"
-        figure(histories, results, tuned, picks, es10, es20, png)
-        write_docs(tables, verdicts, [*per_group, "", *sensitivity], picks, admissible, args, lookup, alternatives,
-                   plain)
-        print(f"\nwrote {png} and the stopping section of {ROOT / 'docs' / 'results.md'}")
+        figure(configs, split, chosen, png)
+        path = ROOT / "docs" / "results.md"
+        text = path.read_text() if path.exists() else ""
+        old = text[text.index(BEGIN) + len(BEGIN):text.index(END)] if BEGIN in text and END in text else ""
+        lines = section(summary, tables, verdicts, loses, live_rows, records, args, old)
+        write_section(path, lines)
+        print(f"\nwrote {png} and the stopping section of {path}")
     return summary
 
 
-FRONTIER_LEVELS = (1.0, 2.0, 3.0)
+CHOICE_HEAD = [*HEAD, "chosen"]
 
 
-def frontier(summaries: list[Summary], es10: Summary) -> dict[float, Summary | None]:
-    """Per worst-shortfall level: the earliest-stopping variant within it whose median shortfall is no worse
-    than EarlyStopping(patience 10)'s (ties: lower median shortfall)."""
-    out = {}
-    for level in FRONTIER_LEVELS:
-        ok = [s for s in summaries if s.worst <= level and s.median <= es10.median]
-        out[level] = min(ok, key=lambda s: (s.stop_pct, s.median)) if ok else None
-    return out
+def choice_table(candidates: list, chosen, rows: int = 10) -> list[list[str]]:
+    """The configs SELECTION_WORST_FIRST ranks first (fire rate met, no forbidden stop; by worst shortfall), the
+    chosen one among them."""
+    fit = [(c, s) for c, s in candidates if not s.fire < FIRE_TARGET and s.forbidden == 0] or candidates
+    lowest = min(s.worst for _, s in fit)
+    ranked = sorted(fit, key=lambda cs: (cs[1].worst > lowest + WORST_TIE, cs[1].stop_pct if cs[1].worst <= lowest
+                                         + WORST_TIE else cs[1].worst, cs[0].epochs, cs[0].window, cs[0].z,
+                                         cs[0].patience))
+    top = ranked[:rows]
+    if chosen not in [c for c, _ in top]:
+        top += [cs for cs in ranked if cs[0] == chosen]
+    return [[*_row(s), "<-" if c == chosen else ""] for c, s in top]
 
 
-def targets(summaries: list[Summary], winner: Summary) -> list[str]:
-    """The issue's targets for a pick, against the baselines on the same runs."""
-    by = {(s.rule.name, s.restore): s for s in summaries}
-    w, es10, es20 = by[(winner.rule.name, winner.restore)], by[(ES10, None)], by[(ES20, None)]
-    ok = {True: "met", False: "MISSED"}
-    return [
-        f"worst shortfall {w.worst:.2f} nats <= {WORST_TARGET}: {ok[w.worst <= WORST_TARGET]}",
-        f"median shortfall {w.median:.3f} <= ES(p10) {es10.median:.3f}: {ok[w.median <= es10.median]}",
-        f"median stop {w.stop_pct:.0f} % <= ES(p20) {es20.stop_pct:.0f} %: {ok[w.stop_pct <= es20.stop_pct]}",
-        f"moonshot, both medians below ES(p10) ({es10.median:.3f} nats, {es10.stop_pct:.0f} %):"
-        f" {ok[w.median < es10.median and w.stop_pct < es10.stop_pct]}",
-    ]
+FAMILY_HEAD = ["family", "set", "beta = 1 runs", "fired (eligible)", "worst shortfall, nats",
+               "median stop vs ES p20", "never-stop runs stopped"]
 
 
-def neighbours(pick: Summary, rules: list[Rule], results: dict[str, list[dict]], tune: set[int], held: set[int]
-               ) -> list[str]:
-    """The pick's family with the same restore, tuning and held-out seeds: how sharp is the choice?"""
-    lines = [f"The worst-first pick's neighbours (family \"{pick.rule.family}\", restore as the pick):", "",
-             "| rule | tuning: stop, median / worst | held-out: stop, median / worst |", "|---|---|---|"]
-    print(f"\nNeighbours of the worst-first pick (family {pick.rule.family!r}, restore {pick.restore}):")
-    for rule in rules:
-        if rule.family != pick.rule.family:
+def per_family(results: dict[str, list[dict]], records: list[Record], label: str) -> list[list[str]]:
+    """Per family, the chosen default with restore: fire rate, worst shortfall, median stop against ES p20."""
+    rows = []
+    for family in sorted({r.family for r in records}, key=lambda f: (f not in TUNING_FAMILIES, f)):
+        res, recs = subset(results, records, lambda r, f=family: r.family == f)
+        s, es20 = summarise(label, res[label], recs, True), summarise(ES20, res[ES20], recs, False)
+        if s is None:
             continue
-        cells = []
-        for seeds in (tune, held):
-            if seeds:
-                s = summarise(rule, _subset(results[rule.name], seeds), pick.restore)
-                cells.append(f"{s.stop_pct:.0f} %, {s.median:.2f} / {s.worst:.2f}")
-            else:
-                cells.append("-")
-        mark = " (the pick)" if rule.name == pick.rule.name else ""
-        lines.append(f"| {rule.name.replace('|', chr(92) + '|')}{mark} | " + " | ".join(cells) + " |")
-        print(f"  {rule.name + mark:90s} tuning {cells[0]:22s} held-out {cells[1]}")
-    return lines
+        t = targets(s, es20)
+        mark = {True: "", False: " *"}
+        fire = "-" if math.isnan(s.fire) else f"{100 * s.fire:.0f} % ({s.eligible})"
+        rows.append([family, "tuning" if family in TUNING_FAMILIES else "held-out", str(s.runs),
+                     fire + mark[t["fire"]], f"{s.worst:.2f}" + mark[t["worst"]],
+                     f"{s.stop_pct:.0f} % vs {es20.stop_pct:.0f} %" + mark[t["stop"]],
+                     f"{s.forbidden} of {s.never}" + mark[t["never"]]])
+    return rows
 
 
-def breakdown(results: dict[str, list[dict]], histories: list[dict], variants: list[tuple[str, str | None, str]]
-              ) -> list[str]:
-    """Per data set and learning rate (5 seeds each): median stop % and median / worst shortfall."""
-    groups = sorted({(h["data"], h["lr"]) for h in histories})
-    heads = [head for *_, head in variants]
-    lines = ["| data, lr | " + " | ".join(heads) + " |", "|---|" + "---|" * len(variants)]
-    print("\nPer data set and learning rate (all seeds): median stop % of budget; shortfall median / worst (nats)")
-    for i, head in enumerate(heads):
-        print(f"  [{i}] {head}")
-    for data, lr in groups:
-        cells = []
-        for name, restore, _ in variants:
-            key = f"restore:{restore}" if restore else "plain"
-            rs = [r for r in results[name] if r["run"].startswith(f"{data}_lr{lr:g}_")]
-            cells.append(f"{100 * statistics.median(r['stop_frac'] for r in rs):.0f} %;"
-                         f" {statistics.median(r[key] for r in rs):.2f} / {max(r[key] for r in rs):.2f}")
-        lines.append(f"| {data}, {lr:g} | " + " | ".join(cells) + " |")
-        print(f"  {data:16s} {lr:<7g}" + " | ".join(f"[{i}] {c:20s}" for i, c in enumerate(cells)))
-    return lines
+LIVE_HEAD = ["policy", "runs", "epochs spent, % of budget (median)", "shortfall of the final model, median / worst"]
 
 
-def write_grid(summaries: list[Summary], path: Path) -> None:
+def live_table(live: list[Record], records: list[Record], results: dict[str, list[dict]], label: str
+               ) -> list[list[str]]:
+    """SASA runs (a live policy that stops itself) against the replayed rules on the matching ``mean`` run: epochs
+    spent and the final model's test ELBO short of the best test ELBO of the ``mean`` run over its budget."""
+    index = {(r.family, r.meta["lr"], r.meta["seed"]): i for i, r in enumerate(records) if r.variant == "mean"}
+    pairs = [(rec, index[key]) for rec in live if (key := (rec.family, rec.meta["lr"], rec.meta["seed"])) in index]
+    if not pairs:
+        return []
+    spent, short = [], []
+    for rec, i in pairs:
+        best = float(max(records[i]["test_elbo"]))
+        spent.append(100 * rec.epochs / records[i].budget)
+        short.append(best - float(rec["test_elbo"][-1]))
+    rows = [["SASA (live: lr x 0.1 on stationarity, stop at the last rate)", str(len(pairs)),
+             f"{statistics.median(spent):.0f} %", f"{statistics.median(short):.2f} / {max(short):.2f}"]]
+    for name, restore in ((f"{label} + restore", True), (f"{ES20} + restore", True), (f"{BUDGET} + restore", True)):
+        scores = [results[name.removesuffix(" + restore")][i] for _, i in pairs]
+        vals = [s["restore" if restore else "plain"] for s in scores]
+        rows.append([name, str(len(pairs)), f"{statistics.median(s['stop_pct'] for s in scores):.0f} %",
+                     f"{statistics.median(vals):.2f} / {max(vals):.2f}"])
+    return rows
+
+
+def write_grid(candidates: list, configs: list, results: dict[str, list[dict]], records: list[Record],
+               path: Path) -> None:
+    """Every config (and baseline) on the tuning families, without and with restore, as CSV."""
+    tune_results, tune_records = subset(results, records, lambda r: r.family in TUNING_FAMILIES)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["family", "rule", "restore", "median_stop_pct", "median_stop_epochs", "median_shortfall",
-                         "worst_shortfall", "median_rel", "worst_rel", "within", "fired"])
-        for s in summaries:
-            writer.writerow([s.rule.family, s.rule.name, s.restore, f"{s.stop_pct:.1f}", s.stop_epochs,
-                             f"{s.median:.4f}", f"{s.worst:.4f}", f"{s.median_rel:.5f}", f"{s.worst_rel:.5f}",
-                             f"{s.within:.3f}", f"{s.fired:.3f}"])
+        writer.writerow(["rule", "restore", "window", "z", "tol", "tol_unit", "gate_epochs", "patience",
+                         "median_stop_pct", "median_stop_epochs", "median_shortfall", "worst_shortfall", "fire",
+                         "eligible", "forbidden", "never"])
+        rules = [(name, None) for name in BASELINES] + [(c.label, c) for c in configs]
+        for name, c in rules:
+            for restore in (False, True):
+                s = summarise(name, tune_results[name], tune_records, restore)
+                if s is None:
+                    continue
+                params = [c.window, c.z, c.tol, c.tol_unit, c.epochs, c.patience] if c else [""] * 6
+                writer.writerow([name, "yes" if restore else "no", *params, f"{s.stop_pct:.1f}", s.stop_epochs,
+                                 f"{s.median:.4f}", f"{s.worst:.4f}", f"{s.fire:.3f}", s.eligible, s.forbidden,
+                                 s.never])
 
 
-def write_docs(tables: dict, verdicts: dict, per_group: list[str], picks: dict[str, Summary], admissible: bool,
-               args: argparse.Namespace, lookup: dict, alternatives: dict, plain: dict) -> None:
-    from _stopping_text import section
-
-    lines = section(tables, verdicts, per_group, picks, admissible, args, _markdown, lookup, alternatives, plain)
-    path = ROOT / "docs" / "results.md"
+def write_section(path: Path, lines: list[str]) -> None:
     text = path.read_text() if path.exists() else ""
     block = "\n".join([BEGIN, *lines, END])
     if BEGIN in text and END in text:

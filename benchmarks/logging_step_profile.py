@@ -56,7 +56,7 @@ def main() -> None:
     stage = _stage.StageTracker
     for owner, name, label in [
         (stage, "reduce", "reduce"), (stage, "_stack", "  stack"), (stage, "_finite", "  finite (probe, host read)"),
-        (stage, "_objective_columns", "  objective columns"), (stage, "_update", "  metric updates"),
+        (stage, "_per_batch_columns", "  per-batch columns (ELBO, sum, KL)"), (stage, "_update", "  metric updates"),
         (EntropySumELBO, "update", "    EntropySumELBO.update"), (ELBO, "update", "    ELBO.update"),
         (PosteriorCollapse, "update", "    PosteriorCollapse.update"), (stage, "window", "window"),
         (_publish, "step", "_publish.step"), (_loggers, "log_to_loggers", "  log_to_loggers (all keys)"),

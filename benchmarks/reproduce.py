@@ -345,7 +345,7 @@ def claim_stopping(args, out) -> list[dict]:
         "verdict": "match" if ok else "short",
         "why": ("within 0.1 nats of the full budget and of stock EarlyStopping" if ok else
                 f"{abs(delta):.2f} nats from the full budget; see the stopping benchmark below for the rule's"
-                " spread over 50 runs"),
+                " spread over 86 runs"),
         "command": cmd("early_stopping", args.common),
     }]
 
