@@ -266,7 +266,9 @@ class RankReport(pl.Callback):
         report = {"rank": trainer.global_rank, "world_size": trainer.world_size,
                   "should_stop": bool(trainer.should_stop), "current_epoch": trainer.current_epoch,
                   "stopped_epoch": convergence.stopped_epoch, "wait_count": convergence.wait_count,
-                  "stop_reason": convergence.stop_reason}
+                  "stop_reason": convergence.stop_reason,
+                  "gap_window": [float(trainer.callback_metrics[f"entropy/train/{key}"])
+                                 for key in ("gap_window", "gap_window_se", "data_dim")]}
         Path(self.folder, f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 

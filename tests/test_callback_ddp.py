@@ -6,13 +6,14 @@ blocking the suite.
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import EPOCH_KEYS_DDP, ddp_fit, monitor_reference
+from helpers import EPOCH_KEYS_DDP, D, ddp_fit, monitor_reference
 
 TESTS = Path(__file__).resolve().parent
 
@@ -58,6 +59,9 @@ def test_ddp_matches_one_process(tmp_path, strategy):
         for key in ("should_stop", "current_epoch", "stopped_epoch", "wait_count"):
             assert report[key] == single[key], (report["rank"], key)
     assert single["should_stop"] and single["stopped_epoch"] == 11 and "did not improve" in single["stop_reason"]
+    # the gap window adds up both ranks' groups (their batches differ): one value on every rank, not each its own
+    assert reports[0]["gap_window"] == reports[1]["gap_window"]
+    assert all(math.isfinite(v) for v in reports[0]["gap_window"]) and reports[0]["gap_window"][2] == D
 
     # the epoch values rank 0 wrote are those of all the data, as in one process
     ddp, one = _epoch_rows(ddp_dir), _epoch_rows(single_dir)
