@@ -50,7 +50,10 @@ class EntropyMonitor(Callback):
     - Epoch level: ``entropy/{stage}/encoder``, ``.../prior``, ``.../decoder``, ``.../sum`` (the entropy-sum ELBO
       over the epoch's points), ``.../elbo`` (mean minibatch ELBO over the same points), ``.../gap`` (elbo - sum),
       ``.../rel_gap``, ``.../abs_rel_gap``, ``.../active_latents``, ``.../skipped_batches``; with a fixed decoder
-      variance also ``.../sum_profiled``.
+      variance also ``.../sum_profiled``. Training only, over windows that run across epochs:
+      ``entropy/train/objective_is_elbo`` (is the loss the beta = 1 ELBO? 1/0/NaN, with ``.../objective_elbo_coef``
+      and ``.../objective_kl_coef``), ``.../gap_window`` and ``.../gap_window_se`` (the mean per-batch gap over the
+      last ``gap_window`` batches and its batch-means standard error) and ``.../data_dim``.
     - Per latent h (H <= ``max_latents_as_scalars``): ``entropy/{stage}/latent_entropy/{h}``, ``.../latent_kl/{h}``,
       ``.../collapsed/{h}``, the ``latent_entropy/threshold`` and ``.../prior`` lines, a histogram. TensorBoard
       gets the ``tensorboard_per_latent`` rows, a text table, and each compared line in a run of its own.
@@ -161,7 +164,8 @@ class EntropyMonitor(Callback):
 
     @property
     def objective_check(self) -> tuple[bool | None, str]:
-        """Is the training loss the beta = 1 ELBO (checked each training epoch)? ``(True | False | None, why)``;
+        """Is the training loss the beta = 1 ELBO (judged at each training epoch's end over the last 64 batches)?
+        ``(True | False | None, why)``;
         ``None`` while nothing could tell. Also published as ``{prefix}/train/objective_is_elbo``."""
         return self._objective
 
