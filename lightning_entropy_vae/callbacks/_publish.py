@@ -63,8 +63,9 @@ def epoch(options: MonitorOptions, trainer: Any, pl_module: Any, result: StageRe
     tensors, floats = _loggers.epoch_metrics(stage, result.sums, result.elbo, result.collapse, result.skipped,
                                              data_dim=result.data_dim, floor=options.rel_gap_floor,
                                              per_latent=per_latent, prefix=prefix)
-    floats.update(_window_keys(options, result))
-    tensors.update({k: torch.tensor(v, dtype=torch.float32) for k, v in _window_keys(options, result).items()})
+    windows = _window_keys(options, result)
+    floats.update(windows)
+    tensors.update(_as_tensors(windows))
     if options.latent_groups is not None and trainer.loggers and result.collapse:
         floats.update(_groups.group_keys(stage, result.collapse, result.latent_shape, prefix=prefix))
     callback_metrics.publish(trainer, pl_module, tensors)
@@ -99,8 +100,11 @@ def windows_only(options: MonitorOptions, trainer: Any, pl_module: Any, result: 
                  callback_metrics: _loggers.CallbackMetrics) -> None:
     """A training epoch end without a batch in this fit (a run resumed from a checkpoint written at its epoch's
     end): the keys that run across epochs, restored with the monitor's state, for whoever reads them."""
-    floats = _window_keys(options, result)
-    callback_metrics.publish(trainer, pl_module, {k: torch.tensor(v, dtype=torch.float32) for k, v in floats.items()})
+    callback_metrics.publish(trainer, pl_module, _as_tensors(_window_keys(options, result)))
+
+
+def _as_tensors(floats: dict[str, float]) -> dict[str, torch.Tensor]:
+    return {k: torch.tensor(v, dtype=torch.float32) for k, v in floats.items()}
 
 
 def _write_extras(options: MonitorOptions, trainer: Any, result: StageResult, lines: _logger_extras.TensorBoardLines,

@@ -107,7 +107,7 @@ class StageTracker:
 
     def __init__(self, name: str, *, criterion: str, threshold: float | None, nan_strategy: str,
                  live: LiveParameters | None = None, fixed_variance: bool | None = None,
-                 objective: bool = False, gap_window: int = 64, state: Mapping[str, Any] | None = None) -> None:
+                 objective: bool = False, gap_window: int = 32, state: Mapping[str, Any] | None = None) -> None:
         self.name = name
         self._criterion, self._threshold, self._nan_strategy = criterion, threshold, nan_strategy
         self._live = live
