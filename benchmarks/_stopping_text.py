@@ -13,28 +13,24 @@ BEFORE_BEGIN, BEFORE_END = "<!-- stopping-benchmark:before:begin -->", "<!-- sto
 
 
 def rule_before(old: str) -> list[str]:
-    """The earlier benchmark's table, kept from the section being replaced: its marked block, or else its
-    "### All seeds" table (empty if neither is there)."""
+    """The earlier benchmark's section, kept whole from the section being replaced: its marked block, or else
+    everything the earlier section held (its headings one level down; empty if there was none)."""
     if BEFORE_BEGIN in old and BEFORE_END in old:
         return old[old.index(BEFORE_BEGIN):old.index(BEFORE_END) + len(BEFORE_END)].split("\n")
     lines = old.split("\n")
-    if "### All seeds" not in lines:
+    body = [line for line in lines if not line.startswith("<!-- stopping-benchmark:")]
+    while body and (not body[0].strip() or body[0].startswith("## ")):
+        body.pop(0)
+    while body and not body[-1].strip():
+        body.pop()
+    if not body:
         return []
-    start = lines.index("### All seeds") + 1
-    table = []
-    for line in lines[start:]:
-        if line.startswith("### "):
-            break
-        table.append(line)
-    while table and not table[-1].strip():
-        table.pop()
-    while table and not table[0].strip():
-        table.pop(0)
+    body = ["#" + line if line.startswith("### ") else line for line in body]
     return [BEFORE_BEGIN, "### The rule before", "",
-            "Today's `EntropyConvergence` rule (|train rel gap| < 1 % for 10 epochs in a row, then patience 10 on"
-            " the validation ELBO, restore the best validation epoch) was chosen by an earlier version of this"
+            "The previous `EntropyConvergence` rule (|train rel gap| < 1 % for 10 epochs in a row, then patience 10"
+            " on the validation ELBO, restore the best validation epoch) was chosen by an earlier version of this"
             " benchmark: VAE-1 on the five tuning families only, 2 learning rates x 5 seeds, rules reading the"
-            " per-epoch published values. Its table on all seeds, as written then:", "", *table, "", BEFORE_END]
+            " per-epoch published values. Its section, as written then:", "", *body, "", BEFORE_END]
 
 
 def section(summary: dict, tables: dict, verdicts: dict, loses: list[list[str]], live: list[list[str]],
