@@ -1,11 +1,16 @@
-"""Where a logging step of EntropyMonitor spends its time: the reduction's parts and the step keys' publication.
+"""Where a logging step of EntropyMonitor spends its time, and what the reduction of kept batches costs.
 
 Fits the reference MLP VAE of ``overhead.py`` (B = 128, N = 20,000: 157 steps per epoch, a CSV logger, the default
-``log_every_n_steps=50``) for ``--epochs`` epochs with the parts of a logging step wrapped by a stopwatch, and prints
-each part's number of calls and median time (all calls, and the second half of the calls: warm caches). The parts
-nest: ``reduce`` (``StageTracker.reduce``) holds ``stack``, ``finite``, the objective columns and the ``metric
-updates`` (the three metrics' ``update``); a step log then reads the ``window`` and publishes (``_publish.step``,
-holding ``log_to_loggers``). Epoch ends call ``reduce`` too.
+``log_every_n_steps=50``) for ``--epochs`` epochs with the parts wrapped by a stopwatch, and prints each part's
+number of calls and median time (all calls, and the second half of the calls: warm caches). The parts nest:
+
+- ``logging step`` (``EntropyMonitor._log_step``) holds ``window`` (``StageTracker.window``: the step keys' ELBO
+  and entropy sum of the batches since the last logging step, from a stack of the keys they read) and the
+  publication (``_publish.step``, holding ``log_to_loggers``);
+- ``reduce`` (``StageTracker.reduce``: at the epoch's end, or when 256 batches are kept) holds the ``finite``
+  probe, the per-batch columns and the ``metric updates`` (the three metrics' ``update``).
+
+``stack`` is timed wherever it runs (in ``window`` and in ``reduce``).
 
     python benchmarks/logging_step_profile.py            # ~10 s
 """
@@ -29,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import MLPVAE, make_data
 
 from lightning_entropy_vae import EntropyMonitor
-from lightning_entropy_vae.callbacks import _loggers, _publish, _stage
+from lightning_entropy_vae.callbacks import _loggers, _publish, _stage, entropy_monitor
 from lightning_entropy_vae.metrics import ELBO, EntropySumELBO, PosteriorCollapse
 
 TIMES: dict[str, list[float]] = {}
@@ -55,11 +60,13 @@ def main() -> None:
     print(f"$ python {' '.join(sys.argv)}\ntorch {torch.__version__}, lightning {pl.__version__}, threads 1")
     stage = _stage.StageTracker
     for owner, name, label in [
-        (stage, "reduce", "reduce"), (stage, "_stack", "  stack"), (stage, "_finite", "  finite (probe, host read)"),
+        (entropy_monitor.EntropyMonitor, "_log_step", "logging step"), (stage, "window", "  window"),
+        (_publish, "step", "  _publish.step"), (_loggers, "log_to_loggers", "    log_to_loggers (all keys)"),
+        (stage, "reduce", "reduce"), (stage, "_stack", "stack (window and reduce)"),
+        (stage, "_finite", "  finite (probe, host read)"),
         (stage, "_per_batch_columns", "  per-batch columns (ELBO, sum, KL)"), (stage, "_update", "  metric updates"),
         (EntropySumELBO, "update", "    EntropySumELBO.update"), (ELBO, "update", "    ELBO.update"),
-        (PosteriorCollapse, "update", "    PosteriorCollapse.update"), (stage, "window", "window"),
-        (_publish, "step", "_publish.step"), (_loggers, "log_to_loggers", "  log_to_loggers (all keys)"),
+        (PosteriorCollapse, "update", "    PosteriorCollapse.update"),
     ]:
         wrap(owner, name, label)
     data = make_data(20_000)

@@ -232,11 +232,12 @@ def _now() -> tuple[float, float]:
 
 
 class _Timer:
-    """Accumulates wall and CPU seconds per wrapped method."""
+    """Accumulates wall and CPU seconds per wrapped method, and each call's CPU seconds."""
 
     def __init__(self) -> None:
         self.total: dict[str, dict[str, float]] = {"wall": defaultdict(float), "cpu": defaultdict(float)}
         self.calls: dict[str, int] = defaultdict(int)
+        self.each: dict[str, list[float]] = defaultdict(list)
 
     def wrap(self, name: str, fn: Any) -> Any:
         wall, cpu = self.total["wall"], self.total["cpu"]
@@ -248,7 +249,9 @@ class _Timer:
                 return fn(*args, **kwargs)
             finally:
                 wall[name] += time.perf_counter() - w0
-                cpu[name] += time.process_time() - c0
+                spent = time.process_time() - c0
+                cpu[name] += spent
+                self.each[name].append(spent)
                 self.calls[name] += 1
 
         return timed
@@ -384,7 +387,7 @@ def hook_profile(config: str, args: argparse.Namespace, data: dict[str, Tensor])
     stopwatch measures around the empty callback's hook in the same fit (the floor).
     """
     hooks = overridden_hooks(EntropyMonitor)
-    batch_hooks = [h for h in hooks if "batch" in h]
+    batch_hooks = [h for h in hooks if "batch" in h or h == "on_before_optimizer_step"]  # once per batch
     epoch_hooks = [h for h in hooks if "epoch" in h]
     other_hooks = [h for h in hooks if h not in batch_hooks and h not in epoch_hooks]
     runs = []
@@ -408,6 +411,10 @@ def hook_profile(config: str, args: argparse.Namespace, data: dict[str, Tensor])
                 "other": sum(net[h] for h in other_hooks),
             }
             split["total"] = sum(split.values())
+            # a plain batch's median: each per-batch hook's median call (that of on_train_batch_end leaves out the
+            # logging steps and a reduction of a full stash, a few calls of hundreds), net of the stopwatch
+            split["plain_median"] = sum(max(0.0, statistics.median(timer.each[h]) - floor[h]) for h in batch_hooks
+                                        if timer.each.get(h) and h.startswith(("on_train", "on_before")))
             run["split"][clock], run["floor"][clock], run["net"][clock] = split, floor, net
             run["raw_total"][clock] = sum(tot[h] for h in hooks)
         runs.append(run)
@@ -502,11 +509,11 @@ def main(argv: list[str] | None = None) -> int:
         times = run_rounds(config, args, data)
         fit, step = times["fit"], times["step"]
         med = {c: statistics.median(ratios(fit[c], "monitor")) for c in CLOCKS}
-        naive = {c: statistics.median(ratios(fit[c], "naive")) for c in CLOCKS}
+        naive = {c: statistics.median(ratios(fit[c], "naive") or [math.nan]) for c in CLOCKS}
         step_med = {c: statistics.median(ratios(step[c], "monitor")) for c in CLOCKS}
         for c in CLOCKS:
             fastest = {k: min(fit[c][k]) for k in KINDS}
-            step_naive = statistics.median(ratios(step[c], "naive"))
+            step_naive = statistics.median(ratios(step[c], "naive") or [math.nan])
             delta = statistics.median(step[c]["monitor"]) - statistics.median(step[c]["none"])
             print(f"  {c:>4}: median of per-round ratios: fit monitor/none {med[c]:.4f}, naive/none"
                   f" {naive[c]:.4f}; steady-state step monitor/none {step_med[c]:.4f}"
@@ -520,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         logs = run["timer"].calls.get("_log_step", 0)
         rows.append({"config": config, "fit": med, "naive": naive, "est": step_med[args.clock] + rest,
                      "pct": split["total"] / hook_fit * 100, "hook_us": split["total"] / steps * 1e6,
-                     "plain_us": split["per_batch"] / steps * 1e6,
+                     "plain_us": split["per_batch"] / steps * 1e6, "plain_med_us": split["plain_median"] * 1e6,
                      "log_us": split["log_step"] / logs * 1e6 if logs else math.nan,
                      "base_us": statistics.median(fit[args.clock]["none"]) / steps * 1e6})
 
@@ -532,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
           f"; verdicts on the {args.clock} clock)")
     print(f"  {'config':<10}  {'base us/step':>12}  {'fit ratio cpu':>13}  {'wall':>6}  {'':4}"
           f"  {'est. ratio':>10}  {'':4}  {'hooks %':>7}  {'':4}  {'hook us/step':>12}  {'plain us/step':>13}"
-          f"  {'us/log step':>11}  {'naive cpu':>9}  {'wall':>6}")
+          f"  {'plain median':>12}  {'us/log step':>11}  {'naive cpu':>9}  {'wall':>6}")
     ok = True
     for row in rows:
         if pct_target:
@@ -544,9 +551,13 @@ def main(argv: list[str] | None = None) -> int:
         v = ["PASS" if c else "FAIL" for c in checks]
         print(f"  {row['config']:<10}  {row['base_us']:12.0f}  {row['fit']['cpu']:13.4f}"
               f"  {row['fit']['wall']:6.3f}  {v[0]:4}  {row['est']:10.4f}  {v[1]:4}  {row['pct']:7.3f}"
-              f"  {v[2]:4}  {row['hook_us']:12.1f}  {row['plain_us']:13.1f}  {row['log_us']:11.0f}"
+              f"  {v[2]:4}  {row['hook_us']:12.1f}  {row['plain_us']:13.1f}  {row['plain_med_us']:12.1f}"
+              f"  {row['log_us']:11.0f}"
               f"  {row['naive']['cpu']:9.4f}  {row['naive']['wall']:6.3f}")
     print("  fit ratio: median over rounds of fit(monitor) / fit(none) of the same round.")
+    print("  plain us/step: per-batch hook time (on_train_batch_start/end, on_before_optimizer_step, and on the"
+          " validation batches) less the logging steps, per training step: with the reductions of a full stash;"
+          " plain median: the sum of the training batch hooks' median calls.")
     print("  est. ratio: median steady-state step ratio + (logging-step, epoch-end, start) hook time / fit;"
           " a second estimate, as noisy as the first on a shared machine.")
     print("  naive: update() of 6 metrics on every batch (no target; the issue reports 1.36-1.66 for such a"

@@ -144,12 +144,14 @@ def test_overhead_quick_counts_hooks_and_verdicts_agree(tmp_path):
     assert int(calls["on_train_epoch_end"]) == 1
 
     (row,) = re.findall(rf"^  train\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+(PASS|FAIL)\s+({NUMBER})\s+(PASS|FAIL)"
-                        rf"\s+({NUMBER})\s+(PASS|FAIL)\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})$",
-                        printed, flags=re.MULTILINE)
-    base_us, fit_cpu, fit_wall, fit_ok, est, est_ok, pct, pct_ok, hook_us, plain_us, _, naive_cpu, naive_wall = row
+                        rf"\s+({NUMBER})\s+(PASS|FAIL)\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})"
+                        rf"\s+({NUMBER})$", printed, flags=re.MULTILINE)
+    (base_us, fit_cpu, fit_wall, fit_ok, est, est_ok, pct, pct_ok, hook_us, plain_us, plain_median, _, naive_cpu,
+     naive_wall) = row
     for value in (fit_cpu, fit_wall, est, naive_cpu, naive_wall):
         assert 0.2 < float(value) < 5.0, row  # a ratio of two fits of the same loop
     assert float(base_us) > 0 and 0 <= float(plain_us) <= float(hook_us)
+    assert 0 < float(plain_median) <= float(hook_us)
     assert 0 <= float(pct) < 100
     assert fit_ok == _verdict(float(fit_cpu) <= 1.02) and est_ok == _verdict(float(est) <= 1.02)
     assert pct_ok == _verdict(float(pct) <= 1.0)
@@ -163,19 +165,30 @@ def test_logging_step_profile_counts_the_logging_steps(tmp_path):
         match = re.fullmatch(rf"(\s*\S.*?)\s+(\d+)\s+({NUMBER})\s+({NUMBER})", line)
         if match:
             parts[match[1].strip()] = (int(match[2]), float(match[3]), float(match[4]))
-    assert len(parts) == 11, parts
+    assert len(parts) == 12, parts
     assert all(calls > 0 and median > 0 and late > 0 for calls, median, late in parts.values())
     # 157 steps of B = 128 on N = 20,000; a logging step every 50: steps 50, 100 and 150
     logging_steps = math.ceil(20_000 / 128) // 50
-    (publish,) = [calls for label, (calls, *_) in parts.items() if "publish" in label and label.endswith(".step")]
-    (window,) = [calls for label, (calls, *_) in parts.items() if label.startswith("window")]
-    assert publish == window == logging_steps
-    assert parts["reduce"][0] == logging_steps + 1  # and once at the epoch end
+    assert parts["logging step"][0] == parts["window"][0] == parts["_publish.step"][0] == logging_steps
+    assert parts["reduce"][0] == 1  # the kept batches are reduced once, at the epoch's end (157 < 256 kept)
+    assert parts["stack (window and reduce)"][0] == logging_steps + 1
     updates = parts["metric updates"][0]
     assert updates == parts["reduce"][0]
     for metric in ("EntropySumELBO", "ELBO", "PosteriorCollapse"):
         assert parts[f"{metric}.update"][0] == updates, metric
     assert parts["reduce"][1] >= parts["metric updates"][1]  # a part is timed inside the one holding it
+    assert parts["logging step"][1] >= parts["window"][1]
+
+
+def test_hot_path_floor_prints_each_arm_net_of_the_empty_hooks(tmp_path):
+    printed = _run("hot_path_floor.py", ["--n", "3200", "--rounds", "1"], tmp_path)
+    rows = dict((name.strip(), (float(total), float(net))) for name, total, net in re.findall(
+        rf"^(empty hooks|one parameter copy|copy \+ detach \+ keep|EntropyMonitor)\s+({NUMBER})\s+({NUMBER})$",
+        printed, flags=re.MULTILINE))
+    assert list(rows) == ["empty hooks", "one parameter copy", "copy + detach + keep", "EntropyMonitor"]
+    assert rows["empty hooks"][1] == 0.0
+    for total, net in rows.values():
+        assert total > 0 and math.isclose(net, total - rows["empty hooks"][0], abs_tol=0.11)
 
 
 def test_ddp_spawn_exit_counts_runs(tmp_path):

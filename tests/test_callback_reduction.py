@@ -203,6 +203,53 @@ def test_window_is_the_points_since_the_last_read():
     assert float(elbo) == pytest.approx(float(ref_elbo), rel=1e-6)
 
 
+@pytest.mark.parametrize(("layout", "prior", "sizes", "profiled"), [
+    ("scalar", True, [4, 4, 3], False),
+    ("per_dim", False, [5, 2, 4], False),
+    ("per_sample", False, [4, 4, 1], True),
+    ("per_z", True, [2, 4, 4], True),
+])
+def test_a_logging_step_reads_its_window_without_reducing_and_each_batch_counts_once(layout, prior, sizes, profiled):
+    """The monitor's logging step: the window's sums from the kept batches, which stay kept for the epoch."""
+    gen = torch.Generator().manual_seed(7)
+    batches = [_batch(gen, n, layout, prior) for n in sizes + sizes]
+    stage = Stage(batches, profiled)
+    for b in batches[:3]:
+        stage.keep(b)
+    first = stage.tracker.window()
+    assert stage.tracker.num_pending == 3  # for the metrics, the gap window and the objective check
+    for b in batches[3:5]:
+        stage.keep(b)
+    sums, elbo, _ = stage.epoch()  # the epoch's reduction: batches 4 and 5 wait for the next window
+    stage.tracker.start_epoch()
+    stage.keep(batches[5])
+    second = stage.tracker.window()
+    for window, part in ((first, batches[:3]), (second, batches[3:])):
+        ref_sums, ref_elbo, _, _ = _reference(part, profiled)
+        assert window == pytest.approx((float(ref_sums["sum"]), float(ref_elbo)), rel=1e-5)
+    ref_sums, ref_elbo, _, _ = _reference(batches[:5], profiled)
+    assert float(sums["sum"]) == pytest.approx(float(ref_sums["sum"]), rel=1e-5)
+    assert float(elbo) == pytest.approx(float(ref_elbo), rel=1e-6)
+
+
+def test_a_logging_step_leaves_out_the_batches_whose_elbo_or_entropy_sum_is_not_finite():
+    gen = torch.Generator().manual_seed(8)
+    batches = [_batch(gen, 4, "scalar", prior=False) for _ in range(5)]
+    batches[1]["enc_logvar"][0, 0] = math.nan
+    batches[3]["elbo"][2] = math.inf
+    stage = Stage(batches, profiled=False)
+    for b in batches:
+        stage.keep(b)
+    window = stage.tracker.window()
+    ref_sums, ref_elbo, _, kept = _reference(batches, profiled=False)
+    assert len(kept) == 3
+    assert window == pytest.approx((float(ref_sums["sum"]), float(ref_elbo)), rel=1e-5)
+    sums, elbo, _ = stage.epoch()
+    assert stage.tracker.dropped_batches == 2
+    assert float(sums["sum"]) == pytest.approx(float(ref_sums["sum"]), rel=1e-5)
+    assert float(elbo) == pytest.approx(float(ref_elbo), rel=1e-6)
+
+
 def test_window_carries_the_batches_after_the_last_log_into_the_next_epoch():
     """Batches after an epoch's last step log count in that epoch, and in the next step log's window, once."""
     gen = torch.Generator().manual_seed(5)

@@ -22,6 +22,7 @@ tensor whose storage is freed by the batch end is an error that asks for a copy.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,12 @@ class LiveParameters:
         self._by_storage: dict[int, list[nn.Parameter]] = {}
         for p in params:
             self._by_storage.setdefault(p.untyped_storage().data_ptr(), []).append(p)
+        # the parameters' storages as sorted byte ranges [start, stop): a tensor whose first element lies in none of
+        # them holds memory of its own (live allocations do not overlap), found with one bisection
+        spans = sorted({(p.untyped_storage().data_ptr(), p.untyped_storage().data_ptr() + p.untyped_storage().nbytes())
+                        for p in params})
+        self._span_starts = [start for start, _ in spans]
+        self._span_stops = [stop for _, stop in spans]
         self._small = [p for p in params if p.numel() <= SMALL]
         self._watched: list[nn.Parameter] | None = None  # what batches returned; None until the first batch end
         self._watched_ids: set[int] = set()
@@ -126,10 +133,10 @@ class LiveParameters:
         """Swap returned tensors that alias a trainable parameter for the value the forward pass used.
 
         Metadata only, except for a copy when no optimizer step preceded (see the module docstring).
-        ``owner()`` names the hook and module in an error message. Per tensor: a parameter is found by its id; a
-        non-view result of an op (no ``_base``, not a leaf) holds memory the op allocated and is detached without a
-        look at its storage; a leaf or any view (even of a non-leaf: a custom Function's output may share a
-        parameter's memory) is matched by its memory.
+        ``owner()`` names the hook and module in an error message. Per tensor: a parameter is found by its id; any
+        other tensor by its memory: one bisection of the parameters' storages by its first element's address says
+        whether it lies in one (a view of a parameter, a detached parameter, a custom Function's output sharing its
+        memory), and only then which parameter holds all of it. A tensor in memory of its own is detached.
         """
         by_id = self._by_id
         if not by_id and not self._sharded:
@@ -139,22 +146,21 @@ class LiveParameters:
             self._watched = []
             self._plan(self._watched)
         out = {}
-        by_storage = self._by_storage
+        starts, stops = self._span_starts, self._span_stops
         for key, value in kw.items():
             if key == "loss" or not isinstance(value, Tensor):
                 out[key] = value
                 continue
             p = by_id.get(id(value))
             if p is None:
-                if value._base is None and not value.is_leaf:  # a non-view result of an op (it requires grad)
-                    out[key] = value.detach()
-                    continue
-                storage = value.untyped_storage()
-                if storage.nbytes() == 0 and value.numel():
+                ptr = value.data_ptr()  # the storage's address plus the offset: the offset alone if it was freed
+                if (ptr == value.storage_offset() * value.element_size() and value.numel()
+                        and value.untyped_storage().nbytes() == 0):  # a gathered copy freed after the step (FSDP)
                     raise self._freed(key, value, owner)
-                if storage.data_ptr() in by_storage:
-                    p = self._in_storage(value, storage)
-                if p is None:  # a detached view (no kernel): the step's autograd graph is not held
+                i = bisect_right(starts, ptr) - 1
+                if i >= 0 and ptr < stops[i] and value.numel():  # in a parameter's storage: which parameter?
+                    p = self._in_storage(value, value.untyped_storage())
+                if p is None:  # memory of its own, or a detached view (no kernel): the autograd graph is not held
                     out[key] = value.detach() if value.requires_grad else value
                     continue
             if id(p) not in self._watched_ids:

@@ -4,16 +4,17 @@
   metadata only (the first batch fixes the layout through the functional parsers), returned parameters are
   swapped for the values the forward pass used (training only, :mod:`._live_params`), and references to its
   tensors are kept. No device work.
-- :meth:`StageTracker.reduce` (at the logging cadence, at the epoch's end, or when the stash is full): the kept
-  batches are stacked into one batch of N points (one ``cat`` per key; a value shared by a batch's points, such as
-  a scalar ``dec_logvar``, becomes one row per point). For training, per batch its ELBO, entropy sum and KL per
-  latent, summed over its points, are computed on the stack. One small read to the host brings those, the losses
-  and a probe that finds the batches holding NaN/Inf; the finite batches go to the stage's metrics through their
-  public ``update``, one call each, and (training) their per-batch sums to the step window, the gap window and the
-  objective check (:mod:`._objective`).
-- :meth:`StageTracker.window` (training, at a step log) and :meth:`StageTracker.result` (at the epoch's end) read
-  the step window's entropy sum and ELBO as floats (rank-local, as Lightning's own step metrics) and the epoch's
-  values over every process as a :class:`StageResult`.
+- :meth:`StageTracker.window` (training, at a logging step): the ELBO and the entropy sum of the batches kept since
+  the last logging step, from a stack of the tensors the two formulas read; the batches stay kept.
+- :meth:`StageTracker.reduce` (at the epoch's end, when the stash is full, or at a logging step under
+  ``nan_strategy="error"``): the kept batches are stacked into one batch of N points (one ``cat`` per key; a value
+  shared by a batch's points, such as a scalar ``dec_logvar``, becomes one row per point). For training, per batch
+  its ELBO, entropy sum and KL per latent, summed over its points, are computed on the stack. One small read to the
+  host brings those, the losses and a probe that finds the batches holding NaN/Inf; the finite batches go to the
+  stage's metrics through their public ``update``, one call each, and (training) their per-batch sums to the gap
+  window, the objective check (:mod:`._objective`) and, for batches no logging step counted yet, the step window.
+- :meth:`StageTracker.result` (at the epoch's end) reads the epoch's values over every process as a
+  :class:`StageResult`.
 
 The step window, the gap window (the last ``gap_window`` batches' gaps, whose batch-means standard error the
 stopping gate reads) and the objective check's rows run across epoch boundaries: an epoch of one batch still
@@ -119,6 +120,7 @@ class StageTracker:
         self._batches: list[dict[str, Any]] = []
         self._sizes: list[int] = []
         self._bytes = 0
+        self._counted = 0  # kept batches (the first ones) already in the step window
         self._objective = ObjectiveCheck()
         self._verdict: ObjectiveVerdict | None = None
         self._dropped = self._skipped_none = 0
@@ -246,7 +248,7 @@ class StageTracker:
                 self._objective_rows_of_distributions(loss_scale)
             else:
                 self._reduce_stacked(loss_scale)
-        self._batches, self._sizes, self._bytes = [], [], 0
+        self._batches, self._sizes, self._bytes, self._counted = [], [], 0, 0
 
     def _reduce_stacked(self, loss_scale: float) -> None:
         inputs = self._stack(self._batches, self._sizes)
@@ -273,9 +275,10 @@ class StageTracker:
             if not ok or not math.isfinite(elbo - entropy_sum):
                 continue
             self._gaps.append((elbo - entropy_sum, n))
-            self._window[0] += elbo
-            self._window[1] += entropy_sum
-            self._window[2] += n
+            if k >= self._counted:  # not yet in the step window
+                self._window[0] += elbo
+                self._window[1] += entropy_sum
+                self._window[2] += n
             if losses is not None and math.isfinite(losses[k]):
                 bern = bernoulli[k]
                 self._objective.add(-losses[k] * loss_scale, n, elbo, columns["kl"][k],
@@ -314,11 +317,12 @@ class StageTracker:
         elbo.update(inputs)
         self._collapse.update(inputs)
 
-    def _stack(self, batches: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
-        """The batches as one batch of N points (under no_grad)."""
+    def _stack(self, batches: list[dict[str, Any]], sizes: list[int], keys: tuple[str, ...] | None = None
+               ) -> dict[str, Any]:
+        """The batches as one batch of N points (under no_grad): every kept tensor, or those of ``keys``."""
         layout = self.layout
         stacked: dict[str, Any] = {}
-        for key in layout.tensor_keys:
+        for key in layout.tensor_keys if keys is None else keys:
             axis = layout.batch_axis(key)
             values = [b[key] for b in batches]
             if axis is not None:
@@ -340,13 +344,9 @@ class StageTracker:
         if not self._track_objective:
             return {}
         vocabulary = {k: v for k, v in inputs.items() if k in VOCABULARY}
-        elbo = inputs.get("elbo")
-        if elbo is None:
-            elbo = F.elbo(**vocabulary, reduction="none")
+        columns = self._gap_columns(vocabulary, self._sizes)
         kl = F.latent_kl(**vocabulary, reduction="none")  # (N, H): tensors are diagonal Gaussians
-        entropy_sum = F.entropy_sum(**vocabulary, reduction="none")  # the vocabulary holds data_dim
-        columns = {"elbo": _per_batch(elbo, self._sizes), "entropy_sum": _per_batch(entropy_sum, self._sizes),
-                   "kl": _per_batch(kl, self._sizes)}
+        columns["kl"] = _per_batch(kl, self._sizes)
         x, dec_mean = inputs.get("x"), inputs.get("dec_mean")
         if ("loss" in self.layout.kept and self._bernoulli_batches < BERNOULLI_BATCHES
                 and (self._verdict is None or self._verdict.is_elbo is None)
@@ -355,6 +355,15 @@ class StageTracker:
             columns["bernoulli"] = _per_batch(log_lik - kl.sum(-1).to(log_lik.dtype), self._sizes)
             self._bernoulli_batches += len(self._sizes)
         return columns
+
+    @staticmethod
+    def _gap_columns(vocabulary: dict[str, Any], sizes: list[int]) -> dict[str, Tensor]:
+        """Per batch (K,), summed over its points: the ELBO (returned, or from the pieces) and the entropy sum."""
+        elbo = vocabulary.get("elbo")
+        if elbo is None:
+            elbo = F.elbo(**vocabulary, reduction="none")
+        entropy_sum = F.entropy_sum(**vocabulary, reduction="none")  # the vocabulary holds data_dim
+        return {"elbo": _per_batch(elbo, sizes), "entropy_sum": _per_batch(entropy_sum, sizes)}
 
     def _finite(self, stacked: dict[str, Any], columns: dict[str, Tensor]
                 ) -> tuple[list[bool], list[float] | None, dict[str, list[Any]]]:
@@ -405,12 +414,50 @@ class StageTracker:
         return total
 
     # ---------------------------------------------------------------------------------------------- reads
-    def window(self) -> tuple[float, float]:
+    def window(self, owner: Callable[[], str] | None = None, loss_scale: float = 1.0) -> tuple[float, float]:
         """Entropy sum and ELBO over the finite training batches since the last step log (rank-local, from their
-        per-batch sums), nats per point; restarts the window."""
+        per-batch sums), nats per point; restarts the window.
+
+        The kept batches stay kept (the metrics, the gap window and the objective check take them at the next
+        :meth:`reduce`): only the keys the two formulas read are stacked, and one small read brings the two sums
+        over the batches not yet in a window; where that is NaN/Inf, their per-batch sums find the batches to leave
+        out (a batch whose ELBO or entropy sum is NaN/Inf; the epoch's reduction also leaves out a batch with some
+        other non-finite input, such as ``enc_mean``, which the two sums do not read). With ``nan_strategy="error"``
+        (which must fail within a logging step of a bad batch) or batches of distribution objects, everything kept is
+        reduced.
+        """
+        if self._nan_strategy == "error" or (self.layout is not None and self.layout.distributions):
+            self.reduce(owner or (lambda: f"EntropyMonitor ({self.name})"), loss_scale)
+        start = self._counted
+        if start < len(self._batches):
+            sizes = self._sizes[start:]
+            with torch.no_grad():
+                stacked = self._stack(self._batches[start:], sizes, self._window_keys())
+                vocabulary = {k: v for k, v in stacked.items() if k in VOCABULARY}
+                elbo = vocabulary.get("elbo")
+                elbo = F.elbo(**vocabulary, reduction="sum") if elbo is None else elbo.sum()
+                entropy_sum = F.entropy_sum(**vocabulary, reduction="sum").to(elbo.dtype)
+                rows = [(*torch.stack([elbo, entropy_sum]).tolist(), sum(sizes))]  # one read to the host
+                if not math.isfinite(rows[0][0] - rows[0][1]):  # which batches? their sums, to leave those out
+                    columns = self._gap_columns(vocabulary, sizes)
+                    rows = zip(*torch.stack([columns["elbo"], columns["entropy_sum"].to(elbo.dtype)]).tolist(), sizes)
+            for elbo_k, entropy_sum_k, n in rows:
+                if math.isfinite(elbo_k - entropy_sum_k):
+                    self._window[0] += elbo_k
+                    self._window[1] += entropy_sum_k
+                    self._window[2] += n
+            self._counted = len(self._batches)
         elbo, entropy_sum, points = self._window
         self._window = [0.0, 0.0, 0]
         return (entropy_sum / points, elbo / points) if points else (math.nan, math.nan)
+
+    def _window_keys(self) -> tuple[str, ...]:
+        """The kept tensors the window's ELBO and entropy sum read: all but ``enc_mean`` when the steps return
+        ``elbo`` (the encoder entropy reads only the log-variance)."""
+        layout = self.layout
+        if layout.has_elbo:
+            return tuple(k for k in layout.tensor_keys if k != "enc_mean")
+        return layout.tensor_keys
 
     def result(self, strategy: Any) -> StageResult:
         """The epoch's values over every process (collectives: every rank calls this at the same point).
@@ -478,7 +525,7 @@ class StageTracker:
         self._dropped = self._skipped_none = 0
         if self.layout is None:
             return
-        self._batches, self._sizes, self._bytes = [], [], 0
+        self._batches, self._sizes, self._bytes, self._counted = [], [], 0, 0
         for m in (*self._epoch, self._collapse):
             m.reset()
 

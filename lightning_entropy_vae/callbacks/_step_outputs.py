@@ -39,7 +39,7 @@ def read_output(values: Any, hook: str, stage: str, pl_module: Any, got: str | N
     A ``training_step`` that returns ``None`` (Lightning's "skip this batch") reaches the batch-end hook as
     an empty dict under automatic and manual optimization alike.
     """
-    if got is None and isinstance(values, Mapping):
+    if got is None and (type(values) is dict or isinstance(values, Mapping)):
         return values if len(values) else None
     if got is None and values is None:
         return None
@@ -205,27 +205,33 @@ class StageLayout:
         if self._get_all is not None and len(values) == self._first_len:
             try:
                 got = self._get_all(values)
-            except KeyError:
+                batch = got[self._enc_index].shape[0]
+            except (KeyError, AttributeError, IndexError):  # a missing key, a non-tensor, a 0-d encoder output
                 got = None
             if got is not None:
-                enc = got[self._enc_index]
-                batch = enc.shape[0] if isinstance(enc, Tensor) and enc.dim() else self.batch
                 shapes = self._shapes.get(batch)
                 if shapes is None:
-                    expected = self.expected(batch)
-                    shapes = tuple(expected[self.keys[i]] for i in self._rule_index)
-                    if len(self._shapes) > 16:
-                        self._shapes.clear()
-                    self._shapes[batch] = shapes
+                    shapes = self._shapes_of(batch)
                 for i, shape, dtype in zip(self._rule_index, shapes, self._dtypes):
                     value = got[i]
-                    if not isinstance(value, Tensor) or value.dtype is not dtype or value.shape != shape:
+                    if type(value) is not Tensor and not isinstance(value, Tensor):
+                        break
+                    if value.dtype is not dtype or value.shape != shape:
                         break
                 else:
                     if self._get_kept is None:
                         return ({self.kept[0]: values[self.kept[0]]} if self.kept else {}), batch
                     return dict(zip(self.kept, self._get_kept(values))), batch
         return self._check(values, owner)
+
+    def _shapes_of(self, batch: int) -> tuple[tuple[int, ...], ...]:
+        """The fast path's expected shapes for a batch of ``batch`` points, in its key order (cached)."""
+        expected = self.expected(batch)
+        shapes = tuple(expected[self.keys[i]] for i in self._rule_index)
+        if len(self._shapes) > 16:
+            self._shapes.clear()
+        self._shapes[batch] = shapes
+        return shapes
 
     def _check(self, values: Mapping[str, Any], owner: Callable[[], str]) -> tuple[dict[str, Any], int]:
         """:meth:`check` in full: every key, type, shape and dtype, raising for the first that is wrong."""

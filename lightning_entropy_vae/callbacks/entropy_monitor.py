@@ -1,8 +1,9 @@
 r"""EntropyMonitor: live entropy-sum ELBO, its gap to the minibatch ELBO, and posterior-collapse flags.
 
 One batch, in one direction: the batch hook reads the step's output (:mod:`._step_outputs`) and hands it to the
-stage's :class:`~._stage.StageTracker`, which keeps references to its tensors; at the logging cadence the tracker
-reduces the kept batches into its metrics and returns their values; the publishing functions (:mod:`._publish`)
+stage's :class:`~._stage.StageTracker`, which keeps references to its tensors; at a logging step the tracker returns
+the step keys' values, at the epoch's end it reduces the kept batches into its metrics and returns their values
+(:class:`~._stage.StageResult`); the publishing functions (:mod:`._publish`)
 write them to the loggers and ``trainer.callback_metrics``. The monitor owns the trackers, its options
 (:class:`~._options.MonitorOptions`) and what a run carries from epoch to epoch (the gap's moving average, the
 collapse flags, what was warned about).
@@ -251,9 +252,9 @@ class EntropyMonitor(Callback):
 
     def _log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, train: StageTracker,
                   loss_scale: float) -> None:
-        """A logging step: reduce the kept training batches and publish the window's step keys."""
-        train.reduce(lambda: owner_of("on_train_batch_end", pl_module), loss_scale)
-        self._gap_ema = _publish.step(self._options, trainer, self._lines, train.window(), train.layout.data_dim,
+        """A logging step: publish the step keys of the training batches since the last one."""
+        window = train.window(lambda: owner_of("on_train_batch_end", pl_module), loss_scale)
+        self._gap_ema = _publish.step(self._options, trainer, self._lines, window, train.layout.data_dim,
                                       self._gap_ema)
 
     @override
