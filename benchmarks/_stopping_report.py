@@ -17,23 +17,31 @@ from _stopping_grid import (
     BUDGET,
     ES10,
     ES20,
+    FALLBACK_GRID,
     FIRE_TARGET,
     SELECTION,
+    SELECTION_FALLBACK,
     SELECTION_WORST_FIRST,
+    SHIPPED,
     TODAY,
     TUNING_FAMILIES,
     WORST_TARGET,
     WORST_TIE,
     Summary,
+    fallback_grid,
+    gate_alone_label,
     grid,
     replay_all,
+    replay_fallbacks,
     select,
+    select_fallback,
     select_worst_first,
+    shipped_label,
     subset,
     summarise,
     targets,
 )
-from _stopping_rules import BETA1, Record, as_record
+from _stopping_rules import BETA1, Record, as_record, combined_label, eligible
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- stopping-benchmark:begin -->", "<!-- stopping-benchmark:end -->"
@@ -79,16 +87,17 @@ def report(runs: list[dict], args: argparse.Namespace) -> dict:
     records = [r for r in records if r.variant != "sasa"]
     print(f"\nSelection rule (stated before any result): {SELECTION}", flush=True)
     print(f"\nSecond selection rule: {SELECTION_WORST_FIRST}", flush=True)
+    print(f"\nFallback stage: {SELECTION_FALLBACK}", flush=True)
     configs = grid()
-    results, _ = replay_all(records, configs, log=lambda s: print(s, flush=True), cache=args.out / "replay-cache")
+    results, replays = replay_all(records, configs, log=lambda s: print(s, flush=True),
+                                  cache=args.out / "replay-cache")
     seconds = time.perf_counter() - start
     print(f"\nphase 2: {len(BASELINES)} baselines and {len(configs)} gate configs (x 2: with and without restore)"
           f" replayed over {len(records)} runs in {seconds:.1f} s", flush=True)
 
     scopes = {"tuning families": lambda r: r.family in TUNING_FAMILIES,
               "held-out families": lambda r: r.family not in TUNING_FAMILIES, "all runs": lambda r: True}
-    split = {name: subset(results, records, keep) for name, keep in scopes.items()}
-    tune_results, tune_records = split["tuning families"]
+    tune_results, tune_records = subset(results, records, scopes["tuning families"])
     candidates = [(c, summarise(c.label, tune_results[c.label], tune_records, True)) for c in configs]
     candidates = [(c, s) for c, s in candidates if s is not None]
     if not candidates:
@@ -117,33 +126,68 @@ def report(runs: list[dict], args: argparse.Namespace) -> dict:
             f" {100 * FIRE_TARGET:.0f} %, no forbidden stop; lowest worst shortfall first; within {WORST_TIE:g} nats"
             " of the lowest: tied)", CHOICE_HEAD, choosing)
 
-    tables, verdicts = {}, {}
+    # the fallback stage: next to the chosen gate, on the tuning families
+    gate_label = gate_alone_label(chosen)
+    results[gate_label] = results[chosen.label]
+    variants = fallback_grid()
+    by_variant = replay_fallbacks(records, replays, chosen, variants, cache=args.out / "replay-cache")
+    for fb, scores in by_variant.items():
+        results[combined_label(chosen, fb)] = scores
+    tune_results, tune_records = subset(results, records, scopes["tuning families"])
+    fb_candidates = [(fb, summarise(combined_label(chosen, fb), tune_results[combined_label(chosen, fb)],
+                                    tune_records, True)) for fb in variants]
+    fb_pick, _fb_tune, fb_fits = select_fallback(fb_candidates)
+    n_fb_fit = sum(not s.fire < FIRE_TARGET and s.forbidden == 0 for _, s in fb_candidates)
+    shipped = shipped_label(chosen, fb_pick)
+    results[shipped] = results[combined_label(chosen, fb_pick)]
+    print(f"\nThe fallback stage picks: {fb_pick.label}"
+          f" ({'admissible' if fb_fits else 'a miss'}; {n_fb_fit} of {len(variants)} variants fire in >="
+          f" {100 * FIRE_TARGET:.0f} % of the eligible tuning runs without a forbidden stop)")
+    print(f"  -> SHIPPED: {shipped} + restore")
+    split = {name: subset(results, records, keep) for name, keep in scopes.items()}
+    fallback_tables = {}
+    for scope, (res, recs) in split.items():
+        rows = fallback_table(res, recs, gate_label, [(fb, combined_label(chosen, fb)) for fb in variants], fb_pick)
+        if rows:
+            fallback_tables[scope] = rows
+            console(f"The fallback variants, each with {chosen.label}, on {_where(scope)} (with restore)",
+                    FALLBACK_HEAD, rows)
+
+    tables, verdicts, gate_verdicts = {}, {}, {}
     rows_of = [(BUDGET, False), (BUDGET, True), (ES10, False), (ES10, True), (ES20, False), (ES20, True),
-               (TODAY, False), (TODAY, True), (chosen.label, False), (chosen.label, True)]
+               (TODAY, False), (TODAY, True), (gate_label, False), (gate_label, True), (shipped, False),
+               (shipped, True)]
     if prestated != chosen:
         rows_of += [(prestated.label, True)]
-    floors, lowest = {}, {}
+    floors, lowest, changes = {}, {}, {}
     for scope, (res, recs) in split.items():
         sums = {(label, r): summarise(label, res[label], recs, r) for label, r in rows_of}
         if any(s is None for s in sums.values()):
             continue
         tables[scope] = [_row(s) for s in sums.values()]
         families = sorted({r.family for r in recs})
-        where = "all runs" if scope == "all runs" else "the " + scope
-        console(f"On {where} ({', '.join(families)}: {sum(r.variant in BETA1 for r in recs)} beta = 1 runs,"
+        console(f"On {_where(scope)} ({', '.join(families)}: {sum(r.variant in BETA1 for r in recs)} beta = 1 runs,"
                 f" {len(recs)} runs)", HEAD, tables[scope])
-        verdicts[scope] = _verdict_line(sums[(chosen.label, True)], sums[(ES10, False)], sums[(ES10, True)],
+        verdicts[scope] = _verdict_line(sums[(shipped, True)], sums[(ES10, False)], sums[(ES10, True)],
                                         sums[(ES20, False)])
-        print(f"  targets for the chosen default + restore: {verdicts[scope]}")
+        gate_verdicts[scope] = _verdict_line(sums[(gate_label, True)], sums[(ES10, False)], sums[(ES10, True)],
+                                             sums[(ES20, False)])
+        print(f"  targets for {SHIPPED} + restore: {verdicts[scope]}")
+        print(f"  targets for the gate alone + restore: {gate_verdicts[scope]}")
         floors[scope] = sums[(BUDGET, True)].worst
         lowest[scope] = min(summarise(c.label, res[c.label], recs, True).worst for c in configs)
+        changes[scope] = fallback_changes(res, recs, gate_label, shipped, sums, sums[(ES20, False)])
     print("\nWorst shortfall of the fixed budget + restore, then the lowest of any gate config + restore: "
           + "; ".join(f"{scope} {floors[scope]:.2f} and {lowest[scope]:.2f} nats" for scope in floors))
+    for scope, ch in changes.items():
+        print(f"What the fallback changes on {_where(scope)}: {ch['text']}")
 
-    loses = per_family(results, records, chosen.label)
-    console("Where the chosen default (with restore) loses, per family (a * marks a missed target)",
-            FAMILY_HEAD, loses)
-    live_rows = live_table(live, records, results, chosen.label)
+    loses = per_family(results, records, shipped)
+    console(f"Where {SHIPPED} (with restore) loses, per family (a * marks a missed target)", FAMILY_HEAD, loses)
+    gate_loses = per_family(results, records, gate_label)
+    console("Where the gate alone (with restore) loses, per family (a * marks a missed target)", FAMILY_HEAD,
+            gate_loses)
+    live_rows = live_table(live, records, results, [shipped, gate_label])
     if live_rows:
         console("The live SASA policy against the replayed rules, on the same family, lr and seed",
                 LIVE_HEAD, live_rows)
@@ -154,9 +198,14 @@ def report(runs: list[dict], args: argparse.Namespace) -> dict:
                "admissible": admissible, "admissible_configs": n_ok,
                "chosen": {"label": chosen.label, **asdict(chosen), "restore": True}, "chosen_fits": fits,
                "fitting_configs": n_fit, "configs": len(candidates), "replay_seconds": round(seconds, 2),
-               "tables": tables, "choosing": choosing, "verdicts": verdicts, "floors": floors,
-               "lowest_worst": lowest, "per_family": loses,
-               "live": live_rows}
+               "tables": tables, "choosing": choosing, "verdicts": verdicts, "gate_verdicts": gate_verdicts,
+               "floors": floors, "lowest_worst": lowest, "per_family": loses, "gate_per_family": gate_loses,
+               "live": live_rows,
+               "fallback": {"selection": SELECTION_FALLBACK, "grid": {k: list(v) for k, v in FALLBACK_GRID.items()},
+                            "pick": {"label": fb_pick.label, **asdict(fb_pick)}, "fits": fb_fits,
+                            "fitting_variants": n_fb_fit, "variants": len(variants), "shipped": shipped,
+                            "gate_alone": gate_label, "tables": fallback_tables,
+                            "changes": changes}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if not args.no_docs:
@@ -164,7 +213,7 @@ def report(runs: list[dict], args: argparse.Namespace) -> dict:
         from _stopping_text import section
 
         png = ROOT / "docs" / "figures" / "stopping_benchmark.png"
-        figure(configs, split, chosen, png)
+        figure(configs, split, chosen, png, shipped=shipped)
         path = ROOT / "docs" / "results.md"
         text = path.read_text() if path.exists() else ""
         old = text[text.index(BEGIN) + len(BEGIN):text.index(END)] if BEGIN in text and END in text else ""
@@ -175,6 +224,45 @@ def report(runs: list[dict], args: argparse.Namespace) -> dict:
 
 
 CHOICE_HEAD = [*HEAD, "chosen"]
+FALLBACK_HEAD = [*HEAD, "chosen"]
+
+
+def _where(scope: str) -> str:
+    return "all runs" if scope == "all runs" else "the " + scope
+
+
+def fallback_table(res: dict[str, list[dict]], recs: list[Record], gate_label: str, variants: list,
+                   pick) -> list[list[str]]:
+    """The gate alone, then each (fallback variant, label of the gate or it), with restore; the pick marked."""
+    gate = summarise(gate_label, res[gate_label], recs, True)
+    if gate is None:
+        return []
+    rows = [[*_row(gate), ""]]
+    for fb, label in variants:
+        s = summarise(label, res[label], recs, True)
+        rows.append([*_row(s), "<-" if fb == pick else ""])
+    return rows
+
+
+def fallback_changes(res: dict[str, list[dict]], recs: list[Record], gate_label: str, shipped: str,
+                     sums: dict, es20: Summary) -> dict:
+    """What adding the fallback changes on these runs: the table rows as printed (with and without the restore),
+    the runs that stop at another epoch (by name), the eligible runs it still does not stop, and its median stop
+    against ES p20's."""
+    rows = {key: (_row(sums[(gate_label, restore)])[1:], _row(sums[(shipped, restore)])[1:])
+            for key, restore in (("plain", False), ("restore", True))}
+    moved = [(r.name, g["stop_pct"], s["stop_pct"], g["restore"], s["restore"])
+             for g, s, r in zip(res[gate_label], res[shipped], recs) if g["stop"] != s["stop"]]
+    unfired = [r.name for s, r in zip(res[shipped], recs) if r.variant in BETA1 and eligible(r) and not s["fired"]]
+    shipped_r = sums[(shipped, True)]
+    same = {key: gate == new for key, (gate, new) in rows.items()}
+    parts = [f"the row with restore {'reads as' if same['restore'] else 'differs from'} the gate alone's",
+             f"the row without restore {'reads as' if same['plain'] else 'differs from'} the gate alone's",
+             f"{len(moved)} of {len(recs)} runs stop at another epoch",
+             f"eligible runs it does not stop: {', '.join(unfired) if unfired else 'none'}",
+             f"median stop {shipped_r.stop_pct:.0f} % against ES p20's {es20.stop_pct:.0f} %"]
+    return {"same": same, "rows": rows, "moved": [list(m) for m in moved], "runs": len(recs), "unfired": unfired,
+            "stop_pct": shipped_r.stop_pct, "es20_stop_pct": es20.stop_pct, "text": "; ".join(parts)}
 
 
 def choice_table(candidates: list, chosen, rows: int = 10) -> list[list[str]]:
@@ -216,7 +304,7 @@ def per_family(results: dict[str, list[dict]], records: list[Record], label: str
 LIVE_HEAD = ["policy", "runs", "epochs spent, % of budget (median)", "shortfall of the final model, median / worst"]
 
 
-def live_table(live: list[Record], records: list[Record], results: dict[str, list[dict]], label: str
+def live_table(live: list[Record], records: list[Record], results: dict[str, list[dict]], labels: list[str]
                ) -> list[list[str]]:
     """SASA runs (a live policy that stops itself) against the replayed rules on the matching ``mean`` run: epochs
     spent and the final model's test ELBO short of the best test ELBO of the ``mean`` run over its budget."""
@@ -231,7 +319,8 @@ def live_table(live: list[Record], records: list[Record], results: dict[str, lis
         short.append(best - float(rec["test_elbo"][-1]))
     rows = [["SASA (live: lr x 0.1 on stationarity, stop at the last rate)", str(len(pairs)),
              f"{statistics.median(spent):.0f} %", f"{statistics.median(short):.2f} / {max(short):.2f}"]]
-    for name, restore in ((f"{label} + restore", True), (f"{ES20} + restore", True), (f"{BUDGET} + restore", True)):
+    for name, restore in ((*((f"{label} + restore", True) for label in labels), (f"{ES20} + restore", True),
+                           (f"{BUDGET} + restore", True))):
         scores = [results[name.removesuffix(" + restore")][i] for _, i in pairs]
         vals = [s["restore" if restore else "plain"] for s in scores]
         rows.append([name, str(len(pairs)), f"{statistics.median(s['stop_pct'] for s in scores):.0f} %",

@@ -11,7 +11,8 @@ last ``W`` training batches (across epoch boundaries),
 ``mean, se = lightning_entropy_vae.functional.batch_means(g, n, groups=G)`` with ``g_k = (elbo_sum_k -
 entsum_sum_k) / n_k``, and the objective verdict of ``lightning_entropy_vae.callbacks._objective.ObjectiveCheck``
 fed every batch. Both are computed once per run and window (:class:`Replay`); the grid then only compares
-numbers.
+numbers. The fallback (:func:`fallback_rule`) reads the same two published values at every epoch's end
+(:meth:`Replay.published`); :func:`combined_rule` stops at the earlier of the gate rule and the fallback.
 """
 
 from __future__ import annotations
@@ -209,6 +210,7 @@ class Replay:
     verdicts: np.ndarray = field(init=False)
     stats: dict[int, tuple[np.ndarray, np.ndarray]] = field(init=False)
     _es: dict[tuple[int, int], int | None] = field(init=False, default_factory=dict)
+    _published: dict[int, tuple[np.ndarray, np.ndarray]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.opens is not None:
@@ -245,6 +247,30 @@ class Replay:
             count = np.where(within & (self.verdicts[t] == 1.0), count + 1, 0)
             opened = np.where(waiting & (count >= need), t, opened)
         self.opens = {gate: (int(e) if e >= 0 else None) for gate, e in zip(gates, opened)}
+
+    def published(self, window: int, groups: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """What the monitor publishes at every epoch's end, as the fallback reads it: the objective verdict
+        (1.0, 0.0, NaN as :func:`objective_verdicts`) and the window's gap (``batch_means`` mean of the last
+        ``window`` batch gaps, NaN before ``window`` batches were seen). The verdicts and window means the gate
+        replay computed are reused; only the epochs it skipped are computed (memoised per window)."""
+        if window not in self._published:
+            rec, asked = self.rec, ~np.isnan(self.verdicts)
+            verdicts = objective_verdicts(rec, ask=~asked)
+            verdicts[asked] = self.verdicts[asked]
+            mean = np.array(self.stats[window][0]) if window in self.stats else np.full(rec.epochs, np.nan)
+            g, n = train_gaps(rec), rec["batch_n"]
+            for t, end in enumerate(_epoch_ends(rec)):
+                if end >= window and np.isnan(mean[t]):
+                    mean[t] = float(batch_means(g[end - window:end], n[end - window:end], groups=groups)[0])
+            self._published[window] = (verdicts, mean)
+        return self._published[window]
+
+    def seed_published(self, window: int, verdicts: np.ndarray, mean: np.ndarray) -> None:
+        """Set what :meth:`published` returns for ``window`` (values saved from an earlier replay)."""
+        if len(verdicts) != self.rec.epochs or len(mean) != self.rec.epochs:
+            raise ValueError(f"Expected {self.rec.epochs} epochs of verdicts and gaps, but got {len(verdicts)} and"
+                             f" {len(mean)}.")
+        self._published[window] = (np.asarray(verdicts, dtype=float), np.asarray(mean, dtype=float))
 
     def patience_stop(self, start: int | None, patience: int) -> int | None:
         """Memoised :func:`patience_stop` on the val ELBO."""
@@ -346,6 +372,83 @@ def gate_rule(rp: Replay, cfg: GateConfig) -> int | None:
     first counted check is the following epoch's validation."""
     opened = gate_epoch(rp, cfg)
     return rp.patience_stop(None if opened is None else opened + 1, cfg.patience)
+
+
+# ------------------------------------------------------------------------------------------- the fallback
+@dataclass(frozen=True)
+class FallbackConfig:
+    """The gated fallback of ``EntropyConvergence``: EarlyStopping on the val ELBO (patience P, ``min_delta``) whose
+    checks count only while the training loss is the beta = 1 ELBO and the window's gap is within
+    ``gap_factor`` times the gate's tolerance (``None``: no gap condition). A check that does not count sets the
+    wait to 0 and still raises the best value ("reset")."""
+
+    patience: int
+    gap_factor: float | None = 3.0
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
+            raise ValueError(f"Expected `patience` to be an int >= 1, but got {self.patience!r}.")
+        if self.gap_factor is not None and not self.gap_factor > 0:
+            raise ValueError(f"Expected `gap_factor` > 0 or None, but got {self.gap_factor!r}.")
+
+    @property
+    def label(self) -> str:
+        gap = "no gap bound" if self.gap_factor is None else f"|gap| <= {self.gap_factor:g} tol"
+        delta = f", min_delta {self.min_delta:g}" if self.min_delta else ""
+        return f"fallback(P {self.patience}, {gap}{delta})"
+
+
+def fallback_counts(verdicts: np.ndarray, gap: np.ndarray, bound: float | None) -> np.ndarray:
+    """Per training epoch end, the callback's ``fallback_ok``: the objective verdict is 1 (the loss is the beta = 1
+    ELBO) and, with a ``bound`` (nats per point), the window's gap is finite with |gap| <= bound."""
+    ok = np.asarray(verdicts, dtype=float) == 1.0
+    if bound is not None:
+        gap = np.asarray(gap, dtype=float)
+        with np.errstate(invalid="ignore"):
+            ok &= np.isfinite(gap) & (np.abs(gap) <= bound)
+    return ok
+
+
+def fallback_stop(values: np.ndarray, counts: np.ndarray, patience: int, min_delta: float = 0.0) -> int | None:
+    """The fallback's patience on ``values`` (the val ELBO, one check per epoch), causal and lagged as the callback
+    runs: the check of epoch t (``on_validation_end``) reads ``counts[t - 1]``, set by the previous epoch's
+    ``on_train_epoch_end``; the check of epoch 0 never counts. A counted check improves when value > best +
+    ``min_delta`` (wait 0), else waits one more and stops at ``patience``; a check that does not count sets the
+    wait to 0 and the best to max(best, value). Returns the stop epoch, or None."""
+    best, wait = -math.inf, 0
+    for t, value in enumerate(np.asarray(values, dtype=float).tolist()):
+        if t == 0 or not counts[t - 1]:
+            best, wait = max(best, value), 0
+        elif value > best + min_delta:
+            best, wait = value, 0
+        else:
+            wait += 1
+            if wait >= patience:
+                return t
+    return None
+
+
+def earliest(*stops: int | None) -> int | None:
+    """The earliest of some stop epochs (None: no stop)."""
+    return min((s for s in stops if s is not None), default=None)
+
+
+def fallback_rule(rp: Replay, gate: GateConfig, fb: FallbackConfig) -> int | None:
+    """The fallback alone, next to ``gate``: the monitor's window is the gate's (W batches), the gap bound
+    ``fb.gap_factor`` times the gate's tolerance in nats per point."""
+    verdicts, gap = rp.published(gate.window, gate.groups)
+    bound = None if fb.gap_factor is None else fb.gap_factor * gate.tol_nats(rp.rec.dim)
+    return fallback_stop(rp.rec["val_elbo"], fallback_counts(verdicts, gap, bound), fb.patience, fb.min_delta)
+
+
+def combined_rule(rp: Replay, gate: GateConfig, fb: FallbackConfig) -> int | None:
+    """``EntropyConvergence`` with the fallback: the earlier of the gate rule's stop and the fallback's."""
+    return earliest(gate_rule(rp, gate), fallback_rule(rp, gate, fb))
+
+
+def combined_label(gate: GateConfig, fb: FallbackConfig) -> str:
+    return f"{gate.label} or {fb.label}"
 
 
 # ------------------------------------------------------------------------------------------------ scoring

@@ -22,19 +22,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _stopping_grid import (
     ES20,
     SELECTION,
+    SELECTION_FALLBACK,
     SELECTION_WORST_FIRST,
     GateConfig,
     Summary,
+    fallback_grid,
     grid,
     replay_all,
     select,
+    select_fallback,
     select_worst_first,
     summarise,
 )
 from _stopping_rules import (
+    FallbackConfig,
     Replay,
     as_record,
+    combined_rule,
     eligible,
+    fallback_counts,
+    fallback_rule,
+    fallback_stop,
     first_run_end,
     gate_rule,
     objective_verdicts,
@@ -365,6 +373,23 @@ def test_report_chooses_on_the_tuning_families_and_writes_its_outputs(tmp_path, 
     assert f"-> THE DEFAULT: {summary['chosen']['label']} + restore" in printed
     assert "On the tuning families (digits, ppca:" in printed and "On the held-out families (wine:" in printed
     assert "SASA" in printed
+    assert printed.index("Second selection rule") < printed.index(f"Fallback stage: {SELECTION_FALLBACK}") < \
+        printed.index("phase 2:")
+    fb = summary["fallback"]
+    assert fb["shipped"].startswith(f"EntropyConvergence(): {summary['chosen']['label']} or fallback(P ")
+    assert f"-> SHIPPED: {fb['shipped']} + restore" in printed
+    assert any(row[0] == f"{fb['shipped']} + restore" for row in summary["tables"]["held-out families"])
+    assert any(row[0] == f"the gate alone (the grid's pick): {summary['chosen']['label']} + restore"
+               for row in summary["tables"]["tuning families"])
+    # the fallback stage recomputed from the records with the combined rule
+    gate = GateConfig(**{k: summary["chosen"][k] for k in ("window", "z", "tol", "tol_unit", "epochs", "patience",
+                                                           "form", "groups")})
+    fixed = [as_record(r) for r in runs if r["config"]["policy"] == "fixed"]
+    tuning = [r for r in fixed if r.family != "wine"]
+    replays = [Replay(r, (gate,)) for r in tuning]
+    own = [(v, summarise("x", [score(r, combined_rule(rp, gate, v)) for r, rp in zip(tuning, replays)], tuning, True))
+           for v in fallback_grid()]
+    assert select_fallback(own)[0].label == fb["pick"]["label"]
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["chosen"]["label"] == summary["chosen"]["label"]
     assert len((tmp_path / "candidates.csv").read_text().splitlines()) == 1 + 2 * (4 + len(grid()))
@@ -415,7 +440,9 @@ def test_report_writes_the_figure_and_the_docs_section_keeping_the_rule_before(t
     # the earlier section kept whole, its headings one level down
     assert "| ES p10 | 20 % |" in text and "#### Held-out seeds" in text and "\n### Held-out seeds" not in text
     assert "### Tuning families (ppca)" in text and "### Held-out families (wine)" in text
-    assert SELECTION in text and SELECTION_WORST_FIRST in text and "### The table that chose the default" in text
+    assert SELECTION in text and SELECTION_WORST_FIRST in text and "### The table that chose the gate" in text
+    assert SELECTION_FALLBACK in text and "### The fallback variants on the tuning families" in text
+    assert "| **EntropyConvergence()**: gate(" in text and "a second look at the held-out families" in text
     (docs / "figures" / "stopping_benchmark.png").unlink()
     _stopping_report.report(runs, argparse.Namespace(out=tmp_path / "runs", no_docs=False))
     assert (docs / "results.md").read_text().count(_stopping_text.BEFORE_BEGIN) == 1  # kept once when rewritten
@@ -469,7 +496,8 @@ def test_stopping_smoke_trains_replays_and_scores(tmp_path):
     assert (summary["chosen"]["label"], "yes") in by_rule and (summary["prestated"]["label"], "yes") in by_rule
     assert f"-> THE DEFAULT: {summary['chosen']['label']} + restore" in printed
     assert f"The selection stated before any result picks: {summary['prestated']['label']} + restore (" in printed
-    assert "On the held-out families (" in printed and "Where the chosen default (with restore) loses" in printed
+    assert "On the held-out families (" in printed and "Where EntropyConvergence() (with restore) loses" in printed
+    assert "Where the gate alone (with restore) loses" in printed and "The fallback stage picks: fallback(P " in printed
     assert (root / "docs" / "results.md").read_text() == docs  # --smoke writes no docs
 
 
@@ -497,3 +525,195 @@ def test_replay_cache_is_renewed_when_only_the_gate_form_changes(tmp_path):
     second = _cached_replay(rec, (ci_form,), tmp_path)
     assert first.opens[max_form.gate(10)] != second.opens[ci_form.gate(10)] == Replay(rec, (ci_form,)).opens[
         ci_form.gate(10)]
+
+
+# ------------------------------------------------------------------------------------------------ the fallback
+def simulate_callback_with_fallback(run: dict, cfg: GateConfig, fb: FallbackConfig) -> int | None:
+    """EntropyConvergence with its gated fallback as Lightning runs it, batch by batch: per epoch the validation
+    ends first (the fallback's check, then the gate's patience once armed), then ``on_train_epoch_end`` updates
+    the gate and records whether the next check counts for the fallback (the loss judged the ELBO and the window's
+    gap within ``fb.gap_factor`` tol; False before the first training epoch's end)."""
+    rec = as_record(run)
+    check = ObjectiveCheck(window=64)
+    gaps, points, count, armed, best, wait = [], [], 0, False, -math.inf, 0
+    fb_ok, fb_best, fb_wait = False, -math.inf, 0
+    tol = cfg.tol * rec.dim if cfg.tol_unit == "D" else cfg.tol
+    for t in range(rec.epochs):
+        for k in np.nonzero(rec["batch_epoch"] == t)[0]:
+            n = int(rec["batch_n"][k])
+            check.add(rec["batch_neg_loss"][k], n, rec["batch_elbo_sum"][k], rec["batch_kl_sums"][k])
+            gaps.append((rec["batch_elbo_sum"][k] - rec["batch_entsum_sum"][k]) / n)
+            points.append(n)
+        v = float(rec["val_elbo"][t])  # the validation loop's end
+        stop = False
+        if not fb_ok:
+            fb_best, fb_wait = max(fb_best, v), 0
+        elif v > fb_best + fb.min_delta:
+            fb_best, fb_wait = v, 0
+        else:
+            fb_wait += 1
+            stop = fb_wait >= fb.patience
+        if armed:
+            if v > best:
+                best, wait = v, 0
+            else:
+                wait += 1
+                stop = stop or wait >= cfg.patience
+        if stop:
+            return t
+        is_elbo = check.verdict().is_elbo is True  # on_train_epoch_end
+        mean = se = math.nan
+        if len(gaps) >= cfg.window:
+            m, s = batch_means(torch.tensor(gaps[-cfg.window:]), torch.tensor(points[-cfg.window:]),
+                               groups=cfg.groups)
+            mean, se = abs(float(m)), float(s)
+        if not armed:
+            counted = is_elbo and (mean + cfg.z * se <= tol if cfg.form == "ci" else mean <= max(cfg.z * se, tol))
+            count = count + 1 if counted else 0
+            armed = count >= cfg.epochs
+        fb_ok = is_elbo and (fb.gap_factor is None or mean <= fb.gap_factor * tol)  # NaN compares False
+    return None
+
+
+FALLBACK_CASES = [(GateConfig(32, 1.0, 0.01, "D", 1, 5, "ci"), FallbackConfig(20, 3.0)),
+                  (GateConfig(32, 1.0, 0.01, "D", 1, 5, "ci"), FallbackConfig(10, 10.0)),
+                  (GateConfig(16, 2.0, 0.02, "D", 3, 10, "ci"), FallbackConfig(15, None)),
+                  (GateConfig(16, 2.0, 0.1, "nats", 1, 5), FallbackConfig(10, 3.0, min_delta=0.01))]
+
+
+@pytest.mark.parametrize("noise", [0.05, 1.5])
+@pytest.mark.parametrize("variant", ["mean", "sum", "warmup", "beta4"])
+@pytest.mark.parametrize("case", range(len(FALLBACK_CASES)))
+def test_combined_rule_stops_where_the_simulated_callback_with_its_fallback_stops(case, variant, noise):
+    cfg, fb = FALLBACK_CASES[case]
+    run = synthetic_run(variant=variant, epochs=120, batches=6, seed=7, gap_tau=6.0, gap_noise=noise)
+    rp = Replay(as_record(run), (cfg,))
+    expected = simulate_callback_with_fallback(run, cfg, fb)
+    assert combined_rule(rp, cfg, fb) == expected
+    if variant == "beta4":
+        assert expected is None
+
+
+def test_the_simulated_fallback_cases_cover_both_paths():
+    """Across FALLBACK_CASES the fallback decides some stops, the gate others (so both paths are compared)."""
+    by_fallback = by_gate = 0
+    for cfg, fb in FALLBACK_CASES:
+        for noise in (0.05, 1.5):
+            run = synthetic_run(epochs=120, batches=6, seed=7, gap_tau=6.0, gap_noise=noise)
+            rp = Replay(as_record(run), (cfg,))
+            gate, fallback = gate_rule(rp, cfg), fallback_rule(rp, cfg, fb)
+            by_fallback += fallback is not None and (gate is None or fallback < gate)
+            by_gate += gate is not None and (fallback is None or gate < fallback)
+    assert by_fallback >= 2 and by_gate >= 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("patience", "min_delta"), [(1, 0.0), (3, 0.0), (7, 0.0), (3, 0.15)])
+def test_fallback_stop_where_every_check_counts_is_lightnings_early_stopping(seed, patience, min_delta):
+    rng = np.random.default_rng(seed)
+    values = np.round(np.cumsum(rng.normal(0.2, 1.0, 60)))  # rounding makes ties (no improvement)
+    stopper = EarlyStopping(monitor="v", mode="max", patience=patience, min_delta=min_delta)
+    expected = next((t for t in range(60)
+                     if stopper._evaluate_stopping_criteria(torch.tensor(values[t], dtype=torch.float64))[0]), None)
+    assert fallback_stop(values, np.ones(60, bool), patience, min_delta) == expected
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fallback_stop_after_checks_that_do_not_count_is_early_stopping_from_their_best(seed):
+    """Checks 0..e do not count (the best still rises); from check e + 1 on it is EarlyStopping whose best starts
+    at the highest value seen so far."""
+    rng = np.random.default_rng(seed)
+    values = np.round(np.cumsum(rng.normal(0.1, 1.0, 80)), 1)
+    e = int(rng.integers(3, 30))
+    counts = np.arange(80) >= e  # training epochs e, e + 1, ... end within the bound: checks e + 1, ... count
+    stopper = EarlyStopping(monitor="v", mode="max", patience=4)
+    stopper.best_score = torch.tensor(values[:e + 1].max(), dtype=torch.float64)
+    expected = next((t for t in range(e + 1, 80)
+                     if stopper._evaluate_stopping_criteria(torch.tensor(values[t], dtype=torch.float64))[0]), None)
+    assert fallback_stop(values, counts, 4) == expected
+
+
+def test_fallback_stop_reads_the_previous_training_epochs_verdict():
+    """The check of epoch t reads what training epoch t - 1 published: a falling ELBO whose training epochs count
+    from epoch e on stops at e + P (the checks e + 1 .. e + P), not at e + P - 1."""
+    values = -np.arange(40.0)
+    for e in (0, 5, 12):
+        counts = np.arange(40) >= e
+        assert fallback_stop(values, counts, 6) == e + 6
+    assert fallback_stop(values, np.arange(40) >= 35, 6) is None  # 40 > 35 + 6 - 1 checks: none left
+    assert fallback_stop(values, np.zeros(40, bool), 1) is None
+
+
+def test_fallback_stop_resets_the_wait_and_keeps_the_best_on_a_check_that_does_not_count():
+    # the best rises on a check that does not count: later counted checks must beat it
+    values = np.array([1.0, 5.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0])
+    counts = np.array([False] + [True] * 9)  # check 1 reads training epoch 0: does not count
+    assert fallback_stop(values, counts, 3) == 4  # checks 2, 3, 4 do not beat 5
+    # the wait restarts after a check that does not count
+    values = -np.arange(30.0)
+    counts = np.ones(30, bool)
+    counts[6] = False  # the check of epoch 7 does not count
+    assert fallback_stop(values, np.ones(30, bool), 10) == 10
+    assert fallback_stop(values, counts, 10) == 7 + 10  # waited 6 checks, reset at 7, then 10 more
+    # min_delta: an improvement must exceed it
+    assert fallback_stop(np.array([0.0, 0.05, 0.1, 0.12, 0.5]), np.ones(5, bool), 2, min_delta=0.1) == 2
+
+
+def test_fallback_counts_needs_the_elbo_verdict_and_a_finite_gap_within_the_bound():
+    verdicts = np.array([1.0, 1.0, 1.0, 0.0, math.nan, 1.0, 1.0])
+    gap = np.array([math.nan, 0.3, -0.3, 0.0, 0.0, 0.31, -0.29])
+    assert fallback_counts(verdicts, gap, 0.3).tolist() == [False, True, True, False, False, False, True]
+    assert fallback_counts(verdicts, gap, None).tolist() == [True, True, True, False, False, True, True]
+
+
+@pytest.mark.parametrize("variant", ["mean", "warmup"])
+def test_fallback_rule_is_causal(variant):
+    run = synthetic_run(variant=variant, epochs=120, batches=6, seed=7, gap_tau=6.0, gap_noise=1.5)
+    cfg, fb = FALLBACK_CASES[1]  # the gate never opens on this noisy gap: the fallback stops
+    rp = Replay(as_record(run), (cfg,))
+    stop = fallback_rule(rp, cfg, fb)
+    assert stop is not None and stop < 110 and (gate_rule(rp, cfg) is None or gate_rule(rp, cfg) > stop)
+    keep = np.asarray(run["batch_epoch"]) <= stop
+    cut = {k: (np.asarray(v)[keep] if k.startswith("batch_") else np.asarray(v)[:stop + 1])
+           if isinstance(v, np.ndarray) else v for k, v in run.items()}
+    assert combined_rule(Replay(as_record(cut), (cfg,)), cfg, fb) == stop
+    changed = {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v for k, v in run.items()}
+    changed["val_elbo"][stop + 1:] = 1e6  # after the stop: a far better ELBO and a gap far from zero
+    changed["batch_entsum_sum"][~keep] -= 100.0 * changed["batch_n"][~keep]
+    assert combined_rule(Replay(as_record(changed), (cfg,)), cfg, fb) == stop
+
+
+def test_replay_published_values_are_the_verdicts_and_window_means_of_every_epoch(tmp_path):
+    from _stopping_grid import _cached_published
+
+    rec = as_record(synthetic_run(variant="warmup", epochs=60, batches=5, seed=2, gap_tau=5.0, gap_noise=0.3))
+    full, (mean, _) = objective_verdicts(rec), window_stats(rec, 32)
+    for rp in (Replay(rec, tuple(grid())), Replay(rec, (), opens={})):  # after the gate replay, and from nothing
+        verdicts, gap = rp.published(32)
+        assert np.array_equal(verdicts, full, equal_nan=True) and np.allclose(gap, mean, rtol=1e-12, equal_nan=True)
+    assert (full == 0.0).any() and (full == 1.0).any() and np.isnan(mean[:6]).all() and np.isfinite(mean[7:]).all()
+    cfg = GateConfig(32, 1.0, 0.01, "D", 1, 5, "ci")
+    _cached_published(Replay(rec, (cfg,)), cfg, tmp_path)
+    cached = Replay(rec, (), opens={})
+    _cached_published(cached, cfg, tmp_path)  # read back: seeded, not recomputed
+    assert np.array_equal(cached._published[32][0], full, equal_nan=True)
+    assert np.allclose(cached._published[32][1], mean, rtol=1e-12, equal_nan=True)
+
+
+def test_select_fallback_takes_the_lowest_worst_then_the_earlier_stop_then_the_smaller_patience_and_factor():
+    a, b, c, d, e, f = (FallbackConfig(30, 3.0), FallbackConfig(20, 3.0), FallbackConfig(20, 10.0),
+                        FallbackConfig(20, None), FallbackConfig(10, 3.0), FallbackConfig(15, None))
+    summaries = [(a, _summary(42.0, 1.08)), (b, _summary(42.0, 1.10)),  # tied on worst and stop: P 20 wins
+                 (c, _summary(42.0, 1.12)),  # tied too, but a larger factor than b
+                 (d, _summary(30.0, 1.20)),  # earlier, but 0.12 nats worse: not tied
+                 (e, _summary(20.0, 0.50, fire=0.8)),  # lower worst, but fires too rarely
+                 (f, _summary(25.0, 0.90, forbidden=1))]  # lower worst, but stops a never-stop run
+    chosen, s, ok = select_fallback(summaries)
+    assert ok and chosen == b and s.worst == 1.10
+    assert select_fallback([(d, _summary(42.0, 1.1)), (c, _summary(42.0, 1.1))])[0] == c  # 10 before no bound
+    assert select_fallback([*summaries, (FallbackConfig(30, 10.0), _summary(41.9, 1.13))])[0].patience == 30
+    chosen, _, ok = select_fallback([(e, _summary(20.0, 0.5, fire=0.8)), (f, _summary(25.0, 0.4, forbidden=1))])
+    assert not ok and chosen == f  # none admissible: a miss over all variants
+    assert "after the held-out results of the gate alone had been seen" in SELECTION_FALLBACK
+    assert [(fb.patience, fb.gap_factor) for fb in fallback_grid()] == [
+        (p, k) for p in (10, 15, 20, 30) for k in (3.0, 10.0, None)]
