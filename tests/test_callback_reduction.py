@@ -250,6 +250,63 @@ def test_a_logging_step_leaves_out_the_batches_whose_elbo_or_entropy_sum_is_not_
     assert float(elbo) == pytest.approx(float(ref_elbo), rel=1e-6)
 
 
+def test_a_batch_counts_in_the_step_keys_alike_whether_a_logging_step_or_the_reduction_reads_it_first():
+    """A NaN in ``enc_mean`` (which neither the ELBO nor the entropy sum reads) leaves the batch out of the epoch's
+    metrics but not out of the step keys, whichever reads the batch first."""
+    gen = torch.Generator().manual_seed(9)
+    batches = [_batch(gen, 4, "scalar", prior=False) for _ in range(5)]
+    batches[3]["enc_mean"][1, 0] = math.nan
+    windows = []
+    for reduce_first in (False, True):
+        stage = Stage(batches, profiled=False)
+        for b in batches:
+            stage.keep(b)
+        if reduce_first:
+            stage.epoch()  # the epoch's end (or a full stash, or a checkpoint) comes before the logging step
+        windows.append(stage.tracker.window())
+        assert stage.tracker.dropped_batches == (1 if reduce_first else 0)
+    ref_sums, _, _, _ = _reference([{**b, "enc_mean": torch.zeros_like(b["enc_mean"])} for b in batches], False)
+    ref_elbo = float(torch.cat([b["elbo"] for b in batches]).double().mean())
+    for window in windows:
+        assert window == pytest.approx((float(ref_sums["sum"]), ref_elbo), rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_window_is_summed_in_float32(dtype):
+    """50 batches of 128 points at D = 784: the ELBO and the entropy sum are near -1,100 nats per point and their
+    window totals near -7e6, where bfloat16 steps are 65,536 apart; the window and each batch's gap must equal the
+    float64 sums of the same (rounded) values, to 0.01 nats per point."""
+    gen = torch.Generator().manual_seed(10)
+    batches = []
+    for _ in range(50):
+        enc_logvar = (torch.randn(128, H, generator=gen) - 2.0).to(dtype)
+        dec_logvar = torch.tensor(0.05, dtype=dtype)
+        batch = {"x": torch.zeros(128, 784, dtype=dtype), "enc_mean": torch.randn(128, H, generator=gen).to(dtype),
+                 "enc_logvar": enc_logvar, "dec_logvar": dec_logvar, "loss": torch.tensor(1.0, dtype=dtype)}
+        entropy_sum = _stage.F.entropy_sum(enc_logvar=enc_logvar.double(), dec_logvar=dec_logvar.double(),
+                                           x=batch["x"].double(), reduction="none")
+        batch["elbo"] = (entropy_sum + 0.4 + 0.1 * torch.randn(128, generator=gen, dtype=torch.float64)).to(dtype)
+        batches.append(batch)
+    stage = Stage(batches, profiled=False)
+    for b in batches:
+        stage.keep(b)
+    entropy_sum, elbo = stage.tracker.window()
+    as64 = [{k: v.double() for k, v in b.items()} for b in batches]  # the same (rounded) values, in float64
+    ref_sum = float(torch.cat([_stage.F.entropy_sum(enc_logvar=b["enc_logvar"], dec_logvar=b["dec_logvar"], x=b["x"],
+                                                    reduction="none") for b in as64]).mean())
+    ref_elbo = float(torch.cat([b["elbo"] for b in as64]).mean())
+    assert elbo - entropy_sum == pytest.approx(ref_elbo - ref_sum, abs=0.01)
+    assert entropy_sum == pytest.approx(ref_sum, abs=0.01) and elbo == pytest.approx(ref_elbo, abs=0.01)
+    # the gap window (what the stopping gate reads) holds each batch's gap from float32 sums too
+    stage.epoch()
+    gaps = stage.tracker.state()["gaps"]  # the last 32 batches: (ELBO - entropy sum summed over the batch, points)
+    assert len(gaps) == 32
+    for (gap, n), b in zip(gaps, as64[-len(gaps):]):
+        ref = float((b["elbo"] - _stage.F.entropy_sum(enc_logvar=b["enc_logvar"], dec_logvar=b["dec_logvar"],
+                                                      x=b["x"], reduction="none")).sum())
+        assert n == 128 and gap / n == pytest.approx(ref / n, abs=0.01)
+
+
 def test_window_carries_the_batches_after_the_last_log_into_the_next_epoch():
     """Batches after an epoch's last step log count in that epoch, and in the next step log's window, once."""
     gen = torch.Generator().manual_seed(5)

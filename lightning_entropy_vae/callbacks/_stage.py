@@ -270,18 +270,21 @@ class StageTracker:
         if losses is not None:
             self._objective.eps = max(self._objective.eps, torch.finfo(self._batches[0]["loss"].dtype).eps)
         bernoulli = columns.get("bernoulli") or [None] * len(finite)
+        as_computed = columns.get("elbo_as_computed", columns["elbo"])
         for k, (ok, n) in enumerate(zip(finite, self._sizes)):
             elbo, entropy_sum = columns["elbo"][k], columns["entropy_sum"][k]
-            if not ok or not math.isfinite(elbo - entropy_sum):
-                continue
-            self._gaps.append((elbo - entropy_sum, n))
-            if k >= self._counted:  # not yet in the step window
+            counted = math.isfinite(elbo - entropy_sum)
+            if counted and k >= self._counted:  # not yet in the step window, which reads only these two sums
                 self._window[0] += elbo
                 self._window[1] += entropy_sum
                 self._window[2] += n
+            if not ok or not counted:
+                continue
+            self._gaps.append((elbo - entropy_sum, n))
             if losses is not None and math.isfinite(losses[k]):
                 bern = bernoulli[k]
-                self._objective.add(-losses[k] * loss_scale, n, elbo, columns["kl"][k],
+                elbo_read = as_computed[k] if math.isfinite(as_computed[k]) else elbo  # a float16 sum may overflow
+                self._objective.add(-losses[k] * loss_scale, n, elbo_read, columns["kl"][k],
                                     None if bern is None or not math.isfinite(bern) else bern)
 
     def _objective_rows_of_distributions(self, loss_scale: float) -> None:
@@ -344,7 +347,11 @@ class StageTracker:
         if not self._track_objective:
             return {}
         vocabulary = {k: v for k, v in inputs.items() if k in VOCABULARY}
-        columns = self._gap_columns(vocabulary, self._sizes)
+        widened = _widened(vocabulary)
+        columns = self._gap_columns(widened, self._sizes)
+        if widened is not vocabulary:  # float16/bfloat16 steps: the objective check reads the ELBO as the loss was
+            # computed, summed in the steps' dtype (its rounding is the loss's); the gaps read the float32 sums
+            columns["elbo_as_computed"] = self._gap_columns(vocabulary, self._sizes, entropy_sum=False)["elbo"]
         kl = F.latent_kl(**vocabulary, reduction="none")  # (N, H): tensors are diagonal Gaussians
         columns["kl"] = _per_batch(kl, self._sizes)
         x, dec_mean = inputs.get("x"), inputs.get("dec_mean")
@@ -357,13 +364,15 @@ class StageTracker:
         return columns
 
     @staticmethod
-    def _gap_columns(vocabulary: dict[str, Any], sizes: list[int]) -> dict[str, Tensor]:
+    def _gap_columns(vocabulary: dict[str, Any], sizes: list[int], entropy_sum: bool = True) -> dict[str, Tensor]:
         """Per batch (K,), summed over its points: the ELBO (returned, or from the pieces) and the entropy sum."""
         elbo = vocabulary.get("elbo")
         if elbo is None:
             elbo = F.elbo(**vocabulary, reduction="none")
-        entropy_sum = F.entropy_sum(**vocabulary, reduction="none")  # the vocabulary holds data_dim
-        return {"elbo": _per_batch(elbo, sizes), "entropy_sum": _per_batch(entropy_sum, sizes)}
+        columns = {"elbo": _per_batch(elbo, sizes)}
+        if entropy_sum:
+            columns["entropy_sum"] = _per_batch(F.entropy_sum(**vocabulary, reduction="none"), sizes)  # holds data_dim
+        return columns
 
     def _finite(self, stacked: dict[str, Any], columns: dict[str, Tensor]
                 ) -> tuple[list[bool], list[float] | None, dict[str, list[Any]]]:
@@ -433,14 +442,16 @@ class StageTracker:
             sizes = self._sizes[start:]
             with torch.no_grad():
                 stacked = self._stack(self._batches[start:], sizes, self._window_keys())
-                vocabulary = {k: v for k, v in stacked.items() if k in VOCABULARY}
+                vocabulary = _widened({k: v for k, v in stacked.items() if k in VOCABULARY})
                 elbo = vocabulary.get("elbo")
                 elbo = F.elbo(**vocabulary, reduction="sum") if elbo is None else elbo.sum()
-                entropy_sum = F.entropy_sum(**vocabulary, reduction="sum").to(elbo.dtype)
-                rows = [(*torch.stack([elbo, entropy_sum]).tolist(), sum(sizes))]  # one read to the host
+                entropy_sum = F.entropy_sum(**vocabulary, reduction="sum")
+                dtype = torch.promote_types(elbo.dtype, entropy_sum.dtype)
+                rows = [(*torch.stack([elbo.to(dtype), entropy_sum.to(dtype)]).tolist(), sum(sizes))]  # one read
                 if not math.isfinite(rows[0][0] - rows[0][1]):  # which batches? their sums, to leave those out
                     columns = self._gap_columns(vocabulary, sizes)
-                    rows = zip(*torch.stack([columns["elbo"], columns["entropy_sum"].to(elbo.dtype)]).tolist(), sizes)
+                    rows = zip(*torch.stack([columns["elbo"].to(dtype), columns["entropy_sum"].to(dtype)]).tolist(),
+                               sizes)
             for elbo_k, entropy_sum_k, n in rows:
                 if math.isfinite(elbo_k - entropy_sum_k):
                     self._window[0] += elbo_k
@@ -528,6 +539,15 @@ class StageTracker:
         self._batches, self._sizes, self._bytes, self._counted = [], [], 0, 0
         for m in (*self._epoch, self._collapse):
             m.reset()
+
+
+def _widened(vocabulary: dict[str, Any]) -> dict[str, Any]:
+    """float16/bfloat16 tensors as float32, so that sums over a window or a batch are not rounded at their size (a
+    bfloat16 sum of 6,400 ELBOs near -1,000 is only good to 4,096 nats), as the probe takes them."""
+    if not any(isinstance(v, Tensor) and v.dtype in (torch.float16, torch.bfloat16) for v in vocabulary.values()):
+        return vocabulary
+    return {k: v.float() if isinstance(v, Tensor) and v.dtype in (torch.float16, torch.bfloat16) else v
+            for k, v in vocabulary.items()}
 
 
 def _runs(sizes: list[int]) -> list[tuple[int, int]]:
