@@ -165,6 +165,21 @@ def test_op_results_and_views_of_them_are_detached_and_not_swapped():
     assert kept["loss"].requires_grad  # the loss is Lightning's own (detached there)
 
 
+def test_memory_a_parameter_left_is_not_taken_for_the_parameter():
+    """A parameter whose ``.data`` is replaced after the index was built lives elsewhere: a tensor still in its old
+    memory is the step's own value, not the parameter's (nor its copy before the step)."""
+    net = Net()
+    live = LiveParameters()
+    live.attach(net)
+    _stepped(net, live, lambda net: {"dec_logvar": net.scale})  # watched: copied before each step
+    old = net.scale.data  # the memory the index knows
+    net.scale.data = torch.tensor([7.0, 8.0, 9.0])
+    value = old[1:] * 1.0  # held elsewhere, for reference
+    kept = _stepped(net, live, lambda net: {"dec_logvar": net.scale, "prior_logvar": old[1:]})
+    torch.testing.assert_close(kept["prior_logvar"], value, rtol=0, atol=0)
+    torch.testing.assert_close(kept["dec_logvar"], torch.tensor([7.0, 8.0, 9.0]), rtol=0, atol=0)
+
+
 def test_a_parameter_first_returned_after_the_first_batch_is_read_after_its_update_with_a_warning():
     """The first batch end fixes what is copied: nothing here, so a later alias has no copy (and says so)."""
     net = Net()

@@ -13,9 +13,9 @@ values (0.2 % off in the tests). So:
   or, when no optimizer step happened during the batch (gradient accumulation), for a copy made there.
 
 A returned tensor is matched to a parameter by identity, else by its memory: the parameter whose storage
-holds every element of the tensor. A non-view result of an op is not looked up there: it lives in memory the op
-allocated. Storage pointers alone are not unique when parameters are views of one
-flat storage (FSDP's flat parameters); element ranges are. FSDP2's DTensor parameters are not indexed: its
+holds every element of the tensor (one bisection of the parameters' storage ranges finds whether it lies in one;
+a parameter whose ``.data`` was replaced since is matched only in its new memory). Storage pointers alone are not
+unique when parameters are views of one flat storage (FSDP's flat parameters); element ranges are. FSDP2's DTensor parameters are not indexed: its
 forward pass runs on unsharded tensors of its own, which it frees after the backward pass, so a returned
 tensor whose storage is freed by the batch end is an error that asks for a copy.
 """
@@ -124,6 +124,8 @@ class LiveParameters:
             return None
         start, stop = _extent(value)
         for p in candidates:
+            if p.untyped_storage().data_ptr() != storage.data_ptr():  # its `.data` was replaced: it lives elsewhere
+                continue
             p_start, p_stop = _extent(p)
             if p_start <= start and stop <= p_stop:
                 return p
