@@ -15,9 +15,9 @@ values (0.2 % off in the tests). So:
 A returned tensor is matched to a parameter by identity, else by its memory: the parameter whose storage
 holds every element of the tensor (one bisection of the parameters' storage ranges finds whether it lies in one;
 a parameter whose ``.data`` was replaced since is matched only in its new memory). Storage pointers alone are not
-unique when parameters are views of one flat storage (FSDP's flat parameters); element ranges are. FSDP2's DTensor parameters are not indexed: its
-forward pass runs on unsharded tensors of its own, which it frees after the backward pass, so a returned
-tensor whose storage is freed by the batch end is an error that asks for a copy.
+unique when parameters are views of one flat storage (FSDP's flat parameters); element ranges are. FSDP2's
+DTensor parameters are not indexed: its forward pass runs on unsharded tensors of its own, which it frees after the
+backward pass, so a returned tensor whose storage is freed by the batch end is an error that asks for a copy.
 """
 
 from __future__ import annotations
