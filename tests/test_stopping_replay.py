@@ -168,13 +168,16 @@ def test_objective_verdicts_of_warmup_are_false_until_beta_reaches_1():
 
 
 # -------------------------------------------------------------------------- the rule against a live callback
-def simulate_callback(run: dict, cfg: GateConfig) -> int | None:
-    """The rebuilt EntropyConvergence as Lightning runs it: fed batch by batch; per epoch the validation runs
-    first (the early stopping checks the val ELBO once the gate is open), then ``on_train_epoch_end`` updates the
-    gate; so the first counted check is the validation of the epoch after the gate opens."""
+def simulate_callback(run: dict, cfg: GateConfig, fb: FallbackConfig | None = None) -> int | None:
+    """The rebuilt EntropyConvergence as Lightning runs it, fed batch by batch: per epoch the validation ends first
+    (the fallback's check, then the gate's patience once armed: the first counted check is the validation of the
+    epoch after the gate opens), then ``on_train_epoch_end`` updates the gate and records whether the next check
+    counts for the fallback (the loss judged the ELBO and the window's gap within ``fb.gap_factor`` tol; False
+    before the first training epoch's end). ``fb=None``: the gate alone."""
     rec = as_record(run)
     check = ObjectiveCheck(window=64)
     gaps, points, count, armed, best, wait = [], [], 0, False, -math.inf, 0
+    fb_ok, fb_best, fb_wait = False, -math.inf, 0
     tol = cfg.tol * rec.dim if cfg.tol_unit == "D" else cfg.tol
     for t in range(rec.epochs):
         for k in np.nonzero(rec["batch_epoch"] == t)[0]:
@@ -182,25 +185,38 @@ def simulate_callback(run: dict, cfg: GateConfig) -> int | None:
             check.add(rec["batch_neg_loss"][k], n, rec["batch_elbo_sum"][k], rec["batch_kl_sums"][k])
             gaps.append((rec["batch_elbo_sum"][k] - rec["batch_entsum_sum"][k]) / n)
             points.append(n)
-        if armed:  # the validation loop's end
-            v = rec["val_elbo"][t]
+        v = float(rec["val_elbo"][t])  # the validation loop's end
+        stop = False
+        if fb is not None:
+            if not fb_ok:
+                fb_best, fb_wait = max(fb_best, v), 0
+            elif v > fb_best + fb.min_delta:
+                fb_best, fb_wait = v, 0
+            else:
+                fb_wait += 1
+                stop = fb_wait >= fb.patience
+        if armed:
             if not math.isfinite(v):
                 return t
             if v > best:
                 best, wait = v, 0
             else:
                 wait += 1
-                if wait >= cfg.patience:
-                    return t
-        if not armed:  # on_train_epoch_end
-            counted = False
-            if len(gaps) >= cfg.window and check.verdict().is_elbo is True:
-                mean, se = batch_means(torch.tensor(gaps[-cfg.window:]), torch.tensor(points[-cfg.window:]),
-                                       groups=cfg.groups)
-                mean, se = abs(float(mean)), float(se)
-                counted = mean + cfg.z * se <= tol if cfg.form == "ci" else mean <= max(cfg.z * se, tol)
+                stop = stop or wait >= cfg.patience
+        if stop:
+            return t
+        is_elbo = check.verdict().is_elbo is True  # on_train_epoch_end
+        mean = se = math.nan
+        if len(gaps) >= cfg.window:
+            m, s = batch_means(torch.tensor(gaps[-cfg.window:]), torch.tensor(points[-cfg.window:]),
+                               groups=cfg.groups)
+            mean, se = abs(float(m)), float(s)
+        if not armed:
+            counted = is_elbo and (mean + cfg.z * se <= tol if cfg.form == "ci" else mean <= max(cfg.z * se, tol))
             count = count + 1 if counted else 0
             armed = count >= cfg.epochs
+        if fb is not None:
+            fb_ok = is_elbo and (fb.gap_factor is None or mean <= fb.gap_factor * tol)  # NaN compares False
     return None
 
 
@@ -528,53 +544,6 @@ def test_replay_cache_is_renewed_when_only_the_gate_form_changes(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ the fallback
-def simulate_callback_with_fallback(run: dict, cfg: GateConfig, fb: FallbackConfig) -> int | None:
-    """EntropyConvergence with its gated fallback as Lightning runs it, batch by batch: per epoch the validation
-    ends first (the fallback's check, then the gate's patience once armed), then ``on_train_epoch_end`` updates
-    the gate and records whether the next check counts for the fallback (the loss judged the ELBO and the window's
-    gap within ``fb.gap_factor`` tol; False before the first training epoch's end)."""
-    rec = as_record(run)
-    check = ObjectiveCheck(window=64)
-    gaps, points, count, armed, best, wait = [], [], 0, False, -math.inf, 0
-    fb_ok, fb_best, fb_wait = False, -math.inf, 0
-    tol = cfg.tol * rec.dim if cfg.tol_unit == "D" else cfg.tol
-    for t in range(rec.epochs):
-        for k in np.nonzero(rec["batch_epoch"] == t)[0]:
-            n = int(rec["batch_n"][k])
-            check.add(rec["batch_neg_loss"][k], n, rec["batch_elbo_sum"][k], rec["batch_kl_sums"][k])
-            gaps.append((rec["batch_elbo_sum"][k] - rec["batch_entsum_sum"][k]) / n)
-            points.append(n)
-        v = float(rec["val_elbo"][t])  # the validation loop's end
-        stop = False
-        if not fb_ok:
-            fb_best, fb_wait = max(fb_best, v), 0
-        elif v > fb_best + fb.min_delta:
-            fb_best, fb_wait = v, 0
-        else:
-            fb_wait += 1
-            stop = fb_wait >= fb.patience
-        if armed:
-            if v > best:
-                best, wait = v, 0
-            else:
-                wait += 1
-                stop = stop or wait >= cfg.patience
-        if stop:
-            return t
-        is_elbo = check.verdict().is_elbo is True  # on_train_epoch_end
-        mean = se = math.nan
-        if len(gaps) >= cfg.window:
-            m, s = batch_means(torch.tensor(gaps[-cfg.window:]), torch.tensor(points[-cfg.window:]),
-                               groups=cfg.groups)
-            mean, se = abs(float(m)), float(s)
-        if not armed:
-            counted = is_elbo and (mean + cfg.z * se <= tol if cfg.form == "ci" else mean <= max(cfg.z * se, tol))
-            count = count + 1 if counted else 0
-            armed = count >= cfg.epochs
-        fb_ok = is_elbo and (fb.gap_factor is None or mean <= fb.gap_factor * tol)  # NaN compares False
-    return None
-
-
 FALLBACK_CASES = [(GateConfig(32, 1.0, 0.01, "D", 1, 5, "ci"), FallbackConfig(20, 3.0)),
                   (GateConfig(32, 1.0, 0.01, "D", 1, 5, "ci"), FallbackConfig(10, 10.0)),
                   (GateConfig(16, 2.0, 0.02, "D", 3, 10, "ci"), FallbackConfig(15, None)),
@@ -588,7 +557,7 @@ def test_combined_rule_stops_where_the_simulated_callback_with_its_fallback_stop
     cfg, fb = FALLBACK_CASES[case]
     run = synthetic_run(variant=variant, epochs=120, batches=6, seed=7, gap_tau=6.0, gap_noise=noise)
     rp = Replay(as_record(run), (cfg,))
-    expected = simulate_callback_with_fallback(run, cfg, fb)
+    expected = simulate_callback(run, cfg, fb)
     assert combined_rule(rp, cfg, fb) == expected
     if variant == "beta4":
         assert expected is None
