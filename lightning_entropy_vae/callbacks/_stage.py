@@ -351,7 +351,7 @@ class StageTracker:
         columns = self._gap_columns(widened, self._sizes)
         if widened is not vocabulary:  # float16/bfloat16 steps: the objective check reads the ELBO as the loss was
             # computed, summed in the steps' dtype (its rounding is the loss's); the gaps read the float32 sums
-            columns["elbo_as_computed"] = self._gap_columns(vocabulary, self._sizes, entropy_sum=False)["elbo"]
+            columns["elbo_as_computed"] = _per_batch(_elbo_per_point(vocabulary), self._sizes)
         kl = F.latent_kl(**vocabulary, reduction="none")  # (N, H): tensors are diagonal Gaussians
         columns["kl"] = _per_batch(kl, self._sizes)
         x, dec_mean = inputs.get("x"), inputs.get("dec_mean")
@@ -364,15 +364,10 @@ class StageTracker:
         return columns
 
     @staticmethod
-    def _gap_columns(vocabulary: dict[str, Any], sizes: list[int], entropy_sum: bool = True) -> dict[str, Tensor]:
+    def _gap_columns(vocabulary: dict[str, Any], sizes: list[int]) -> dict[str, Tensor]:
         """Per batch (K,), summed over its points: the ELBO (returned, or from the pieces) and the entropy sum."""
-        elbo = vocabulary.get("elbo")
-        if elbo is None:
-            elbo = F.elbo(**vocabulary, reduction="none")
-        columns = {"elbo": _per_batch(elbo, sizes)}
-        if entropy_sum:
-            columns["entropy_sum"] = _per_batch(F.entropy_sum(**vocabulary, reduction="none"), sizes)  # holds data_dim
-        return columns
+        entropy_sum = F.entropy_sum(**vocabulary, reduction="none")  # the vocabulary holds data_dim
+        return {"elbo": _per_batch(_elbo_per_point(vocabulary), sizes), "entropy_sum": _per_batch(entropy_sum, sizes)}
 
     def _finite(self, stacked: dict[str, Any], columns: dict[str, Tensor]
                 ) -> tuple[list[bool], list[float] | None, dict[str, list[Any]]]:
@@ -539,6 +534,12 @@ class StageTracker:
         self._batches, self._sizes, self._bytes, self._counted = [], [], 0, 0
         for m in (*self._epoch, self._collapse):
             m.reset()
+
+
+def _elbo_per_point(vocabulary: dict[str, Any]) -> Tensor:
+    """The returned ``elbo`` (N,), or the ELBO computed from the pieces."""
+    elbo = vocabulary.get("elbo")
+    return F.elbo(**vocabulary, reduction="none") if elbo is None else elbo
 
 
 def _widened(vocabulary: dict[str, Any]) -> dict[str, Any]:
