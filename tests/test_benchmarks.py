@@ -158,6 +158,13 @@ def test_overhead_quick_counts_hooks_and_verdicts_agree(tmp_path):
     assert f"overall (fit ratio and hooks): {_verdict(fit_ok == pct_ok == 'PASS')}" in printed
 
 
+def test_overhead_runs_without_the_naive_callback(tmp_path):
+    printed = _run("overhead.py", ["--quick", "--configs", "train", "--naive-rounds", "0"], tmp_path)
+    (row,) = [line.split() for line in printed.splitlines() if line.startswith("  train ")]
+    assert row[-2:] == ["nan", "nan"]  # no naive round: its ratios are not numbers
+    assert 0.2 < float(row[2]) < 5.0  # the monitor's fit ratio still is
+
+
 def test_logging_step_profile_counts_the_logging_steps(tmp_path):
     printed = _run("logging_step_profile.py", ["--epochs", "1"], tmp_path)
     parts = {}
