@@ -289,6 +289,47 @@ def test_vae_output_under_manual_optimization_with_two_optimizers(tmp_path, para
     assert_logged_equal(trainer.callback_metrics, "entropy/train", monitor_reference(model.train_epoch(1)))
 
 
+class ManualPerSampleLoss(ManualVAE):
+    """Manual optimization returning its loss per sample (B,), from the first batch or only from ``from_batch`` on."""
+
+    def __init__(self, from_batch=0, one_element=False, **kwargs):
+        super().__init__(**kwargs)
+        self.from_batch, self.one_element = from_batch, one_element
+
+    def training_step(self, batch, batch_idx):
+        out = super().training_step(batch, batch_idx)
+        if self.global_step // 2 >= self.from_batch:  # two optimizer steps per batch
+            out["loss"] = out["loss"].reshape(1) if self.one_element else -out["elbo"].detach()
+        return out
+
+
+def test_a_loss_that_is_not_one_number_is_left_out_of_the_objective_check(tmp_path):
+    torch.manual_seed(0)
+    model = ManualPerSampleLoss(lr=0.2)
+    with pytest.warns(UserWarning, match=re.escape("`loss` is a tensor of shape (4,), not one number, so the"
+                                                   " objective check cannot read it")):
+        trainer = _fit(tmp_path, model, EntropyMonitor(stages=("train",)), val=False, max_epochs=2)
+    metrics = trainer.callback_metrics
+    assert math.isnan(float(metrics["entropy/train/objective_is_elbo"]))
+    assert_logged_equal(metrics, "entropy/train", monitor_reference(model.train_epoch(1)))
+
+
+def test_losses_of_shapes_one_and_scalar_mixed_are_read(tmp_path):
+    torch.manual_seed(0)
+    model = ManualPerSampleLoss(from_batch=3, one_element=True, lr=0.2)
+    trainer = _fit(tmp_path, model, EntropyMonitor(stages=("train",)), val=False, max_epochs=2)
+    assert float(trainer.callback_metrics["entropy/train/objective_is_elbo"]) == 1.0
+
+
+def test_a_loss_that_stops_being_one_number_is_a_clear_error(tmp_path):
+    torch.manual_seed(0)
+    model = ManualPerSampleLoss(from_batch=3, lr=0.2)
+    message = ("EntropyMonitor expected `loss` to be one number in every training batch, as in the stage's first"
+               " batch, but got (), (4,).")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _fit(tmp_path, model, EntropyMonitor(stages=("train",)), val=False, max_epochs=1)
+
+
 # ------------------------------------------------------------------ parameters in one flat storage
 class FlatParameters(MonitorVAE):
     """Every parameter is a view into one flat storage, as FSDP lays them out; ``dec_logvar`` is returned as

@@ -178,6 +178,50 @@ def test_flush_drops_the_right_batches_of_mixed_sizes():
     _keep_all_against_reference(batches, kept=3, dropped=3)
 
 
+def test_one_reduction_of_more_batches_than_the_windows_keeps_their_last_rows():
+    """90 batches in one reduction (the gap window keeps 12 rows, the objective check 64), with batches holding NaN
+    and a NaN loss among the last ones: both windows hold the rows of the last finite batches, as when each batch is
+    reduced on its own, and those rows match a float64 reference."""
+    gen = torch.Generator().manual_seed(3)
+    sizes = [6] * 89 + [4]
+    batches = [_batch(gen, n, "scalar", prior=False) for n in sizes]
+    for k in (60, 83, 88):
+        batches[k]["enc_logvar"][1, 0] = math.nan  # left out of both windows
+    for k in (40, 86):
+        batches[k]["loss"] = torch.tensor(math.nan)  # in the gap window, not in the objective check
+
+    def tracker():
+        return _stage.StageTracker("train", criterion="entropy", threshold=None, nan_strategy="skip",
+                                   live=LiveParameters(), fixed_variance=False, objective=True, gap_window=12)
+
+    at_once, one_by_one = tracker(), tracker()
+    for b in batches:
+        at_once.keep(b, lambda: "test", 1.0)
+        one_by_one.keep(b, lambda: "test", 1.0)
+        one_by_one.reduce(lambda: "test")
+    at_once.reduce(lambda: "test")
+    assert at_once.state() == one_by_one.state()
+
+    finite = [k for k in range(len(batches)) if k not in (60, 83, 88)]
+    gaps = at_once.state()["gaps"]
+    assert len(gaps) == 12
+    for (gap, n), k in zip(gaps, finite[-12:]):
+        alone = EntropySumELBO(warn_fixed_variance=False)
+        alone.update(batches[k])
+        assert n == sizes[k]
+        assert gap == pytest.approx(float(batches[k]["elbo"].double().sum()) - n * float(alone.compute()["sum"]),
+                                    rel=1e-5, abs=1e-5)
+    rows = at_once.objective_rows.state_dict()["rows"]
+    with_loss = [k for k in finite if k not in (40, 86)]
+    assert len(rows) == 64
+    for row, k in zip(rows, with_loss[-64:]):
+        b = batches[k]
+        posterior = torch.distributions.Normal(b["enc_mean"].double(), (0.5 * b["enc_logvar"].double()).exp())
+        kl = torch.distributions.kl_divergence(posterior, torch.distributions.Normal(0.0, 1.0)).sum(0)
+        assert row[:3] == pytest.approx([-float(b["loss"]), sizes[k], float(b["elbo"].double().sum())], rel=1e-5)
+        assert row[3:] == pytest.approx(kl.tolist(), rel=1e-5, abs=1e-6)
+
+
 def test_window_is_the_points_since_the_last_read():
     gen = torch.Generator().manual_seed(2)
     batches = [_batch(gen, n, "scalar", prior=False) for n in (4, 4, 2, 4, 3)]

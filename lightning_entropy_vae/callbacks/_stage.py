@@ -23,6 +23,7 @@ fills them.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections import deque
@@ -199,6 +200,12 @@ class StageTracker:
             self.fixed_variance = found_fixed = F.fixed_decoder_variance(lv) and self._live.parameter_of(lv) is None
         profiled = bool(self.fixed_variance)
         self.layout = StageLayout(values, owner(), need_loss=self._track_objective, need_residual=profiled)
+        if self.layout.unread_loss is not None:
+            rank_zero_warn(
+                f"{owner()}: `loss` is {self.layout.unread_loss}, not one number, so the objective check cannot read"
+                " it: `objective_is_elbo` stays NaN (cannot tell), and EntropyConvergence counts no epoch unless given"
+                " require_elbo_objective=False. Return the training loss as a scalar tensor under `loss`."
+            )
         if found_fixed:
             rank_zero_warn(
                 f"{owner()}: `dec_logvar` does not require grad, so the decoder variance is fixed (VAE-0, a"
@@ -269,10 +276,10 @@ class StageTracker:
         """The finite batches' gaps into the window, and their rows into the objective check (with a finite loss)."""
         if losses is not None:
             self._objective.eps = max(self._objective.eps, torch.finfo(self._batches[0]["loss"].dtype).eps)
-        bernoulli = columns.get("bernoulli") or [None] * len(finite)
-        as_computed = columns.get("elbo_as_computed", columns["elbo"])
-        for k, (ok, n) in enumerate(zip(finite, self._sizes)):
-            elbo, entropy_sum = columns["elbo"][k], columns["entropy_sum"][k]
+        elbos, entropy_sums, sizes = columns["elbo"], columns["entropy_sum"], self._sizes
+        gaps, rows = [], []  # the batches that go into the gap window and the objective check
+        for k, (ok, n) in enumerate(zip(finite, sizes)):
+            elbo, entropy_sum = elbos[k], entropy_sums[k]
             counted = math.isfinite(elbo - entropy_sum)
             if counted and k >= self._counted:  # not yet in the step window, which reads only these two sums
                 self._window[0] += elbo
@@ -280,12 +287,17 @@ class StageTracker:
                 self._window[2] += n
             if not ok or not counted:
                 continue
-            self._gaps.append((elbo - entropy_sum, n))
+            gaps.append(k)
             if losses is not None and math.isfinite(losses[k]):
-                bern = bernoulli[k]
-                elbo_read = as_computed[k] if math.isfinite(as_computed[k]) else elbo  # a float16 sum may overflow
-                self._objective.add(-losses[k] * loss_scale, n, elbo_read, columns["kl"][k],
-                                    None if bern is None or not math.isfinite(bern) else bern)
+                rows.append(k)
+        # both windows keep their most recent rows: only the last ones added here can stay in them
+        self._gaps.extend((elbos[k] - entropy_sums[k], sizes[k]) for k in gaps[-self._gaps.maxlen:])
+        bernoulli = columns.get("bernoulli")
+        as_computed = columns.get("elbo_as_computed", elbos)
+        for k in rows[-self._objective.window:]:
+            bern = None if bernoulli is None or not math.isfinite(bernoulli[k]) else bernoulli[k]
+            elbo_read = as_computed[k] if math.isfinite(as_computed[k]) else elbos[k]  # a float16 sum may overflow
+            self._objective.add(-losses[k] * loss_scale, sizes[k], elbo_read, columns["kl"][k], bern)
 
     def _objective_rows_of_distributions(self, loss_scale: float) -> None:
         """The gaps and objective rows of batches of distribution objects: per batch the loss, the ELBO, the entropy
@@ -294,7 +306,8 @@ class StageTracker:
             return
         has_loss = "loss" in self.layout.kept
         rows, kls = [], []
-        for kw in self._batches:
+        losses = _stacked_losses(self._batches) if has_loss else None
+        for i, kw in enumerate(self._batches):
             vocabulary = {k: v for k, v in kw.items() if k in VOCABULARY}
             elbo = kw.get("elbo")
             elbo = F.elbo(**vocabulary, reduction="none") if elbo is None else elbo
@@ -304,7 +317,7 @@ class StageTracker:
                 and isinstance(posterior.base_dist, torch.distributions.Normal))
             kl = (F.latent_kl(**vocabulary, reduction="none").sum(0) if diagonal
                   else F.gaussian_kl(**vocabulary, reduction="sum").reshape(1))  # the total KL as one column
-            loss = kw["loss"].reshape(()).to(kl.dtype) if has_loss else torch.tensor(math.nan, dtype=kl.dtype)
+            loss = losses[i].to(kl.dtype) if has_loss else torch.tensor(math.nan, dtype=kl.dtype)
             rows.append(torch.stack([loss, elbo.sum().to(kl.dtype), F.entropy_sum(**vocabulary, reduction="sum")
                                      .to(kl.dtype)]))
             kls.append(kl)
@@ -378,7 +391,7 @@ class StageTracker:
         has_loss = "loss" in self.layout.kept
         parts = [probe]
         if has_loss:
-            parts.append(torch.stack([b["loss"].reshape(()) for b in self._batches]).to(probe.dtype))
+            parts.append(_stacked_losses(self._batches).to(probe.dtype))
         parts += [c.reshape(-1).to(probe.dtype) for c in columns.values()]
         values = torch.cat(parts).tolist() if len(parts) > 1 else probe.tolist()
         finite = [v - v == 0.0 for v in values[:k]]  # NaN and +-Inf give NaN
@@ -551,15 +564,30 @@ def _widened(vocabulary: dict[str, Any]) -> dict[str, Any]:
             for k, v in vocabulary.items()}
 
 
+def _stacked_losses(batches: list[dict[str, Any]]) -> Tensor:
+    """The batches' one-element losses as one (K,) tensor: one ``stack`` where their shapes agree."""
+    losses = [b["loss"] for b in batches]
+    try:
+        return torch.stack(losses).reshape(len(losses))
+    except (RuntimeError, TypeError):  # shapes () and (1,) mixed, or some loss is not one number
+        if all(isinstance(loss, Tensor) and loss.numel() == 1 for loss in losses):
+            return torch.stack([loss.reshape(()) for loss in losses])
+        got = sorted({str(tuple(loss.shape)) if isinstance(loss, Tensor) else type(loss).__name__ for loss in losses})
+        raise ValueError("EntropyMonitor expected `loss` to be one number in every training batch, as in the stage's"
+                         f" first batch, but got {', '.join(got)}.") from None
+
+
 def _runs(sizes: list[int]) -> list[tuple[int, int]]:
     """``sizes`` as runs ``(batches, size)`` of equal batch sizes: usually one, or two with a short last batch."""
-    runs: list[list[int]] = []
-    for size in sizes:
-        if runs and runs[-1][1] == size:
-            runs[-1][0] += 1
-        else:
-            runs.append([1, size])
-    return [(count, size) for count, size in runs]
+    if not sizes:
+        return []
+    k, first = len(sizes), sizes[0]
+    equal = sizes.count(first)  # counted in C: the usual cases need no loop
+    if equal == k:
+        return [(k, first)]
+    if equal == k - 1 and sizes[-1] != first:
+        return [(k - 1, first), (1, sizes[-1])]
+    return [(len(list(run)), size) for size, run in itertools.groupby(sizes)]
 
 
 def _batch_rows(points: Tensor, sizes: list[int]) -> list[Tensor]:
