@@ -72,6 +72,42 @@ def test_validation_step_returning_none(tmp_path):
     assert not any(key.startswith("entropy/val") for key in trainer.callback_metrics)
 
 
+class LossValidation(MonitorVAE):
+    def validation_step(self, batch, batch_idx):
+        return super().validation_step(batch, batch_idx)["loss"]
+
+
+class NoEncoderMeanInValidation(MonitorVAE):
+    def validation_step(self, batch, batch_idx):
+        out = super().validation_step(batch, batch_idx)
+        del out["enc_mean"]
+        return out
+
+
+@pytest.mark.parametrize(("model_class", "match"), [
+    (NoneValidation, r"(?s)on_validation_epoch_end of NoneValidation.*`validation_step`.*but got None from all 2"
+                     r" batches of Lightning's sanity check.*EntropyMonitor\(stages=\('train',\)\)"),
+    (LossValidation, r"(?s)on_validation_batch_end of LossValidation.*`validation_step`.*but got a Tensor"),
+    (NoEncoderMeanInValidation, r"on_validation_batch_end of NoEncoderMeanInValidation\) needs `enc_mean` and"
+                                r" `enc_logvar`"),
+])
+def test_a_wrong_validation_return_fails_in_the_sanity_check_before_training(tmp_path, model_class, match):
+    model = model_class()
+    with pytest.raises(ValueError, match=match):
+        _fit(tmp_path, model, EntropyMonitor(), num_sanity_val_steps=2)
+    assert model.train_log == []  # not one training step ran
+
+
+def test_a_sanity_check_of_steps_that_return_none_only_sometimes_passes(tmp_path):
+    class SometimesNone(MonitorVAE):
+        def validation_step(self, batch, batch_idx):
+            out = super().validation_step(batch, batch_idx)
+            return None if self.trainer.sanity_checking and batch_idx == 0 else out
+
+    trainer = _fit(tmp_path, SometimesNone(lr=0.05), EntropyMonitor(), num_sanity_val_steps=2)
+    assert "entropy/val/elbo" in trainer.callback_metrics
+
+
 class Edited(MonitorVAE):
     """Applies ``edit(out)`` to what the steps return."""
 

@@ -23,7 +23,7 @@ from lightning_entropy_vae.functional import relative_gap
 
 #: Keys of the objective check (training): 1/0/NaN for yes/no/cannot tell, and the fit's two coefficients.
 OBJECTIVE_KEYS = ("objective_is_elbo", "objective_elbo_coef", "objective_kl_coef")
-#: Keys of the gap window (training): the mean per-batch gap over the last ``gap_window`` batches and its standard
+#: Keys of the gap window (training): the points-weighted mean gap over the last ``gap_window`` batches and its standard
 #: error, nats per point, and the data dimension D (what EntropyConvergence's tolerance scales with).
 GAP_WINDOW_KEYS = ("gap_window", "gap_window_se", "data_dim")
 

@@ -73,9 +73,9 @@ class StageResult:
     skipped: Tensor
     #: is the training loss the beta = 1 ELBO? (training only; ``None`` for other stages)
     objective: ObjectiveVerdict | None
-    #: the mean per-batch gap ELBO - entropy sum over the last ``gap_window`` training batches (nats per point), its
-    #: batch-means standard error, over every process (NaN until the window is full), and the data dimension D
-    #: (training only)
+    #: the points-weighted mean gap ELBO - entropy sum over the last ``gap_window`` training batches (nats per
+    #: point), its batch-means standard error, over every process (NaN until the window is full), and the data
+    #: dimension D (training only)
     gap_window: tuple[float, float, int] | None
     #: processes that kept no batch of this epoch (their values are not in the result), of ``world_size``
     empty_ranks: int

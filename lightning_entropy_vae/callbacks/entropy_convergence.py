@@ -27,7 +27,7 @@ class EntropyConvergence(Callback):
 
     1. **Gate.** At every stationary point of a Gaussian VAE the ELBO equals the entropy sum, so the expected gap
        between the sampled minibatch ELBO and the entropy sum is zero once training is stationary; a finite
-       learning rate keeps it fluctuating around that. The monitor publishes the mean per-batch gap over its last
+       learning rate keeps it fluctuating around that. The monitor publishes the points-weighted mean gap over its last
        ``gap_window`` training batches, a window that runs across epochs (``{prefix}/train/gap_window``, nats per
        point), its batch-means standard error (``.../gap_window_se``) and the data dimension D
        (``.../data_dim``). A training epoch counts towards the gate when the window's gap is *confidently* small:

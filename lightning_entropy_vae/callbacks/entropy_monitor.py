@@ -23,7 +23,7 @@ from lightning_entropy_vae.callbacks import _logger_extras, _loggers, _publish
 from lightning_entropy_vae.callbacks._live_params import LiveParameters
 from lightning_entropy_vae.callbacks._options import Extract, MonitorOptions
 from lightning_entropy_vae.callbacks._stage import StageTracker
-from lightning_entropy_vae.callbacks._step_outputs import owner_of, read_output
+from lightning_entropy_vae.callbacks._step_outputs import StageLayout, normalize, owner_of, read_output
 from lightning_entropy_vae.functional._checks import strict_keywords
 
 #: Keys of which one in a step's output makes it a monitored output (for the test stage not named in ``stages``).
@@ -53,8 +53,8 @@ class EntropyMonitor(Callback):
       ``.../rel_gap``, ``.../abs_rel_gap``, ``.../active_latents``, ``.../skipped_batches``; with a fixed decoder
       variance also ``.../sum_profiled``. Training only, over windows that run across epochs:
       ``entropy/train/objective_is_elbo`` (is the loss the beta = 1 ELBO? 1/0/NaN, with ``.../objective_elbo_coef``
-      and ``.../objective_kl_coef``), ``.../gap_window`` and ``.../gap_window_se`` (the mean per-batch gap over the
-      last ``gap_window`` batches and its batch-means standard error) and ``.../data_dim``.
+      and ``.../objective_kl_coef``), ``.../gap_window`` and ``.../gap_window_se`` (the points-weighted mean gap
+      over the last ``gap_window`` batches and its batch-means standard error) and ``.../data_dim``.
     - Per latent h (H <= ``max_latents_as_scalars``): ``entropy/{stage}/latent_entropy/{h}``, ``.../latent_kl/{h}``,
       ``.../collapsed/{h}``, the ``latent_entropy/threshold`` and ``.../prior`` lines, a histogram. TensorBoard
       gets the ``tensorboard_per_latent`` rows, a text table, and each compared line in a run of its own.
@@ -144,6 +144,7 @@ class EntropyMonitor(Callback):
         self._train_state: dict[str, Any] = {}  # a resumed run's gap window and objective rows
         self._last_global_step = -1
         self._write_layout = True
+        self._sanity_outputs = [0, 0]  # the sanity check's validation batches: those that returned None, all
 
     # ------------------------------------------------------------------------------------ read-only
     @property
@@ -279,6 +280,7 @@ class EntropyMonitor(Callback):
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start_held_out_epoch("val")
+        self._sanity_outputs = [0, 0]
 
     @override
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -292,14 +294,21 @@ class EntropyMonitor(Callback):
     @override
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
-        if "val" in self.stages and not trainer.sanity_checking:
-            stage = f"val_{dataloader_idx}" if dataloader_idx else "val"
+        if "val" not in self.stages:
+            return
+        stage = f"val_{dataloader_idx}" if dataloader_idx else "val"
+        if trainer.sanity_checking:
+            self._check_sanity_output(stage, pl_module, outputs, batch)
+        else:
             self._keep("on_validation_batch_end", stage, pl_module, outputs, batch)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._end_held_out_epoch("val", "on_validation_epoch_end", trainer, pl_module)
+        elif "val" in self.stages and self._sanity_outputs[1] and self._sanity_outputs[0] == self._sanity_outputs[1]:
+            read_output(0, "on_validation_epoch_end", "val", pl_module,
+                        got=f"None from all {self._sanity_outputs[1]} batches of Lightning's sanity check")
 
     @override
     def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
@@ -340,6 +349,25 @@ class EntropyMonitor(Callback):
             tracker.skip()
         else:
             tracker.keep(values, lambda: owner_of(hook, pl_module), loss_scale)
+
+    def _check_sanity_output(self, stage: str, pl_module: Any, outputs: Any, batch: Any) -> None:
+        """A validation step of Lightning's sanity check: its output is checked as a kept batch's would be (its type,
+        keys and shapes; metadata only) and then dropped, so that a ``validation_step`` returning the wrong thing
+        fails before the first training epoch rather than after it. A :class:`~lightning_entropy_vae.Capture`
+        records no forward pass of the sanity check: there is nothing to check."""
+        extract = self._options.extract
+        if extract is not None and hasattr(extract, "start_batch"):
+            return
+        values = extract(pl_module, outputs, batch) if extract is not None else outputs
+        values = read_output(values, "on_validation_batch_end", stage, pl_module)
+        self._sanity_outputs[1] += 1
+        if values is None:
+            self._sanity_outputs[0] += 1
+            return
+        tracker = self._trackers.get(stage)
+        if tracker is None or tracker.layout is None:  # the stage's layout, as its first batch will fix it
+            owner = lambda: owner_of("on_validation_batch_end", pl_module)  # noqa: E731
+            StageLayout(normalize(values, owner), owner())
 
     def _new_tracker(self, stage: str) -> StageTracker:
         return StageTracker(stage, criterion=self._options.collapse_criterion,
