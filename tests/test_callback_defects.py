@@ -124,6 +124,27 @@ class AllCollapsed(MonitorVAE):
         return mean * 0.0, logvar * 0.0
 
 
+class CollapsedThenNaN(AllCollapsed):
+    """All collapsed in epoch 0; every batch of epoch 1 NaN (a diverged run): its flags are unknown."""
+
+    def _returned(self, out):
+        out = super()._returned(out)
+        if self.current_epoch == 1:
+            out["enc_logvar"] = out["enc_logvar"] + math.nan
+        return out
+
+
+def test_a_last_epoch_without_kept_batches_gets_no_collapse_verdict_at_the_end(tmp_path):
+    trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",))], max_epochs=2)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(CollapsedThenNaN(lr=0.0), monitor_loader(TRAIN))
+    said = [str(w.message) for w in record]
+    assert any("was kept (4 skipped: NaN/Inf values" in m for m in said), said
+    assert not any("no latent is active" in m for m in said)  # epoch 0's flags say nothing of epoch 1
+    assert math.isnan(float(trainer.callback_metrics["entropy/train/active_latents"]))
+
+
 def test_no_active_latent_is_said_once_and_the_fit_ends_with_a_summary(tmp_path, caplog):
     trainer = monitor_trainer(tmp_path, [EntropyMonitor(stages=("train",))], max_epochs=3)
     with warnings.catch_warnings(record=True) as record, caplog.at_level(logging.INFO):

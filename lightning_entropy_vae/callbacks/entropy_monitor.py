@@ -136,7 +136,8 @@ class EntropyMonitor(Callback):
     def _reset_run(self) -> None:
         """What one fit carries from epoch to epoch (restored from a checkpoint by ``load_state_dict``)."""
         self._gap_ema: float | None = None
-        self._collapsed: list[bool] | None = None  # the last training epoch's flags
+        self._collapsed: list[bool] | None = None  # the flags of the last training epoch that kept a batch
+        self._last_epoch_flagged = False  # whether that is the fit's last training epoch
         self._warned_collapse: frozenset[int] = frozenset()  # each latent is reported once per run
         self._warned: set[str] = set()  # once-per-run warnings: empty epochs, a Bernoulli loss
         self._fixed_variance: bool | None = None  # from a resumed run's checkpoint, else its first training batch
@@ -264,6 +265,7 @@ class EntropyMonitor(Callback):
             return
         collapsed = self._end_epoch("train", "on_train_epoch_end", trainer, pl_module)
         train = self._trackers.get("train")
+        self._last_epoch_flagged = collapsed is not None  # an epoch that kept no batch has no flags of its own
         if collapsed is not None:
             self._warned_collapse = _publish.collapse_warning(self._options, trainer.current_epoch, self._collapsed,
                                                               collapsed, self._warned_collapse,
@@ -273,7 +275,7 @@ class EntropyMonitor(Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # latents usually start at the prior and leave it during training: only the end of the fit is worth a word
-        if self._collapsed is not None and all(self._collapsed):
+        if self._last_epoch_flagged and self._collapsed is not None and all(self._collapsed):
             _publish.no_active_latent_warning(self._options, trainer.current_epoch - 1, len(self._collapsed))
         _publish.fit_summary(self._options, trainer.callback_metrics)
 
