@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -33,17 +34,26 @@ def main(argv: list[str] | None = None) -> int:
     return _report(args)
 
 
+def _names(args: argparse.Namespace, runs: list[Path]) -> str:
+    return ", ".join(run.relative_to(args.logdir).as_posix() for run in runs)
+
+
 def _report(args: argparse.Namespace) -> int:
     from lightning_entropy_vae.report import find_runs, plot_run
 
     runs = find_runs(args.logdir)
     if args.version is not None:
         runs = [run for run in runs if run.name == f"version_{args.version}"] or _no_version(args, runs)
-        if not runs:
+        if len(runs) > 1:  # one version of each of several loggers
+            print(f"error: version_{args.version} names {len(runs)} runs under {args.logdir}: {_names(args, runs)};"
+                  " pass one of these folders instead", file=sys.stderr)
+        if len(runs) != 1:
             return 2
     elif not args.all and len(runs) > 1:
-        print(f"Run:     {runs[-1]} (the latest of {len(runs)} runs under {args.logdir};"
-              " --version N or --all draws the others)")
+        versions = all(re.fullmatch(r"version_\d+", run.name) for run in runs) and len({r.parent for r in runs}) == 1
+        others = ("--version N or --all draws the others" if versions else  # Lightning's version_N of one logger
+                  f"--all draws the others, or name one: {_names(args, runs)}")
+        print(f"Run:     {runs[-1]} (the latest of {len(runs)} runs under {args.logdir}; {others})")
         runs = runs[-1:]
     failed = 0
     for run in runs or [args.logdir]:  # no run: plot_run says what it expected

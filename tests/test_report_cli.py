@@ -91,7 +91,11 @@ def test_a_run_logged_to_tensorboard_and_csv_offers_both(tmp_path, capsys):
     assert main(["report", str(logs), "--out", str(tmp_path / "one")]) == 0
     printed = capsys.readouterr().out
     assert f"Run:     {runs[-1]} (the latest of 2 runs under {logs};" in printed
-    assert "--version N or --all draws the others" in printed
+    # both are version_0 (of two loggers): --version cannot tell them apart, their folders can
+    named = ", ".join(run.relative_to(logs).as_posix() for run in runs)  # oldest first
+    assert f"--all draws the others, or name one: {named})" in printed
+    assert main(["report", str(logs), "--version", "0"]) == 2
+    assert f"error: version_0 names 2 runs under {logs}: {named}; pass one of these folders" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "one").glob("*.png")) == sorted(FIGURES)
 
     assert main(["report", str(logs), "--all", "--out", str(tmp_path / "all")]) == 0
