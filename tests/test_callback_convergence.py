@@ -166,12 +166,16 @@ def test_needs_an_entropy_monitor(tmp_path):
     ({"gap_tolerance": -1}, ValueError, r"^Expected `gap_tolerance` to be a non-negative number, but got -1\.$"),
     ({"gap_tolerance": math.nan}, ValueError, r"^Expected `gap_tolerance` to be a non-negative number, but got nan\.$"),
     ({"gap_z": -0.5}, ValueError, r"^Expected `gap_z` to be a non-negative number, but got -0\.5\.$"),
-    ({"gap_z": "2"}, ValueError, r"^Expected `gap_z` to be a non-negative number, but got '2'\.$"),
+    ({"gap_z": "2"}, TypeError, r"^Expected `gap_z` to be a non-negative number, but got '2'\.$"),
     ({"gate_epochs": 0}, ValueError, r"^Expected `gate_epochs` to be an int >= 1, but got 0\.$"),
-    ({"patience": 1.5}, ValueError, r"^Expected `patience` to be an int >= 1, but got 1\.5\.$"),
-    ({"min_delta": -1}, ValueError, r"^Expected `min_delta` to be a non-negative number, but got -1\.$"),
+    ({"patience": 1.5}, TypeError, r"^Expected `patience` to be an int >= 1, but got 1\.5\.$"),
+    ({"min_delta": -1}, ValueError, r"^Expected `min_delta` to be a finite non-negative number, but got -1\.$"),
+    ({"min_delta": math.nan}, ValueError, r"^Expected `min_delta` to be a finite non-negative number, but got nan\.$"),
     ({"monitor_stage": "test"}, ValueError, r"^Expected `monitor_stage` to be 'val' or 'train', but got 'test'\.$"),
-    ({"stopping_threshold": "x"}, TypeError, r"^Expected `stopping_threshold` to be a number or None, but got 'x'\.$"),
+    ({"stopping_threshold": "x"}, TypeError, r"^Expected `stopping_threshold` to be a number \(not NaN\) or None, but"
+                                             r" got 'x'\.$"),
+    ({"stopping_threshold": math.nan}, ValueError, r"^Expected `stopping_threshold` to be a number \(not NaN\) or"
+                                                   r" None, but got nan\.$"),
 ])
 def test_constructor_checks(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -154,16 +154,19 @@ def test_a_resumed_rule_stops_where_the_straight_one_stops(split):
     assert _run(resumed, epochs, trainer, start=split) == straight
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"fallback_patience": 0}, r"^Expected `fallback_patience` to be an int >= 1 or None, but got 0\.$"),
-    ({"fallback_patience": 2.5}, r"^Expected `fallback_patience` to be an int >= 1 or None, but got 2\.5\.$"),
-    ({"fallback_patience": True}, r"^Expected `fallback_patience` to be an int >= 1 or None, but got True\.$"),
-    ({"fallback_gap_factor": -1.0}, r"^Expected `fallback_gap_factor` to be a non-negative number, but got -1\.0\.$"),
-    ({"fallback_gap_factor": math.nan}, r"^Expected `fallback_gap_factor` to be a non-negative number, but got"
-                                        r" nan\.$"),
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"fallback_patience": 0}, ValueError, r"^Expected `fallback_patience` to be an int >= 1 or None, but got 0\.$"),
+    ({"fallback_patience": 2.5}, TypeError,
+     r"^Expected `fallback_patience` to be an int >= 1 or None, but got 2\.5\.$"),
+    ({"fallback_patience": True}, TypeError,
+     r"^Expected `fallback_patience` to be an int >= 1 or None, but got True\.$"),
+    ({"fallback_gap_factor": -1.0}, ValueError,
+     r"^Expected `fallback_gap_factor` to be a non-negative number, but got -1\.0\.$"),
+    ({"fallback_gap_factor": math.nan}, ValueError,
+     r"^Expected `fallback_gap_factor` to be a non-negative number, but got nan\.$"),
 ])
-def test_constructor_checks(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_constructor_checks(kwargs, error, match):
+    with pytest.raises(error, match=match):
         EntropyConvergence(**kwargs)
 
 

@@ -1,5 +1,6 @@
 """Every error message of the functional API and the metrics: what was expected, what was got."""
 
+import math
 import re
 
 import pytest
@@ -307,12 +308,17 @@ CASES = {
     "threshold str": (
         lambda: F.collapsed_latents(z(3), threshold="1"),
         TypeError,
-        "Expected `threshold` to be a float, but got str.",
+        "Expected `threshold` to be a finite number, but got '1'.",
+    ),
+    "threshold nan": (
+        lambda: F.collapsed_latents(z(3), threshold=math.nan),
+        ValueError,
+        "Expected `threshold` to be a finite number, but got nan.",
     ),
     "threshold bool": (
         lambda: F.posterior_collapse(enc_mean=z(2, 3), enc_logvar=z(2, 3), threshold=True),
         TypeError,
-        "Expected `threshold` to be a float, but got bool.",
+        "Expected `threshold` to be a finite number, but got True.",
     ),
     "collapsed_latents entropy": (
         lambda: F.collapsed_latents(None),
@@ -412,7 +418,7 @@ CASES = {
     "PosteriorCollapse threshold": (
         lambda: PosteriorCollapse(3, threshold="x"),
         TypeError,
-        "Expected `threshold` to be a float, but got str.",
+        "Expected `threshold` to be a finite number, but got 'x'.",
     ),
     "PosteriorCollapse H": (
         lambda: PosteriorCollapse(3).update(enc_mean=z(2, 4), enc_logvar=z(2, 4)),

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from lightning_utilities.core.imports import RequirementCache
 
 from lightning_entropy_vae.callbacks import _groups, _loggers
-from lightning_entropy_vae.functional import COLLAPSE_CRITERIA, collapsed_latents
+from lightning_entropy_vae.functional import COLLAPSE_CRITERIA
+from lightning_entropy_vae.functional._checks import number_argument
 
 STAGES = ("train", "val", "test")
 #: ``extract(pl_module, outputs, batch) -> mapping``: a step's vocabulary, for modules whose step output cannot change
@@ -58,15 +59,13 @@ class MonitorOptions:
             raise ValueError(
                 f"Expected `collapse_criterion` to be one of {COLLAPSE_CRITERIA}, but got {collapse_criterion!r}."
             )
-        zero = torch.zeros(1)  # the criterion's and threshold's own checks
-        collapsed_latents(zero, latent_kl=zero, latent_mean_variance=zero, criterion=collapse_criterion,
-                          threshold=collapse_threshold)
-        if isinstance(rel_gap_floor, bool) or not isinstance(rel_gap_floor, (int, float)) or not rel_gap_floor > 0:
-            raise ValueError(f"Expected `rel_gap_floor` to be a positive number, but got {rel_gap_floor!r}.")
-        if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"Expected `ema_decay` in [0, 1), but got {ema_decay!r}.")
-        _non_negative_int("max_latents_as_scalars", max_latents_as_scalars)
-        _non_negative_int("log_bar_chart_every_n_epochs", log_bar_chart_every_n_epochs)
+        number_argument("collapse_threshold", collapse_threshold, "a finite number or None", math.isfinite,
+                        optional=True)
+        number_argument("rel_gap_floor", rel_gap_floor, "a positive number", lambda v: 0 < v < math.inf)
+        number_argument("ema_decay", ema_decay, "a number in [0, 1)", lambda v: 0.0 <= v < 1.0)
+        for name, value in (("max_latents_as_scalars", max_latents_as_scalars),
+                            ("log_bar_chart_every_n_epochs", log_bar_chart_every_n_epochs)):
+            number_argument(name, value, "a non-negative int", lambda v: v >= 0, integer=True)
         if log_bar_chart_every_n_epochs and not MATPLOTLIB:
             raise ModuleNotFoundError(
                 f"EntropyMonitor(log_bar_chart_every_n_epochs={log_bar_chart_every_n_epochs}) draws with matplotlib,"
@@ -84,8 +83,7 @@ class MonitorOptions:
         if latent_groups is not None and latent_groups not in _groups.LATENT_GROUPS:
             raise ValueError(f"Expected `latent_groups` to be None or one of {_groups.LATENT_GROUPS}, but got"
                              f" {latent_groups!r}.")
-        if isinstance(gap_window, bool) or not isinstance(gap_window, int) or gap_window < 10:
-            raise ValueError(f"Expected `gap_window` to be an int >= 10 (training batches), but got {gap_window!r}.")
+        number_argument("gap_window", gap_window, "an int >= 10 (training batches)", lambda v: v >= 10, integer=True)
         return cls(stages=stages, optional_test=optional_test, collapse_criterion=collapse_criterion,
                    collapse_threshold=collapse_threshold, rel_gap_floor=float(rel_gap_floor),
                    ema_decay=float(ema_decay), max_latents_as_scalars=max_latents_as_scalars,
@@ -107,7 +105,3 @@ class MonitorOptions:
         """A logged key: ``{prefix}/{stage}/{name}``."""
         return f"{self.prefix}/{stage}/{name}"
 
-
-def _non_negative_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"Expected `{name}` to be a non-negative int, but got {value!r}.")

@@ -12,7 +12,7 @@ from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_entropy_vae.callbacks.entropy_monitor import EntropyMonitor
-from lightning_entropy_vae.functional._checks import strict_keywords
+from lightning_entropy_vae.functional._checks import number_argument, strict_keywords
 
 __all__ = ["EntropyConvergence"]
 
@@ -114,23 +114,19 @@ class EntropyConvergence(Callback):
         verbose: bool = False,
         monitor_prefix: str | None = None,
     ) -> None:
+        # an infinite tolerance or gap factor is meaningful (no gap condition); a NaN is not
         for name, value in (("gap_tolerance", gap_tolerance), ("gap_z", gap_z),
                             ("fallback_gap_factor", fallback_gap_factor)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"Expected `{name}` to be a non-negative number, but got {value!r}.")
+            number_argument(name, value, "a non-negative number", lambda v: v >= 0)
         for name, value in (("gate_epochs", gate_epochs), ("patience", patience)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected `{name}` to be an int >= 1, but got {value!r}.")
-        if fallback_patience is not None and (isinstance(fallback_patience, bool)
-                                              or not isinstance(fallback_patience, int) or fallback_patience < 1):
-            raise ValueError(f"Expected `fallback_patience` to be an int >= 1 or None, but got {fallback_patience!r}.")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or min_delta < 0:
-            raise ValueError(f"Expected `min_delta` to be a non-negative number, but got {min_delta!r}.")
+            number_argument(name, value, "an int >= 1", lambda v: v >= 1, integer=True)
+        number_argument("fallback_patience", fallback_patience, "an int >= 1 or None", lambda v: v >= 1, integer=True,
+                        optional=True)
+        number_argument("min_delta", min_delta, "a finite non-negative number", lambda v: 0 <= v < math.inf)
         if monitor_stage not in ("val", "train"):
             raise ValueError(f"Expected `monitor_stage` to be 'val' or 'train', but got {monitor_stage!r}.")
-        if stopping_threshold is not None and (isinstance(stopping_threshold, bool)
-                                               or not isinstance(stopping_threshold, (int, float))):
-            raise TypeError(f"Expected `stopping_threshold` to be a number or None, but got {stopping_threshold!r}.")
+        number_argument("stopping_threshold", stopping_threshold, "a number (not NaN) or None",
+                        lambda v: not math.isnan(v), optional=True)
         self.gap_tolerance = float(gap_tolerance)
         self.gap_z = float(gap_z)
         self.gate_epochs = gate_epochs

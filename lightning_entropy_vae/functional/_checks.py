@@ -65,6 +65,20 @@ ALIASES: dict[str, str | None] = {
 }
 
 
+def number_argument(name: str, value: Any, expected: str, ok: Any, *, integer: bool = False,
+                    optional: bool = False) -> Any:
+    """A constructor's numeric argument, returned as given: ``TypeError`` if it is not a number (a bool is not; an int
+    where ``integer``), ``ValueError`` if ``ok(value)`` is false, as for NaN under any comparison. ``expected`` says
+    what was expected in both messages; ``optional`` lets ``None`` through."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise TypeError(f"Expected `{name}` to be {expected}, but got {value!r}.")
+    if not ok(value):
+        raise ValueError(f"Expected `{name}` to be {expected}, but got {value!r}.")
+    return value
+
+
 def alias_hints(keys: Any) -> str:
     """A sentence naming the received keys that are known aliases, with the vocabulary name to use (or ``""``).
 

@@ -20,13 +20,20 @@ same table over batches.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from lightning_entropy_vae.functional import _inputs as _in
-from lightning_entropy_vae.functional._checks import LOG_2PI_E, as_float_tensor, check_keywords, missing_inputs_error
+from lightning_entropy_vae.functional._checks import (
+    LOG_2PI_E,
+    as_float_tensor,
+    check_keywords,
+    missing_inputs_error,
+    number_argument,
+)
 from lightning_entropy_vae.functional.elbo import _kl_compute, _kl_per_latent, _kl_update
 from lightning_entropy_vae.functional.gaussian import _entropy_from_logdet
 
@@ -83,9 +90,7 @@ def _check_criterion(criterion: str, threshold: float | None) -> float:
         raise ValueError(f"Expected `criterion` to be one of {COLLAPSE_CRITERIA}, but got {criterion!r}.")
     if threshold is None:
         return DEFAULT_THRESHOLDS[criterion]
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise TypeError(f"Expected `threshold` to be a float, but got {type(threshold).__name__}.")
-    return float(threshold)
+    return float(number_argument("threshold", threshold, "a finite number", math.isfinite))
 
 
 def _latent_statistics_compute(sums: Tensor, count: Any, criterion: str, threshold: float) -> dict[str, Tensor]:
