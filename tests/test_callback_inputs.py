@@ -147,7 +147,8 @@ def _replace(key, make):
     (_replace("enc_logvar", lambda out: out["enc_logvar"].repeat(1, 2)),
      re.escape("Expected `enc_logvar` of shape (B, H) matching `enc_mean` (4, 2), but got (4, 4).")),
     (_replace("dec_logvar", lambda out: torch.zeros(3, requires_grad=True)),
-     re.escape("Expected `dec_logvar` of shape (B, *data) = (4, 4)")),
+     re.escape("Expected `dec_logvar` of shape () (one variance), (4,) (one per dimension), (B, 1) = (4, 1) (one"
+               " per sample), (B, *data) = (4, 4) or (S, B, *data), matching `x` (4, 4), but got (3,).")),
     (_replace("elbo", lambda out: out["elbo"][:2]),
      re.escape("expected `elbo` of shape (B,) = (4,), one ELBO per sample, but got (2,)")),
     (_replace("elbo", lambda out: out["elbo"].mean()),

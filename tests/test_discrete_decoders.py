@@ -316,6 +316,15 @@ ERRORS = {
         " (class indices (B, *data) of an integer dtype, or one-hot or probability vectors (B, *data, C)), but got"
         " (2, 4, 5).",
     ),
+    "integer one-hot x": (
+        lambda: F.categorical_elbo(x=torch.nn.functional.one_hot(torch.tensor([[0, 2, 1], [3, 0, 0]]), 4), **_ENC,
+                                   dec_class_logits=_z(2, 3, 4)),
+        ValueError,
+        "Expected `dec_class_logits` of shape (B, *data, C) = (2, 3, 4, C) or (S, B, *data, C) matching `x` (2, 3, 4)"
+        " (class indices (B, *data) of an integer dtype, or one-hot or probability vectors (B, *data, C)), but got"
+        " (2, 3, 4). An integer `x` of the logits' shape looks one-hot: one-hot `x` must be floating point"
+        " (`x.float()`), or pass the class indices (`x.argmax(-1)`).",
+    ),
     "one-hot x with other classes": (
         lambda: F.categorical_elbo(x=_z(2, 3, 4), **_ENC, dec_class_logits=_z(2, 3, 5)),
         ValueError,

@@ -126,14 +126,20 @@ CASES = {
     "dec_logvar (D,) vs x": (
         lambda: F.decoder_entropy(dec_logvar=z(6), x=z(2, 5)),
         ValueError,
-        "Expected `dec_logvar` of shape (B, *data) = (2, 5) or (S,"
-        " B, *data) matching `x` (2, 5), but got (6,).",
+        "Expected `dec_logvar` of shape () (one variance), (5,) (one per dimension), (B, 1) = (2, 1) (one per"
+        " sample), (B, *data) = (2, 5) or (S, B, *data), matching `x` (2, 5), but got (6,).",
     ),
     "dec_logvar (S,B,D) vs x": (
         lambda: F.decoder_entropy(dec_logvar=z(3, 2, 6), x=z(2, 5)),
         ValueError,
-        "Expected `dec_logvar` of shape (B, *data) = (2, 5) or (S,"
-        " B, *data) matching `x` (2, 5), but got (3, 2, 6).",
+        "Expected `dec_logvar` of shape () (one variance), (5,) (one per dimension), (B, 1) = (2, 1) (one per"
+        " sample), (B, *data) = (2, 5) or (S, B, *data), matching `x` (2, 5), but got (3, 2, 6).",
+    ),
+    "dec_logvar of an image vs x": (
+        lambda: F.decoder_entropy(dec_logvar=z(2, 7), x=z(2, 1, 2, 3)),
+        ValueError,
+        "Expected `dec_logvar` of shape () (one variance), (1, 2, 3) or (6,) (one per dimension), (B, 1) = (2, 1)"
+        " (one per sample), (B, *data) = (2, 1, 2, 3) or (S, B, *data), matching `x` (2, 1, 2, 3), but got (2, 7).",
     ),
     "dec_logvar (D,) vs dec_mean": (
         lambda: F.decoder_entropy(dec_logvar=z(6), dec_mean=z(2, 5)),

@@ -333,7 +333,18 @@ def decoder(
     elif logvar.dim() in (2, 3) and lshape[-1] == 1 and (d.data_shape is None or d.data_shape != (1,)):
         layout = "per_sample" if logvar.dim() == 2 else "per_z"
     else:
-        logvar = flatten_decoder("dec_logvar", logvar, d)
+        try:
+            logvar = flatten_decoder("dec_logvar", logvar, d)
+        except ValueError:
+            if d.data_shape is None:
+                raise
+            data = (d.batch_size, *d.data_shape)
+            per_dim = f"{d.data_shape}" + (f" or ({d.x.shape[1]},)" if len(d.data_shape) > 1 else "")
+            raise ValueError(
+                f"Expected `dec_logvar` of shape () (one variance), {per_dim} (one per dimension), (B, 1) ="
+                f" {(d.batch_size, 1)} (one per sample), (B, *data) = {data} or (S, B, *data), matching `x` {data},"
+                f" but got {lshape}."
+            ) from None
         layout = "per_sample" if logvar.dim() == 2 else "per_z"
         if mean is not None and logvar.shape != mean.shape and not (layout == "per_sample" and mean.dim() == 3):
             raise ValueError(
@@ -395,10 +406,13 @@ def _discrete_decoder(kind: str, layout: str, name: str, params: Any, d: Data, d
             lead = 2
         else:
             expected = "(" + ", ".join(map(str, per_sample)) + ", C)" if index else str(_shape(d.raw))
+            one_hot = (" An integer `x` of the logits' shape looks one-hot: one-hot `x` must be floating point"
+                       " (`x.float()`), or pass the class indices (`x.argmax(-1)`)."
+                       if index and _shape(d.raw) in (shape, shape[1:]) else "")
             raise ValueError(
                 f"Expected `{name}` of shape (B, *data, C) = {expected} or"
                 f" (S, B, *data, C) matching `x` {_shape(d.raw)} (class indices (B, *data) of an integer dtype, or"
-                f" one-hot or probability vectors (B, *data, C)), but got {shape}."
+                f" one-hot or probability vectors (B, *data, C)), but got {shape}.{one_hot}"
             )
     flat = t.reshape(*shape[:lead], -1, classes)
     return Decoder(None, None, "categorical", flat.shape[-3], flat.shape[-2], dist, lead, flat, kind)
