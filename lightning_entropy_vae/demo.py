@@ -16,11 +16,22 @@ KINDS = ("vae0", "vae1", "vae2", "vae3", "linear")
 LOGGERS = ("tensorboard", "csv", "wandb")
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an int >= 1 (argparse's error names the option and the value)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {text}")
+    return value
+
+
+_positive_int.__name__ = "int"  # argparse's "invalid int value: 'ten'"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=KINDS, default="vae1", help="model type (default: vae1)")
-    parser.add_argument("--latents", type=int, default=8, help="number of latents H (default: 8)")
-    parser.add_argument("--epochs", type=int, default=150, help="training epochs (default: 150)")
-    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    parser.add_argument("--latents", type=_positive_int, default=8, help="number of latents H (default: 8)")
+    parser.add_argument("--epochs", type=_positive_int, default=150, help="training epochs (default: 150)")
+    parser.add_argument("--batch-size", type=_positive_int, default=64, help="batch size (default: 64)")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default: 3e-3)")
     parser.add_argument("--hidden", type=int, nargs="+", default=[128], help="MLP hidden sizes (default: 128)")
     parser.add_argument("--logger", choices=LOGGERS, default="tensorboard", help="logger (default: tensorboard)")
@@ -96,8 +107,6 @@ def run(args: argparse.Namespace) -> int:
     from lightning_entropy_vae.models import GaussianVAE
     from lightning_entropy_vae.report import plot_run
 
-    if args.latents < 1 or args.epochs < 1 or args.batch_size < 1:
-        raise SystemExit("error: --latents, --epochs and --batch-size must be positive integers")
     out: Path = args.out
     problem = _make_out(out)
     if problem is not None:

@@ -104,8 +104,14 @@ def test_demo_rejects_bad_options(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--kind", "vae9"])
     assert "invalid choice: 'vae9'" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="must be positive"):
-        main(["demo", "--epochs", "0"])
+    for option in ("--epochs", "--latents", "--batch-size"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["demo", option, "0"])
+        assert exit_.value.code == 2
+        assert f"argument {option}: expected a positive integer, but got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--epochs", "ten"])
+    assert "argument --epochs: invalid int value: 'ten'" in capsys.readouterr().err
 
 
 def _env():
