@@ -142,13 +142,14 @@ class StageLayout:
         self.has_prior = p.logvar is not None and p.dist is None
         #: distribution objects cannot be stacked: their batches go to the metrics one by one
         self.distributions = any(kw.get(k) is not None for k in DISTRIBUTION_KEYS)
-        loss = kw.get("loss")
         #: what a returned ``loss`` that is not one number is (a loss per sample under manual optimization):
         #: the objective check cannot regress it, so it is not kept; ``None`` otherwise
-        self.unread_loss = (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else
-                            f"a {type(loss).__name__}") if (
-            need_loss and loss is not None and not (isinstance(loss, Tensor) and loss.numel() == 1)) else None
-        need_loss = need_loss and self.unread_loss is None
+        self.unread_loss: str | None = None
+        loss = kw.get("loss")
+        if need_loss and loss is not None and not (isinstance(loss, Tensor) and loss.numel() == 1):
+            self.unread_loss = (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, Tensor)
+                                else f"a {type(loss).__name__}")
+            need_loss = False
         #: every vocabulary key of the first batch: each batch is checked for all of them
         self.keys = tuple(k for k in kw if k in STEP_KEYS and kw[k] is not None and k != "data_dim"
                           and (k != "loss" or need_loss))

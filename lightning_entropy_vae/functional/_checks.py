@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -65,7 +65,7 @@ ALIASES: dict[str, str | None] = {
 }
 
 
-def number_argument(name: str, value: Any, expected: str, ok: Any, *, integer: bool = False,
+def number_argument(name: str, value: Any, expected: str, ok: Callable[[Any], bool], *, integer: bool = False,
                     optional: bool = False) -> Any:
     """A constructor's numeric argument, returned as given: ``TypeError`` if it is not a number (a bool is not; an int
     where ``integer``), ``ValueError`` if ``ok(value)`` is false, as for NaN under any comparison. ``expected`` says
