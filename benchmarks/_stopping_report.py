@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from _stopping_data import FRESH
 from _stopping_grid import (
     BASELINES,
     BUDGET,
@@ -294,7 +295,8 @@ def per_family(results: dict[str, list[dict]], records: list[Record], label: str
         t = targets(s, es20)
         mark = {True: "", False: " *"}
         fire = "-" if math.isnan(s.fire) else f"{100 * s.fire:.0f} % ({s.eligible})"
-        rows.append([family, "tuning" if family in TUNING_FAMILIES else "held-out", str(s.runs),
+        kind = "tuning" if family in TUNING_FAMILIES else "added after the choice" if family in FRESH else "held-out"
+        rows.append([family, kind, str(s.runs),
                      fire + mark[t["fire"]], f"{s.worst:.2f}" + mark[t["worst"]],
                      f"{s.stop_pct:.0f} % vs {es20.stop_pct:.0f} %" + mark[t["stop"]],
                      f"{s.forbidden} of {s.never}" + mark[t["never"]]])
@@ -350,11 +352,12 @@ def write_grid(candidates: list, configs: list, results: dict[str, list[dict]], 
                                  s.never])
 
 
-def write_section(path: Path, lines: list[str]) -> None:
+def write_section(path: Path, lines: list[str], begin: str = BEGIN, end: str = END) -> None:
+    """Replace the text between the markers ``begin`` and ``end`` of ``path`` (append both where missing)."""
     text = path.read_text() if path.exists() else ""
-    block = "\n".join([BEGIN, *lines, END])
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    block = "\n".join([begin, *lines, end])
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _stopping_data import FAMILIES, Family
+from _stopping_data import FAMILIES, FRESH, Family
 from _stopping_models import ConvVAE
 from torch import Tensor, nn
 
@@ -98,6 +98,11 @@ class RunConfig:
         return f"{self.family}_{self.variant}{policy}_lr{self.lr:g}_s{self.seed}"
 
 
+def family_spec(family: str) -> Family:
+    """A benchmark family or one of the families added after the choice (``_stopping_data.FRESH``)."""
+    return FAMILIES[family] if family in FAMILIES else FRESH[family]
+
+
 def config_for(family: str, lr: float, seed: int, variant: str = "mean", policy: str = "fixed",
                smoke: bool = False) -> RunConfig:
     """The run of ``family`` at rate ``lr``: the family's sizes and budget, or tiny ones with ``smoke``."""
@@ -105,7 +110,7 @@ def config_for(family: str, lr: float, seed: int, variant: str = "mean", policy:
         raise ValueError(f"Expected `variant` in {VARIANTS}, but got {variant!r}.")
     if policy not in POLICIES:
         raise ValueError(f"Expected `policy` in {POLICIES}, but got {policy!r}.")
-    spec = FAMILIES[family]
+    spec = family_spec(family)
     free_bits = FREE_BITS if variant == "freebits" else None
     if smoke:
         dims = (4, 8) if spec.model == "conv" else (16,)
@@ -188,7 +193,7 @@ def _published(sum_metric: EntropySumELBO, elbo_metric: GaussianELBO, stage: str
 
 def train_run(cfg: RunConfig) -> tuple[dict, dict[str, np.ndarray]]:
     """Train one run; return its meta (json-able) and its arrays."""
-    train, val, test = _split(cfg, FAMILIES[cfg.family])
+    train, val, test = _split(cfg, family_spec(cfg.family))
     model = build_model(cfg, init_logvar=math.log(float(train.var(dim=0).mean())))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     shuffle = torch.Generator().manual_seed(cfg.seed + 1)
