@@ -135,6 +135,31 @@ def test_metric_update_table_and_verdict(tmp_path):
     assert verdict == _verdict(float(ratio) <= 1.0)
 
 
+def test_stopping_fresh_smoke_replays_the_shipped_rule_on_the_families_added_after_the_choice(tmp_path):
+    before = (ROOT / "docs" / "results.md").read_text()
+    printed = _run("stopping_fresh.py", ["--smoke", "--out", str(tmp_path / "runs")], tmp_path)
+    # 3 families x 2 rates x --smoke's seed 0, and 5 loss variants x 3 families
+    assert "21 runs (" in printed
+    assert {p.stem.split("_mean_")[0] for p in (tmp_path / "runs").glob("*_mean_*.json")} == {
+        "diabetes", "s_curve", "blobs"}
+    rows = {}
+    for line in printed.splitlines():
+        match = re.fullmatch(rf"(\S.*?)\s+({NUMBER}) % \((\d+)\)\s+({NUMBER}) / ({NUMBER})\s+(\S+ %.*?|-)\s+(\d+) of"
+                             rf" (\d+)\s*", line)
+        if match:
+            rows[match[1]] = match.groups()[1:]
+    assert len(rows) == 9, printed
+    shipped = [name for name in rows if name.startswith("EntropyConvergence(): gate(ci, W 32, z 1, tol 0.01 D, E 1,"
+                                                        " P 5) or fallback(P 20, |gap| <= 3 tol)")]
+    assert len(shipped) == 2  # the callback's defaults, with and without the restore
+    for name, (stop, _, median, worst, _, forbidden, never) in rows.items():
+        assert 0 < float(stop) <= 100 and 0 <= float(median) <= float(worst), name
+        assert int(never) == 15 - 3  # the sum variant is a beta = 1 run; beta4, warmup, freebits, scaled are not
+        assert int(forbidden) <= int(never)
+    assert rows["fixed budget"][0] == "100" and rows["fixed budget"][5] == "0"
+    assert (ROOT / "docs" / "results.md").read_text() == before  # --smoke writes no docs
+
+
 def test_overhead_quick_counts_hooks_and_verdicts_agree(tmp_path):
     printed = _run("overhead.py", ["--quick", "--configs", "train"], tmp_path)
     steps = math.ceil(6_400 / 128)  # --quick: N = 6,400, B = 128, one epoch
