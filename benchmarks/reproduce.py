@@ -386,6 +386,8 @@ def claim_discrete(args, out) -> list[dict]:
 COLUMNS = ("claim", "paper", "ours", "verdict", "why", "command", "key")
 HEADER = "| claim | paper | ours | verdict | why | command | `--only` |"
 BEGIN, END = "<!-- stopping-benchmark:begin -->", "<!-- stopping-benchmark:end -->"
+#: the sections other scripts write into the results file (stopping.py, stopping_fresh.py), kept as they are
+KEPT_SECTIONS = ((BEGIN, END), ("<!-- stopping-fresh:begin -->", "<!-- stopping-fresh:end -->"))
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 
 
@@ -459,10 +461,11 @@ def write_markdown(rows: list[dict], path: Path, seconds: float, argv: list[str]
     ]
     figures = sorted(p.name for p in (path.parent / "figures").glob("reproduce_*.png"))
     lines += ["", "## Figures from these runs", ""] + [f"![{name}](figures/{name})" for name in figures] + [""]
-    # keep the section benchmarks/stopping.py writes (an hour of training; not re-run here)
+    # keep the sections of the stopping benchmarks (their runs are not re-run here)
     old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        lines += [old[old.index(BEGIN):old.index(END) + len(END)], ""]
+    for begin, end in KEPT_SECTIONS:
+        if begin in old and end in old:
+            lines += [old[old.index(begin):old.index(end) + len(end)], ""]
     path.write_text("\n".join(lines))
 
 

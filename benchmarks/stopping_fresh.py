@@ -10,7 +10,7 @@ seeds, an accurate test ELBO as the ground truth; the loss variants ``sum``, ``b
 ``EarlyStopping`` with patience 10 and 20, the gate alone and ``EntropyConvergence()`` (its defaults, checked
 against the callback's), with and without the best-checkpoint restore.
 
-    python benchmarks/stopping_fresh.py            # 33 runs (about 4 minutes on one core), then the tables
+    python benchmarks/stopping_fresh.py            # 33 runs (about 2.5 minutes on one core), then the tables
     python benchmarks/stopping_fresh.py --smoke    # tiny sizes, seconds, no docs written
 """
 

@@ -44,10 +44,12 @@ def _report(args: argparse.Namespace) -> int:
     runs = find_runs(args.logdir)
     if args.version is not None:
         runs = [run for run in runs if run.name == f"version_{args.version}"] or _no_version(args, runs)
-        if len(runs) > 1:  # one version of each of several loggers
+        if len(runs) > 1 and args.out is not None:  # one version of each of several loggers, drawn into one --out
             print(f"error: version_{args.version} names {len(runs)} runs under {args.logdir}: {_names(args, runs)};"
-                  " pass one of these folders instead", file=sys.stderr)
-        if len(runs) != 1:
+                  " their figures would overwrite each other in --out: pass one of these folders instead",
+                  file=sys.stderr)
+            return 2
+        if not runs:
             return 2
     elif not args.all and len(runs) > 1:
         versions = all(re.fullmatch(r"version_\d+", run.name) for run in runs) and len({r.parent for r in runs}) == 1

@@ -359,8 +359,9 @@ class HeldOutNoneOnOneRank(MonitorVAE):
 
 
 def ddp_fit_with_an_empty_rank(folder: str, empty_rank: int = 1, strategy: str = "ddp_spawn") -> None:
-    """Two CPU processes, of which ``empty_rank`` keeps no validation or test batch: ``fit`` then ``test`` (the
-    default monitor's test stage starts only where the test steps return the vocabulary)."""
+    """Two CPU processes, of which ``empty_rank`` keeps no validation or test batch: ``fit`` (with Lightning's
+    default sanity check) then ``test`` (the default monitor's test stage starts only where the test steps return the
+    vocabulary)."""
     from lightning.pytorch.loggers import CSVLogger
 
     from lightning_entropy_vae import EntropyMonitor
@@ -374,7 +375,7 @@ def ddp_fit_with_an_empty_rank(folder: str, empty_rank: int = 1, strategy: str =
             accelerator="cpu", devices=2, strategy=strategy, max_epochs=2,
             callbacks=[EntropyMonitor(), DestroyGlooGroupAtExit()],
             logger=CSVLogger(folder, name="csv", version=version), enable_progress_bar=False,
-            enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1,
+            enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=2, log_every_n_steps=1,
             default_root_dir=folder, use_distributed_sampler=False,
         )
         getattr(trainer, run)(model, datamodule=data)

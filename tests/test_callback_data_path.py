@@ -311,6 +311,8 @@ def test_a_loss_that_is_not_one_number_is_left_out_of_the_objective_check(tmp_pa
         trainer = _fit(tmp_path, model, EntropyMonitor(stages=("train",)), val=False, max_epochs=2)
     metrics = trainer.callback_metrics
     assert math.isnan(float(metrics["entropy/train/objective_is_elbo"]))
+    monitor = trainer.callbacks[0]
+    assert monitor.objective_check == (None, "the training steps' `loss` is a tensor of shape (4,), not one number")
     assert_logged_equal(metrics, "entropy/train", monitor_reference(model.train_epoch(1)))
 
 

@@ -94,8 +94,13 @@ def test_a_run_logged_to_tensorboard_and_csv_offers_both(tmp_path, capsys):
     # both are version_0 (of two loggers): --version cannot tell them apart, their folders can
     named = ", ".join(run.relative_to(logs).as_posix() for run in runs)  # oldest first
     assert f"--all draws the others, or name one: {named})" in printed
-    assert main(["report", str(logs), "--version", "0"]) == 2
-    assert f"error: version_0 names 2 runs under {logs}: {named}; pass one of these folders" in capsys.readouterr().err
+    assert main(["report", str(logs), "--version", "0", "--out", str(tmp_path / "v0")]) == 2
+    assert (f"error: version_0 names 2 runs under {logs}: {named}; their figures would overwrite each other in --out"
+            in capsys.readouterr().err)
+    assert main(["report", str(logs), "--version", "0"]) == 0  # each into its own run folder
+    for run in runs:
+        assert sorted(p.name for p in run.glob("*.png")) == sorted(FIGURES)
+    capsys.readouterr()
     assert sorted(p.name for p in (tmp_path / "one").glob("*.png")) == sorted(FIGURES)
 
     assert main(["report", str(logs), "--all", "--out", str(tmp_path / "all")]) == 0

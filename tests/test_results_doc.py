@@ -53,6 +53,7 @@ def test_every_linked_figure_exists():
 # A results file as reproduce.py writes it, written out by hand: one or two rows per claim, a pipe inside a cell.
 KEPT_OURS = {key: f"ours-{key}-kept" for key in reproduce.CLAIMS}
 STOPPING_SECTION = "<!-- stopping-benchmark:begin -->\n## Stopping benchmark\n\ntable\n<!-- stopping-benchmark:end -->"
+FRESH_SECTION = "<!-- stopping-fresh:begin -->\n### Fresh families\n\ntable\n<!-- stopping-fresh:end -->"
 
 
 def _results_file(path: Path, keys) -> Path:
@@ -62,7 +63,7 @@ def _results_file(path: Path, keys) -> Path:
         lines.append(f"| claim {key} | paper \\|x\\| | {KEPT_OURS[key]} | **match** | why | `cmd {key}` | {key} |")
         if key == "gaps":
             lines.append(f"| claim {key} 2 | paper | {KEPT_OURS[key]}-2 | **short** | why 2 | `cmd {key}` | {key} |")
-    lines += ["", "## Figures from these runs", "", STOPPING_SECTION, ""]
+    lines += ["", "## Figures from these runs", "", STOPPING_SECTION, "", FRESH_SECTION, ""]
     path.write_text("\n".join(lines))
     return path
 
@@ -94,7 +95,7 @@ def test_only_keeps_the_rows_of_the_claims_it_does_not_run(tmp_path, stub_ppca):
     assert positions == sorted(positions)
     assert f"| {KEPT_OURS['gaps']}-2 | **short** |" in text
     assert text.count("paper \\|x\\|") == len(reproduce.CLAIMS) - 1
-    assert STOPPING_SECTION in text
+    assert STOPPING_SECTION in text and FRESH_SECTION in text
 
 
 def test_only_refuses_to_write_without_a_row_it_must_keep(tmp_path, stub_ppca, capsys):
@@ -124,4 +125,4 @@ def test_markdown_only_rewrites_the_file_from_its_own_rows(tmp_path, stub_ppca):
     assert stub_ppca == []
     text = path.read_text()
     assert all(f"| {KEPT_OURS[key]} |" in text for key in reproduce.CLAIMS)
-    assert STOPPING_SECTION in text
+    assert STOPPING_SECTION in text and FRESH_SECTION in text

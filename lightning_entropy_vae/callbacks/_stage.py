@@ -532,7 +532,10 @@ class StageTracker:
     def _judge_objective(self) -> ObjectiveVerdict | None:
         if not self._track_objective:
             return None
-        if self.layout is not None and "loss" not in self.layout.kept:
+        if self.layout is not None and self.layout.unread_loss is not None:
+            self._verdict = ObjectiveVerdict(None, f"the training steps' `loss` is {self.layout.unread_loss}, not one"
+                                                   " number")
+        elif self.layout is not None and "loss" not in self.layout.kept:
             self._verdict = ObjectiveVerdict(None, "the training steps return no `loss`")
         elif self.layout is not None or self._objective.batches:  # a resumed run's rows before its first batch
             self._verdict = self._objective.verdict()

@@ -17,6 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning_utilities.core.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_entropy_vae.callbacks import _logger_extras, _loggers, _publish
@@ -309,8 +310,12 @@ class EntropyMonitor(Callback):
         if not trainer.sanity_checking:
             self._end_held_out_epoch("val", "on_validation_epoch_end", trainer, pl_module)
         elif "val" in self.stages and self._sanity_outputs[1] and self._sanity_outputs[0] == self._sanity_outputs[1]:
-            read_output(0, "on_validation_epoch_end", "val", pl_module,
-                        got=f"None from all {self._sanity_outputs[1]} batches of Lightning's sanity check")
+            # None is Lightning's "skip this batch": a few batches of one process cannot tell a step that never returns
+            # the vocabulary from one that skips these (a filter, a DDP rank's empty share); the epoch's end decides
+            rank_zero_warn(f"{owner_of('on_validation_epoch_end', pl_module)}: `validation_step` returned None in all"
+                           f" {self._sanity_outputs[1]} batches of Lightning's sanity check; the first validation epoch"
+                           " fails if it returns None in every batch. Return the step's outputs (see the README), or"
+                           " pass EntropyMonitor(stages=('train',)).")
 
     @override
     def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
@@ -355,7 +360,8 @@ class EntropyMonitor(Callback):
     def _check_sanity_output(self, stage: str, pl_module: Any, outputs: Any, batch: Any) -> None:
         """A validation step of Lightning's sanity check: its output is checked as a kept batch's would be (its type,
         keys and shapes; metadata only) and then dropped, so that a ``validation_step`` returning the wrong thing
-        fails before the first training epoch rather than after it. A :class:`~lightning_entropy_vae.Capture`
+        fails before the first training epoch rather than after it (None, Lightning's skip, is counted: all None is
+        a warning). A :class:`~lightning_entropy_vae.Capture`
         records no forward pass of the sanity check: there is nothing to check."""
         extract = self._options.extract
         if extract is not None and hasattr(extract, "start_batch"):
