@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -39,7 +38,7 @@ def _names(args: argparse.Namespace, runs: list[Path]) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from lightning_entropy_vae.report import find_runs, plot_run
+    from lightning_entropy_vae.report import _one_loggers_versions, find_runs, plot_run
 
     runs = find_runs(args.logdir)
     if args.version is not None:
@@ -52,8 +51,7 @@ def _report(args: argparse.Namespace) -> int:
         if not runs:
             return 2
     elif not args.all and len(runs) > 1:
-        versions = all(re.fullmatch(r"version_\d+", run.name) for run in runs) and len({r.parent for r in runs}) == 1
-        others = ("--version N or --all draws the others" if versions else  # Lightning's version_N of one logger
+        others = ("--version N or --all draws the others" if _one_loggers_versions(runs) else
                   f"--all draws the others, or name one: {_names(args, runs)}")
         print(f"Run:     {runs[-1]} (the latest of {len(runs)} runs under {args.logdir}; {others})")
         runs = runs[-1:]

@@ -93,6 +93,11 @@ def _version(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _one_loggers_versions(runs: list[Path]) -> bool:
+    """Whether ``runs`` are Lightning's ``version_N`` folders of one logger (one parent): ``--version N`` names one."""
+    return all(_version(r) is not None for r in runs) and len({r.parent for r in runs}) == 1
+
+
 def find_runs(logdir: str | Path) -> list[Path]:
     """The runs under ``logdir``, oldest first: folders with a ``metrics.csv`` (CSV logs) and folders with
     TensorBoard event files, leaving out the ``lines/*`` runs the EntropyMonitor writes inside a run.
@@ -106,9 +111,8 @@ def find_runs(logdir: str | Path) -> list[Path]:
     folders = {p.parent for p in root.rglob("events.out.tfevents.*")}
     runs = sorted(csv_runs | {f for f in folders if not _in_lines(f, folders)})
 
-    versions = [_version(r) for r in runs]
-    if None not in versions and len({r.parent for r in runs}) == 1:
-        return [run for _, run in sorted(zip(versions, runs))]
+    if _one_loggers_versions(runs):
+        return sorted(runs, key=_version)
     return sorted(runs, key=lambda run: (_last_logged(run), str(run)))
 
 
