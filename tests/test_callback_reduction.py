@@ -65,9 +65,10 @@ class OneProcess:
 class Stage:
     """A training stage as the EntropyMonitor drives it: keep every batch, reduce at chosen points."""
 
-    def __init__(self, batches, profiled, objective=True):
+    def __init__(self, batches, profiled, objective=True, gap_window=32):
         self.tracker = _stage.StageTracker("train", criterion="entropy", threshold=None, nan_strategy="skip",
-                                           live=LiveParameters(), fixed_variance=profiled, objective=objective)
+                                           live=LiveParameters(), fixed_variance=profiled, objective=objective,
+                                           gap_window=gap_window)
         self.tracker.keep(batches[0], lambda: "test", 1.0)  # the first batch fixes the layout
         self.layout = self.tracker.layout
         self._first = batches[0]
@@ -190,16 +191,13 @@ def test_one_reduction_of_more_batches_than_the_windows_keeps_their_last_rows():
     for k in (40, 86):
         batches[k]["loss"] = torch.tensor(math.nan)  # in the gap window, not in the objective check
 
-    def tracker():
-        return _stage.StageTracker("train", criterion="entropy", threshold=None, nan_strategy="skip",
-                                   live=LiveParameters(), fixed_variance=False, objective=True, gap_window=12)
-
-    at_once, one_by_one = tracker(), tracker()
+    at_once, one_by_one = Stage(batches, False, gap_window=12), Stage(batches, False, gap_window=12)
     for b in batches:
-        at_once.keep(b, lambda: "test", 1.0)
-        one_by_one.keep(b, lambda: "test", 1.0)
-        one_by_one.reduce(lambda: "test")
-    at_once.reduce(lambda: "test")
+        at_once.keep(b)
+        one_by_one.keep(b)
+        one_by_one.reduce()
+    at_once.reduce()
+    at_once, one_by_one = at_once.tracker, one_by_one.tracker
     assert at_once.state() == one_by_one.state()
 
     finite = [k for k in range(len(batches)) if k not in (60, 83, 88)]
